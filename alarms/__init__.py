@@ -1,0 +1,1 @@
+"""Alarm rules, escalation and WeChat delivery (issue #5)."""

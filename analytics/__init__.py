@@ -1,0 +1,1 @@
+"""Monthly cold-chain reports and analyst SQL interface (issue #7)."""

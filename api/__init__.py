@@ -1,0 +1,1 @@
+"""FastAPI application (issue #4)."""

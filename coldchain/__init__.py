@@ -1,0 +1,1 @@
+"""Shared kernel: settings, database access, migrations, registry, CLI."""

@@ -1,0 +1,52 @@
+"""Bring the hourly and daily probe aggregates up to date, on either storage path.
+
+TimescaleDB refreshes its continuous aggregates by policy; calling this there is still useful
+after a bulk back-fill (it asks for an immediate refresh of the policy window). On plain
+PostgreSQL nothing runs by itself: the scheduler calls :func:`refresh_aggregates` every few
+minutes, and it is incremental (only new hours and the hours that late readings touched).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from coldchain.db import connect, storage_path
+
+# Same windows as the TimescaleDB policies in sql/migrations/0002_readings.sql.
+TIMESCALE_WINDOWS = {
+    "probe_readings_hourly": timedelta(days=30),
+    "probe_readings_daily": timedelta(days=90),
+}
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    path: str
+    hourly_rows: int | None
+    daily_rows: int | None
+    materialized_until: datetime | None
+
+
+def refresh_aggregates(url: str, *, until: datetime | None = None) -> RefreshResult:
+    """Materialise every complete hour before ``until`` (default: now)."""
+    with connect(url, autocommit=True, application="coldchain-aggregates") as conn:
+        path = storage_path(conn)
+        if path == "timescaledb":
+            # CALL refresh_continuous_aggregate cannot run inside a transaction: autocommit.
+            for view, window in TIMESCALE_WINDOWS.items():
+                conn.execute(
+                    "CALL refresh_continuous_aggregate(%s::regclass, "
+                    "coalesce(%s, now()) - %s::interval, time_bucket('1 hour', coalesce(%s, now())))",
+                    (view, until, window, until),
+                )
+            return RefreshResult(path, None, None, None)
+        # Two transactions on purpose: the threshold must be visible to writers before the
+        # refresh takes its snapshot (see the comment in 0002_readings.sql).
+        row = conn.execute("SELECT cc_agg_advance_threshold(coalesce(%s, now()))", (until,)).fetchone()
+        assert row is not None
+        threshold: datetime = row[0]
+        with conn.transaction():
+            counts = conn.execute("SELECT hourly_rows, daily_rows FROM cc_agg_refresh()").fetchone()
+        assert counts is not None
+        return RefreshResult(path, int(counts[0]), int(counts[1]), threshold)

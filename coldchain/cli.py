@@ -1,0 +1,184 @@
+"""The ``coldchain`` command.
+
+``coldchain run`` starts the whole system on embedded defaults; the other commands each do one
+job against ``COLDCHAIN_DATABASE_URL`` (or, when it is not set, the same local database that
+``run`` uses, so that ``coldchain db status`` next to a running demo just works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+
+from coldchain import db, services
+from coldchain.aggregates import refresh_aggregates
+from coldchain.migrate import MigrationError, migrate, status
+from coldchain.seed.demo import DEMO_PASSWORD, load_demo, plan_demo
+from coldchain.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("coldchain")
+
+RUN_DATABASE = "coldchain"
+
+
+def _database_url(settings: Settings, *, start: bool) -> tuple[str, services.Started | None]:
+    """The configured database, or the run command's local one (started if ``start``)."""
+    if settings.database_url:
+        return settings.database_url, None
+    server = services.find_postgres(None, settings.state_dir, prefer_docker=False)
+    if not start and server.source.startswith(("initdb", "embedded")):
+        log.info("使用本地数据库服务器：%s", server.source)
+    if not db.database_exists(server.url, RUN_DATABASE):
+        db.create_database(server.url, RUN_DATABASE)
+    return db.with_database(server.url, RUN_DATABASE), server
+
+
+def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    url, server = _database_url(settings, start=True)
+    try:
+        applied = migrate(url, timescaledb=settings.timescaledb)
+        if applied:
+            for m in applied:
+                print(f"已应用迁移 {m.path.name}")
+        else:
+            print("数据库结构已是最新，无需迁移")
+        with db.connect(url) as conn:
+            print(f"存储路径：{db.storage_path(conn)}")
+    finally:
+        if server:
+            server.stop()
+    return 0
+
+
+def cmd_db_status(settings: Settings, args: argparse.Namespace) -> int:
+    url, server = _database_url(settings, start=True)
+    try:
+        for state in status(url):
+            when = state.applied_at.isoformat(timespec="seconds") if state.applied_at else "未应用"
+            print(f"{state.migration.path.name:40} {when}")
+    finally:
+        if server:
+            server.stop()
+    return 0
+
+
+def cmd_db_refresh(settings: Settings, args: argparse.Namespace) -> int:
+    url, server = _database_url(settings, start=True)
+    try:
+        until = datetime.fromisoformat(args.until) if args.until else None
+        result = refresh_aggregates(url, until=until)
+        if result.path == "timescaledb":
+            print("已刷新 TimescaleDB 连续聚合（策略窗口内）")
+        else:
+            print(
+                f"已刷新聚合：小时 {result.hourly_rows} 行，日 {result.daily_rows} 行，"
+                f"物化至 {result.materialized_until}"
+            )
+    finally:
+        if server:
+            server.stop()
+    return 0
+
+
+def cmd_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
+    url, server = _database_url(settings, start=True)
+    try:
+        migrate(url, timescaledb=settings.timescaledb)
+        plan = plan_demo(args.probes, args.seed)
+        load_demo(url, plan)
+        print(
+            f"已载入演示省份：单位 {len(plan.units)}，设备 {len(plan.equipment)}，温区 {len(plan.compartments)}，"
+            f"网关 {len(plan.gateways)}，探头 {len(plan.probes)}，用户 {len(plan.users)}（演示密码 {DEMO_PASSWORD}）"
+        )
+    finally:
+        if server:
+            server.stop()
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Start what is needed, migrate, seed an empty registry, then run until Ctrl-C."""
+    started: list[services.Started] = []
+    try:
+        url, server = _database_url(settings, start=True)
+        if server:
+            started.append(server)
+        print(f"数据库：{server.source if server else '环境变量 COLDCHAIN_DATABASE_URL'}")
+        applied = migrate(url, timescaledb=settings.timescaledb)
+        print(f"迁移：新应用 {len(applied)} 个")
+        with db.connect(url) as conn:
+            print(f"存储路径：{db.storage_path(conn)}")
+            empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM units)").fetchone() == (True,)
+        if empty:
+            plan = plan_demo(args.probes, args.seed)
+            load_demo(url, plan)
+            print(f"已载入演示省份：{len(plan.units)} 个单位，{len(plan.probes)} 个探头")
+        broker = services.find_mqtt(settings.mqtt_url, settings.state_dir, prefer_docker=False)
+        started.append(broker)
+        print(f"MQTT 代理：{broker.url}（{broker.source}）")
+        print("系统已启动。按 Ctrl-C 停止。")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(60 if args.duration is None else min(args.duration, 60)):
+                if args.duration is not None:
+                    break
+                refresh_aggregates(url)
+        except KeyboardInterrupt:
+            pass
+        print("正在停止……")
+        return 0
+    finally:
+        for s in reversed(started):
+            s.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coldchain", description="陕西省疫苗追溯和冷链监测信息系统")
+    parser.add_argument("-v", "--verbose", action="store_true", help="输出调试日志")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="以内置默认配置启动整个系统")
+    run.add_argument("--probes", type=int, default=200, help="空库时载入的演示探头数（默认 200）")
+    run.add_argument("--seed", type=int, default=20200106, help="演示数据随机种子")
+    run.add_argument("--duration", type=float, default=None, help="运行若干秒后自动停止（演示、测试用）")
+    run.set_defaults(func=cmd_run)
+
+    dbp = sub.add_parser("db", help="数据库结构与聚合").add_subparsers(dest="db_command", required=True)
+    dbp.add_parser("migrate", help="应用未应用的迁移").set_defaults(func=cmd_db_migrate)
+    dbp.add_parser("status", help="列出迁移及其应用时间").set_defaults(func=cmd_db_status)
+    refresh = dbp.add_parser("refresh-aggregates", help="刷新小时、日聚合")
+    refresh.add_argument("--until", help="物化到此时刻之前的完整小时（ISO 8601，默认当前时间）")
+    refresh.set_defaults(func=cmd_db_refresh)
+
+    seed = sub.add_parser("seed", help="载入数据").add_subparsers(dest="seed_command", required=True)
+    demo = seed.add_parser("demo", help="载入演示省份（陕西）")
+    demo.add_argument("--probes", type=int, default=200, help="探头数（默认 200，可至 15000 以上）")
+    demo.add_argument("--seed", type=int, default=20200106, help="随机种子（相同种子生成相同数据）")
+    demo.set_defaults(func=cmd_seed_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings()
+        result: int = args.func(settings, args)
+        return result
+    except (SettingsError, MigrationError, ValueError, RuntimeError) as exc:
+        print(f"错误：{exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Database access shared by every part of the system.
+
+One place opens connections, so that every connection carries an application name (visible in
+``pg_stat_activity`` when an analyst asks "who is holding this lock?") and the session time zone
+is UTC: values are stored as timestamptz and the code does its own Asia/Shanghai conversion
+where a day or month is meant, so the server's zone setting never changes a figure.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+StoragePath = Literal["timescaledb", "postgresql"]
+
+
+def connect(url: str, *, autocommit: bool = False, application: str = "coldchain") -> psycopg.Connection:
+    return psycopg.connect(
+        url,
+        autocommit=autocommit,
+        application_name=application,
+        options="-c timezone=UTC",
+    )
+
+
+def with_database(url: str, dbname: str) -> str:
+    """The same server and credentials as ``url``, another database."""
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def database_name(url: str) -> str:
+    return str(conninfo_to_dict(url).get("dbname") or "")
+
+
+def database_exists(server_url: str, dbname: str) -> bool:
+    with connect(server_url, autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+    return row is not None
+
+
+def create_database(server_url: str, dbname: str) -> None:
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(sql.Identifier(dbname)))
+
+
+def drop_database(server_url: str, dbname: str) -> None:
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def storage_path(conn: psycopg.Connection) -> StoragePath:
+    """Which path the schema was built on (decided once by migration 0001)."""
+    row = conn.execute("SELECT cc_timescaledb()").fetchone()
+    return "timescaledb" if row and row[0] else "postgresql"

@@ -1,0 +1,1 @@
+"""Demo data for a realistic slice of Shaanxi province."""

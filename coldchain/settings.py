@@ -1,0 +1,92 @@
+"""Settings, read from ``COLDCHAIN_*`` environment variables in this one place.
+
+Every process (CLI, ingester, scheduler, API, tests) builds its configuration with
+:func:`load_settings`, so a variable means the same thing everywhere and a bad value
+is refused at start-up, not halfway through a night of ingest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+TimescaleMode = Literal["auto", "require", "off"]
+_TIMESCALE_MODES: tuple[TimescaleMode, ...] = ("auto", "require", "off")
+
+PREFIX = "COLDCHAIN_"
+
+
+class SettingsError(ValueError):
+    """A ``COLDCHAIN_*`` variable has a value the system cannot use."""
+
+
+@dataclass(frozen=True)
+class MqttAddress:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # None means "not configured": the run command then starts an embedded server.
+    database_url: str | None
+    mqtt_url: str | None
+    # auto: use TimescaleDB when the server offers the extension; require: refuse to
+    # migrate without it; off: build the plain-PostgreSQL path even if it is offered.
+    timescaledb: TimescaleMode
+    # Where embedded servers keep their data between runs of the run command.
+    state_dir: Path
+    local_timezone: str
+
+    @property
+    def mqtt(self) -> MqttAddress | None:
+        return parse_mqtt_url(self.mqtt_url) if self.mqtt_url else None
+
+
+def parse_mqtt_url(url: str) -> MqttAddress:
+    """Accept ``mqtt://host[:port]``; the port defaults to 1883."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise SettingsError(f"COLDCHAIN_MQTT_URL 格式应为 mqtt://主机:端口，实际为 {url!r}")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise SettingsError(f"COLDCHAIN_MQTT_URL 端口无效：{url!r}") from exc
+    return MqttAddress(parts.hostname, port)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(PREFIX + name, "").strip()
+        return value or None
+
+    database_url = get("DATABASE_URL")
+    if database_url and not database_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(
+            f"COLDCHAIN_DATABASE_URL 应以 postgresql:// 开头，实际为 {database_url!r}"
+        )
+    mqtt_url = get("MQTT_URL")
+    if mqtt_url:
+        parse_mqtt_url(mqtt_url)
+    raw_mode = get("TIMESCALEDB") or "auto"
+    mode = {m: m for m in _TIMESCALE_MODES}.get(raw_mode)
+    if mode is None:
+        raise SettingsError(f"COLDCHAIN_TIMESCALEDB 只能是 auto、require 或 off，实际为 {raw_mode!r}")
+    state_dir = Path(get("STATE_DIR") or Path.cwd() / ".coldchain")
+    return Settings(
+        database_url=database_url,
+        mqtt_url=mqtt_url,
+        timescaledb=mode,
+        state_dir=state_dir,
+        local_timezone="Asia/Shanghai",
+    )

@@ -1,0 +1,1 @@
+"""Server-rendered pages: live board, device pages, reports (issue #7)."""

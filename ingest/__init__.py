@@ -1,0 +1,1 @@
+"""MQTT ingest of probe readings and gateway status (issue #3)."""

@@ -1,0 +1,1 @@
+"""Vaccine ledger and traceability (issue #6)."""
