@@ -1,0 +1,101 @@
+"""Real servers for the tests, and a fresh database for every test that writes.
+
+Each test run makes its own databases on whatever PostgreSQL the chain in
+:mod:`coldchain.services` finds (``COLDCHAIN_TEST_DATABASE_URL`` first), and drops them at the
+end, so a run never depends on what an earlier run left. A migrated template database is built
+once per run; each test gets ``CREATE DATABASE … TEMPLATE`` of it, which takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coldchain import db, services
+from coldchain.migrate import migrate
+
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("coldchain-state")
+
+
+@pytest.fixture(scope="session")
+def pg_server(state_dir: Path) -> Iterator[services.Started]:
+    server = services.find_postgres(os.environ.get("COLDCHAIN_TEST_DATABASE_URL"), state_dir)
+    yield server
+    server.stop()
+
+
+class DatabaseFactory:
+    """Creates databases named after this run and drops every one of them at the end."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.created: list[str] = []
+
+    def create(self, template: str | None = None) -> str:
+        name = f"cc_test_{RUN_ID}_{len(self.created)}"
+        if template:
+            from psycopg import sql
+
+            with db.connect(self.server_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+                )
+        else:
+            db.create_database(self.server_url, name)
+        self.created.append(name)
+        return db.with_database(self.server_url, name)
+
+    def drop_all(self) -> None:
+        for name in reversed(self.created):
+            db.drop_database(self.server_url, name)
+
+
+@pytest.fixture(scope="session")
+def databases(pg_server: services.Started) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(pg_server.url)
+    yield factory
+    factory.drop_all()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(databases: DatabaseFactory) -> str | None:
+    """A migrated database to copy, or None on TimescaleDB, whose background scheduler keeps a
+    connection open to every database and so makes it unusable as a template."""
+    url = databases.create()
+    migrate(url)
+    with db.connect(url) as conn:
+        if db.storage_path(conn) == "timescaledb":
+            return None
+    return db.database_name(url)
+
+
+@pytest.fixture
+def empty_db(databases: DatabaseFactory) -> str:
+    """A fresh database with nothing in it."""
+    return databases.create()
+
+
+@pytest.fixture
+def db_url(databases: DatabaseFactory, migrated_template: str | None) -> str:
+    """A fresh, fully migrated database for this test alone."""
+    if migrated_template is None:
+        url = databases.create()
+        migrate(url)
+        return url
+    return databases.create(template=migrated_template)
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(state_dir: Path) -> Iterator[services.Started]:
+    broker = services.find_mqtt(os.environ.get("COLDCHAIN_TEST_MQTT_URL"), state_dir)
+    yield broker
+    broker.stop()

@@ -1,0 +1,44 @@
+"""Settings come from COLDCHAIN_* variables, and a bad value stops start-up with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+
+from coldchain.settings import SettingsError, load_settings, parse_mqtt_url
+
+
+def test_defaults_mean_embedded_servers() -> None:
+    s = load_settings({})
+    assert s.database_url is None
+    assert s.mqtt_url is None
+    assert s.timescaledb == "auto"
+    assert s.local_timezone == "Asia/Shanghai"
+
+
+def test_values_are_read_and_trimmed() -> None:
+    s = load_settings({
+        "COLDCHAIN_DATABASE_URL": " postgresql://u@db:5433/cc ",
+        "COLDCHAIN_MQTT_URL": "mqtt://broker:1884",
+        "COLDCHAIN_TIMESCALEDB": "require",
+    })
+    assert s.database_url == "postgresql://u@db:5433/cc"
+    assert s.mqtt is not None and (s.mqtt.host, s.mqtt.port) == ("broker", 1884)
+    assert s.timescaledb == "require"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"COLDCHAIN_DATABASE_URL": "mysql://x"}, "COLDCHAIN_DATABASE_URL"),
+        ({"COLDCHAIN_MQTT_URL": "tcp://broker:1883"}, "COLDCHAIN_MQTT_URL"),
+        ({"COLDCHAIN_MQTT_URL": "mqtt://broker:notaport"}, "端口"),
+        ({"COLDCHAIN_TIMESCALEDB": "yes"}, "COLDCHAIN_TIMESCALEDB"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(env)
+
+
+def test_mqtt_port_defaults_to_1883() -> None:
+    assert parse_mqtt_url("mqtt://localhost").port == 1883
