@@ -104,6 +104,9 @@ def cmd_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Start what is needed, migrate, seed an empty registry, then run until Ctrl-C."""
     started: list[services.Started] = []
+    stop = threading.Event()
+    # Before anything starts: a SIGTERM during start-up must still stop the servers we started.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         url, server = _database_url(settings, start=True)
         if server:
@@ -121,9 +124,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         broker = services.find_mqtt(settings.mqtt_url, settings.state_dir, prefer_docker=False)
         started.append(broker)
         print(f"MQTT 代理：{broker.url}（{broker.source}）")
-        print("系统已启动。按 Ctrl-C 停止。")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        print("系统已启动。按 Ctrl-C 停止。", flush=True)
         try:
             while not stop.wait(60 if args.duration is None else min(args.duration, 60)):
                 if args.duration is not None:

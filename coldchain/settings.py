@@ -79,7 +79,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if mqtt_url:
         parse_mqtt_url(mqtt_url)
     raw_mode = get("TIMESCALEDB") or "auto"
-    mode = {m: m for m in _TIMESCALE_MODES}.get(raw_mode)
+    mode: TimescaleMode | None = next((m for m in _TIMESCALE_MODES if m == raw_mode), None)
     if mode is None:
         raise SettingsError(f"COLDCHAIN_TIMESCALEDB 只能是 auto、require 或 off，实际为 {raw_mode!r}")
     state_dir = Path(get("STATE_DIR") or Path.cwd() / ".coldchain")

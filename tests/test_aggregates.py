@@ -8,11 +8,11 @@ import time
 from datetime import datetime
 from typing import Any
 
+import aggdata
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-import aggdata
 from coldchain import db
 from coldchain.aggregates import refresh_aggregates
 from coldchain.migrate import migrate

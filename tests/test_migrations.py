@@ -55,7 +55,7 @@ def test_failing_migration_rolls_back_whole_and_is_not_recorded(empty_db: str, t
     (directory / "9001_broken.sql").write_text(
         "CREATE TABLE half_done (id int);\nSELECT no_such_function();\n", encoding="utf-8"
     )
-    with pytest.raises(MigrationError, match="9001_broken.sql"):
+    with pytest.raises(MigrationError, match=r"9001_broken\.sql"):
         migrate(empty_db, directory=directory)
     with db.connect(empty_db) as conn:
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
@@ -68,7 +68,7 @@ def test_failing_migration_rolls_back_whole_and_is_not_recorded(empty_db: str, t
 def test_bad_file_name_is_refused(tmp_path: Path) -> None:
     directory = _copy_migrations(tmp_path)
     (directory / "3_missing_padding.sql").write_text("SELECT 1;", encoding="utf-8")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         discover(directory)
 
 
@@ -113,7 +113,7 @@ def test_timescaledb_off_builds_the_plain_path(empty_db: str) -> None:
     migrate(empty_db, timescaledb="off")
     with db.connect(empty_db) as conn:
         assert db.storage_path(conn) == "postgresql"
-        kinds = dict(conn.execute(
+        kinds: dict[str, str] = dict(conn.execute(
             "SELECT relname, relkind::text FROM pg_class WHERE relname IN "
             "('probe_readings', 'probe_readings_hourly', 'probe_readings_daily', 'agg_probe_hourly')"
         ).fetchall())

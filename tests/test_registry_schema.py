@@ -103,7 +103,7 @@ def _device(conn: psycopg.Connection, unit: int) -> dict[str, int]:
 
 def test_compartment_limits_default_by_mode(conn: psycopg.Connection, tree: dict[str, int]) -> None:
     ids = _device(conn, tree["site"])
-    limits = dict(conn.execute(
+    limits: dict[str, str] = dict(conn.execute(
         "SELECT mode, (t_min, t_max)::text FROM compartments WHERE equipment_id = %s", (ids["equipment"],)
     ).fetchall())
     assert limits == {"refrigerated": "(2.0,8.0)", "frozen": "(,-15.0)"}

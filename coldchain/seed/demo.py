@@ -16,8 +16,8 @@ townships are added per county until the probe budget is met.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import zip_longest
 
@@ -26,7 +26,14 @@ from argon2 import PasswordHasher
 from psycopg import sql
 
 from coldchain.db import connect
-from coldchain.seed.shaanxi import CITIES, PERSON_GIVEN, PERSON_SURNAMES, SITE_SUFFIXES, TOWNSHIP_NAMES, County
+from coldchain.seed.shaanxi import (
+    CITIES,
+    PERSON_GIVEN,
+    PERSON_SURNAMES,
+    SITE_SUFFIXES,
+    TOWNSHIP_NAMES,
+    County,
+)
 
 PROVINCE_CODE = "6100000000"
 DEMO_PASSWORD = "Coldchain@2026"  # documented in the README; every demo user has it
