@@ -8,11 +8,12 @@ job against ``COLDCHAIN_DATABASE_URL`` (or, when it is not set, the same local d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from coldchain import db, services
@@ -26,21 +27,29 @@ log = logging.getLogger("coldchain")
 RUN_DATABASE = "coldchain"
 
 
-def _database_url(settings: Settings, *, start: bool) -> tuple[str, services.Started | None]:
-    """The configured database, or the run command's local one (started if ``start``)."""
+def _database_url(settings: Settings) -> tuple[str, services.Started | None]:
+    """The configured database, or the run command's local one (its server found or started)."""
     if settings.database_url:
         return settings.database_url, None
     server = services.find_postgres(None, settings.state_dir, prefer_docker=False)
-    if not start and server.source.startswith(("initdb", "embedded")):
-        log.info("使用本地数据库服务器：%s", server.source)
     if not db.database_exists(server.url, RUN_DATABASE):
         db.create_database(server.url, RUN_DATABASE)
     return db.with_database(server.url, RUN_DATABASE), server
 
 
-def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    url, server = _database_url(settings, start=True)
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """For one-shot commands: the database URL, and any server started for it stopped after."""
+    url, server = _database_url(settings)
     try:
+        yield url
+    finally:
+        if server and not server.reused:
+            server.stop()
+
+
+def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    with _database(settings) as url:
         applied = migrate(url, timescaledb=settings.timescaledb)
         if applied:
             for m in applied:
@@ -49,27 +58,19 @@ def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
             print("数据库结构已是最新，无需迁移")
         with db.connect(url) as conn:
             print(f"存储路径：{db.storage_path(conn)}")
-    finally:
-        if server:
-            server.stop()
     return 0
 
 
 def cmd_db_status(settings: Settings, args: argparse.Namespace) -> int:
-    url, server = _database_url(settings, start=True)
-    try:
+    with _database(settings) as url:
         for state in status(url):
             when = state.applied_at.isoformat(timespec="seconds") if state.applied_at else "未应用"
             print(f"{state.migration.path.name:40} {when}")
-    finally:
-        if server:
-            server.stop()
     return 0
 
 
 def cmd_db_refresh(settings: Settings, args: argparse.Namespace) -> int:
-    url, server = _database_url(settings, start=True)
-    try:
+    with _database(settings) as url:
         until = datetime.fromisoformat(args.until) if args.until else None
         result = refresh_aggregates(url, until=until)
         if result.path == "timescaledb":
@@ -79,15 +80,11 @@ def cmd_db_refresh(settings: Settings, args: argparse.Namespace) -> int:
                 f"已刷新聚合：小时 {result.hourly_rows} 行，日 {result.daily_rows} 行，"
                 f"物化至 {result.materialized_until}"
             )
-    finally:
-        if server:
-            server.stop()
     return 0
 
 
 def cmd_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
-    url, server = _database_url(settings, start=True)
-    try:
+    with _database(settings) as url:
         migrate(url, timescaledb=settings.timescaledb)
         plan = plan_demo(args.probes, args.seed)
         load_demo(url, plan)
@@ -95,9 +92,6 @@ def cmd_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
             f"已载入演示省份：单位 {len(plan.units)}，设备 {len(plan.equipment)}，温区 {len(plan.compartments)}，"
             f"网关 {len(plan.gateways)}，探头 {len(plan.probes)}，用户 {len(plan.users)}（演示密码 {DEMO_PASSWORD}）"
         )
-    finally:
-        if server:
-            server.stop()
     return 0
 
 
@@ -108,7 +102,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     # Before anything starts: a SIGTERM during start-up must still stop the servers we started.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        url, server = _database_url(settings, start=True)
+        url, server = _database_url(settings)
         if server:
             started.append(server)
         print(f"数据库：{server.source if server else '环境变量 COLDCHAIN_DATABASE_URL'}")

@@ -59,6 +59,9 @@ class Started:
     url: str
     source: str
     _stop: Callable[[], None] | None = field(default=None, repr=False)
+    # Found already running on our data directory (a killed run's, or a running `coldchain run`'s):
+    # the run command adopts it, one-shot commands leave it running.
+    reused: bool = False
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -249,7 +252,7 @@ def start_local_cluster(data_dir: Path, port: int | None = None) -> Started:
     running = _running_cluster_port(data_dir)
     if running is not None:
         log.info("数据目录 %s 上的数据库仍在运行（端口 %s），沿用它", data_dir, running)
-        return Started(f"postgresql://postgres@127.0.0.1:{running}/postgres", source, stop)
+        return Started(f"postgresql://postgres@127.0.0.1:{running}/postgres", source, stop, reused=True)
 
     if not (data_dir / "PG_VERSION").exists():
         _run_logged(

@@ -114,6 +114,7 @@ def test_local_cluster_takes_over_a_server_left_running(tmp_path: Path, started:
     again = services.start_local_cluster(data_dir)
     started.append(again)
     assert again.url == orphan.url
+    assert (orphan.reused, again.reused) == (False, True)
     assert services._pg_answers(again.url)
     again.stop()
     assert not services.port_open(*_host_port(orphan.url))

@@ -56,21 +56,6 @@ BEGIN
         RETURN;
     END IF;
     EXECUTE $fn$
-        CREATE FUNCTION time_bucket(bucket_width interval, ts timestamptz) RETURNS timestamptz
-        LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $body$
-            SELECT CASE
-                WHEN extract(year FROM bucket_width) = 0 AND extract(month FROM bucket_width) = 0
-                THEN date_bin(bucket_width, ts, timestamptz '2000-01-03 00:00:00+00')
-                ELSE (timestamp '2000-01-01' + make_interval(months => (
-                        floor(((extract(year FROM ts AT TIME ZONE 'UTC') - 2000) * 12
-                               + extract(month FROM ts AT TIME ZONE 'UTC') - 1)
-                              / (extract(year FROM bucket_width) * 12 + extract(month FROM bucket_width)))
-                        * (extract(year FROM bucket_width) * 12 + extract(month FROM bucket_width)))::int
-                     )) AT TIME ZONE 'UTC'
-            END
-        $body$
-    $fn$;
-    EXECUTE $fn$
         CREATE FUNCTION time_bucket(bucket_width interval, ts timestamptz, timezone text) RETURNS timestamptz
         LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $body$
             SELECT CASE
@@ -84,6 +69,14 @@ BEGIN
                         * (extract(year FROM bucket_width) * 12 + extract(month FROM bucket_width)))::int
                      )) AT TIME ZONE timezone
             END
+        $body$
+    $fn$;
+    -- Without a zone, buckets are UTC's: the zoned function with 'UTC' (SQL functions inline, so
+    -- this costs nothing per row).
+    EXECUTE $fn$
+        CREATE FUNCTION time_bucket(bucket_width interval, ts timestamptz) RETURNS timestamptz
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $body$
+            SELECT time_bucket(bucket_width, ts, 'UTC')
         $body$
     $fn$;
     EXECUTE $c$COMMENT ON FUNCTION time_bucket(interval, timestamptz)
