@@ -156,6 +156,10 @@ $do$;
 --     refresh. The refresh first raises the threshold in its own transaction (which waits for the
 --     writers that read the old threshold, as they hold it FOR SHARE), then materialises up to it,
 --     so a concurrent late reading is either logged or seen by the refresh, never lost.
+--   * Deleting raw readings does not touch the aggregates: old raw rows may be dropped while
+--     their hourly and daily figures are kept (as on TimescaleDB, whose refresh windows stay
+--     inside the raw retention). To rebuild a range after a deliberate correction, update the
+--     readings instead of deleting them.
 DO $do$
 BEGIN
     IF cc_timescaledb() THEN
