@@ -47,9 +47,14 @@ def database_exists(server_url: str, dbname: str) -> bool:
     return row is not None
 
 
-def create_database(server_url: str, dbname: str) -> None:
+def create_database(server_url: str, dbname: str, *, template: str = "template0") -> None:
+    """``template`` lets the tests copy one migrated database instead of migrating each one."""
     with connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(sql.Identifier(dbname)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE {}").format(
+                sql.Identifier(dbname), sql.Identifier(template)
+            )
+        )
 
 
 def drop_database(server_url: str, dbname: str) -> None:

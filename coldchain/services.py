@@ -473,7 +473,3 @@ def find_mqtt(env_url: str | None, state_dir: Path, *, prefer_docker: bool = Tru
     if _mosquitto_exe() is not None:
         return start_mosquitto(state_dir / "mosquitto")
     return start_amqtt()
-
-
-def scratch_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -42,15 +42,7 @@ class DatabaseFactory:
 
     def create(self, template: str | None = None) -> str:
         name = f"cc_test_{RUN_ID}_{len(self.created)}"
-        if template:
-            from psycopg import sql
-
-            with db.connect(self.server_url, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
-                )
-        else:
-            db.create_database(self.server_url, name)
+        db.create_database(self.server_url, name, template=template or "template0")
         self.created.append(name)
         return db.with_database(self.server_url, name)
 
