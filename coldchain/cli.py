@@ -18,7 +18,8 @@ from datetime import datetime
 
 from coldchain import db, services
 from coldchain.aggregates import refresh_aggregates
-from coldchain.migrate import MigrationError, migrate, status
+from coldchain.migrate import MigrationError, migrate, require_current, status
+from coldchain.runtime import run_until_signalled
 from coldchain.seed.demo import DEMO_PASSWORD, load_demo, plan_demo
 from coldchain.settings import Settings, SettingsError, load_settings
 
@@ -95,6 +96,34 @@ def cmd_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the MQTT ingester until Ctrl-C / SIGTERM (it then commits and acknowledges what it holds)."""
+    from ingest.ingester import IngestConfig, Ingester
+
+    if settings.mqtt is None:
+        raise SettingsError("未配置 COLDCHAIN_MQTT_URL（例如 mqtt://127.0.0.1:1883）")
+    with _database(settings) as url:
+        require_current(url)
+        config = IngestConfig(
+            database_url=url,
+            mqtt=settings.mqtt,
+            client_id=args.client_id or settings.ingest_client_id,
+            share_group=args.share_group or settings.ingest_share_group,
+            health_port=args.health_port if args.health_port is not None else settings.ingest_health_port,
+            receive_maximum=args.receive_maximum,
+            batch_messages=args.batch_messages,
+        )
+        ingester = Ingester(config)
+        print(f"采集服务：{settings.mqtt.url} → 数据库，客户端 {config.client_id}", flush=True)
+        run_until_signalled(ingester.run)
+        m = ingester.metrics
+        print(
+            f"采集服务已停止：入库读数 {m.readings_stored}，重复 {m.readings_duplicate}，"
+            f"死信消息 {m.messages_dead_lettered}"
+        )
+    return 0
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Start what is needed, migrate, seed an empty registry, then run until Ctrl-C."""
     started: list[services.Started] = []
@@ -150,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     refresh = dbp.add_parser("refresh-aggregates", help="刷新小时、日聚合")
     refresh.add_argument("--until", help="物化到此时刻之前的完整小时（ISO 8601，默认当前时间）")
     refresh.set_defaults(func=cmd_db_refresh)
+
+    ing = sub.add_parser("ingest", help="MQTT 采集服务：读数入库（确认仅在提交之后）")
+    ing.add_argument("--client-id", help="MQTT 客户端标识（默认 COLDCHAIN_INGEST_CLIENT_ID 或 coldchain-ingest）")
+    ing.add_argument("--share-group", help="多实例分担负载的共享订阅组名（默认不共享）")
+    ing.add_argument("--health-port", type=int, default=None, help="/healthz 与 /metrics 端口（默认不开启）")
+    ing.add_argument("--receive-maximum", type=int, default=2000, help="代理可同时未确认下发的消息数（内存上限）")
+    ing.add_argument("--batch-messages", type=int, default=500, help="每批写入的消息数上限")
+    ing.set_defaults(func=cmd_ingest)
 
     seed = sub.add_parser("seed", help="载入数据").add_subparsers(dest="seed_command", required=True)
     demo = seed.add_parser("demo", help="载入演示省份（陕西）")

@@ -27,6 +27,18 @@ def connect(url: str, *, autocommit: bool = False, application: str = "coldchain
     )
 
 
+async def connect_async(
+    url: str, *, autocommit: bool = False, application: str = "coldchain"
+) -> psycopg.AsyncConnection:
+    """The asyncio twin of :func:`connect`, with the same session settings."""
+    return await psycopg.AsyncConnection.connect(
+        url,
+        autocommit=autocommit,
+        application_name=application,
+        options="-c timezone=UTC",
+    )
+
+
 def with_database(url: str, dbname: str) -> str:
     """The same server and credentials as ``url``, another database."""
     if url.startswith(("postgresql://", "postgres://")):

@@ -133,3 +133,10 @@ def migrate(
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return done
+
+
+def require_current(url: str, directory: Path = MIGRATIONS_DIR) -> None:
+    """Refuse to start a service on a schema older than its code (it would fail at the first write)."""
+    pending = [s.migration.path.name for s in status(url, directory) if s.applied_at is None]
+    if pending:
+        raise MigrationError(f"数据库结构不是最新（未应用：{'、'.join(pending)}），请先运行 coldchain db migrate")

@@ -43,6 +43,8 @@ from typing import Any
 
 import psycopg
 
+import ingest
+
 log = logging.getLogger(__name__)
 
 TIMESCALE_IMAGE = "timescale/timescaledb-ha:pg17"
@@ -392,8 +394,12 @@ def _check_port_free(port: int) -> None:
         raise RuntimeError(f"127.0.0.1:{port} 已被占用")
 
 
-def _mosquitto_exe() -> str | None:
+def mosquitto_executable() -> str | None:
     return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+# The broker settings coldchain needs (queue limits, persistence): one file, shipped for deployments.
+MOSQUITTO_SETTINGS = Path(ingest.__file__).resolve().parent / "mosquitto.conf"
 
 
 def start_mosquitto(work_dir: Path, port: int | None = None, extra_config: str = "") -> Started:
@@ -402,7 +408,7 @@ def start_mosquitto(work_dir: Path, port: int | None = None, extra_config: str =
     As root it drops to the ``mosquitto`` user (``work_dir`` is handed to that user so the
     persistence file can be saved), or stays root where no such user exists.
     """
-    exe = _mosquitto_exe()
+    exe = mosquitto_executable()
     if exe is None:
         raise RuntimeError("本机没有 mosquitto")
     port = port or free_port()
@@ -422,7 +428,7 @@ def start_mosquitto(work_dir: Path, port: int | None = None, extra_config: str =
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\n{user}persistence true\n"
         f"persistence_location {work_dir}/\npersistence_file mosquitto-{port}.db\n"
-        f"max_queued_messages 0\n{extra_config}",
+        f"{MOSQUITTO_SETTINGS.read_text(encoding='utf-8')}\n{extra_config}",
         encoding="utf-8",
     )
     with log_path.open("wb") as log_file:
@@ -470,6 +476,6 @@ def find_mqtt(env_url: str | None, state_dir: Path, *, prefer_docker: bool = Tru
             log.warning("Mosquitto 容器启动失败，改用本机代理：%s", exc)
     if port_open("127.0.0.1", 1883):
         return Started("mqtt://127.0.0.1:1883", "127.0.0.1:1883")
-    if _mosquitto_exe() is not None:
+    if mosquitto_executable() is not None:
         return start_mosquitto(state_dir / "mosquitto")
     return start_amqtt()

@@ -45,6 +45,12 @@ class Settings:
     # Where embedded servers keep their data between runs of the run command.
     state_dir: Path
     local_timezone: str
+    # The ingester's MQTT client id: a restart with the same id resumes the same broker session.
+    ingest_client_id: str = "coldchain-ingest"
+    # When set, ingesters share the load through $share/<group>/…; None for a lone ingester.
+    ingest_share_group: str | None = None
+    # Port of the ingester's /healthz and /metrics (127.0.0.1); None: not served.
+    ingest_health_port: int | None = None
 
     @property
     def mqtt(self) -> MqttAddress | None:
@@ -83,10 +89,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if mode is None:
         raise SettingsError(f"COLDCHAIN_TIMESCALEDB 只能是 auto、require 或 off，实际为 {raw_mode!r}")
     state_dir = Path(get("STATE_DIR") or Path.cwd() / ".coldchain")
+    health_port: int | None = None
+    if raw_port := get("INGEST_HEALTH_PORT"):
+        if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+            raise SettingsError(f"COLDCHAIN_INGEST_HEALTH_PORT 应为 1–65535 的端口号，实际为 {raw_port!r}")
+        health_port = int(raw_port)
+    client_id = get("INGEST_CLIENT_ID") or "coldchain-ingest"
+    share_group = get("INGEST_SHARE_GROUP")
+    for name, value in (("INGEST_CLIENT_ID", client_id), ("INGEST_SHARE_GROUP", share_group)):
+        if value is not None and (len(value) > 64 or any(c in value for c in "/+#$ ")):
+            raise SettingsError(f"COLDCHAIN_{name} 不能含有 / + # $ 或空格，且不超过 64 个字符：{value!r}")
     return Settings(
         database_url=database_url,
         mqtt_url=mqtt_url,
         timescaledb=mode,
         state_dir=state_dir,
         local_timezone="Asia/Shanghai",
+        ingest_client_id=client_id,
+        ingest_share_group=share_group,
+        ingest_health_port=health_port,
     )

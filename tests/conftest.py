@@ -91,3 +91,15 @@ def mqtt_broker(state_dir: Path) -> Iterator[services.Started]:
     broker = services.find_mqtt(os.environ.get("COLDCHAIN_TEST_MQTT_URL"), state_dir)
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def deploy_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Started]:
+    """A Mosquitto of our own with the settings shipped in ingest/mosquitto.conf (unlimited queue
+    for an absent persistent client), for the tests where the ingester is away while publishing
+    goes on: the machine's broker keeps its default 1000-message queue and would drop the rest."""
+    if services.mosquitto_executable() is None:
+        pytest.skip("本机没有 mosquitto 可执行文件，无法启动带部署配置的代理")
+    broker = services.start_mosquitto(tmp_path_factory.mktemp("deploy-broker"))
+    yield broker
+    broker.stop()

@@ -28,7 +28,7 @@ from coldchain import db, pybroker, services
 needs_machine_pg = pytest.mark.skipif(
     services._machine_pg_bindir() is None, reason="no initdb / pg_ctl / postgres on this machine"
 )
-needs_mosquitto = pytest.mark.skipif(services._mosquitto_exe() is None, reason="no mosquitto on this machine")
+needs_mosquitto = pytest.mark.skipif(services.mosquitto_executable() is None, reason="no mosquitto on this machine")
 
 
 @pytest.fixture
