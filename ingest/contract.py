@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -97,9 +98,12 @@ def split_topic(topic: str) -> tuple[str, str] | None:
     return rest[0], rest[1]
 
 
+# Same rule as the registry's CHECK on gateways.serial / probes.serial.
+_SERIAL: Final = re.compile(r"[0-9A-Za-z_-]{1,32}")
+
+
 def _valid_serial(value: str) -> bool:
-    # Same rule as the registry's CHECK on gateways.serial / probes.serial.
-    return 0 < len(value) <= 32 and all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
+    return _SERIAL.fullmatch(value) is not None
 
 
 def _to_us(dt: datetime) -> int:
@@ -211,21 +215,26 @@ def _parse_telemetry(gateway: str, doc: dict[str, Any], now_us: int) -> Parsed:
         return out
     limit = now_us + _MAX_FUTURE_US
     readings = out.readings
+    valid_serial = _SERIAL.fullmatch
+    # The common case (a plain float t, no optional fields) takes the fewest steps: this loop runs
+    # for every reading the province sends.
     for i, item in enumerate(items):
-        if not isinstance(item, dict):
+        if type(item) is not dict:
             problems.append(Problem("bad_message", i, "读数不是 JSON 对象"))
             continue
-        probe = item.get("probe")
-        if not isinstance(probe, str) or not _valid_serial(probe):
+        get = item.get
+        probe = get("probe")
+        if type(probe) is not str or valid_serial(probe) is None:
             problems.append(Problem("bad_probe", i, repr(probe)[:60]))
             continue
-        if "ts" in item:
-            ts = parse_ts(item["ts"])
+        raw_ts = get("ts")
+        if raw_ts is not None:
+            ts = parse_ts(raw_ts)
             if ts is None:
-                problems.append(Problem("bad_ts", i, f"{probe} ts={item['ts']!r}"[:100]))
+                problems.append(Problem("bad_ts", i, f"{probe} ts={raw_ts!r}"[:100]))
                 continue
             if ts > limit:
-                problems.append(Problem("future_ts", i, f"{probe} ts={item['ts']!r}"[:100]))
+                problems.append(Problem("future_ts", i, f"{probe} ts={raw_ts!r}"[:100]))
                 continue
         elif msg_ts is not None:
             ts = msg_ts
@@ -234,19 +243,27 @@ def _parse_telemetry(gateway: str, doc: dict[str, Any], now_us: int) -> Parsed:
             if "ts" not in doc:
                 problems.append(Problem("bad_ts", i, f"{probe} 无 ts，消息也无 ts"))
             continue
-        if "t" not in item or item["t"] is None:
+        raw_t = get("t")
+        kind = type(raw_t)
+        if kind is float or kind is int:
+            t = float(raw_t)  # type: ignore[arg-type]  # int or float, checked just above
+            if not T_MIN <= t <= T_MAX:  # NaN fails this too
+                problems.append(
+                    Problem("out_of_range" if math.isfinite(t) else "bad_t", i, f"{probe} t={raw_t!r}"[:100])
+                )
+                continue
+        elif raw_t is None:
             problems.append(Problem("missing_t", i, probe))
             continue
-        t = _number(item["t"])
-        if t is None:
-            problems.append(Problem("bad_t", i, f"{probe} t={item['t']!r}"[:100]))
+        else:
+            problems.append(Problem("bad_t", i, f"{probe} t={raw_t!r}"[:100]))
             continue
-        if not T_MIN <= t <= T_MAX:
-            problems.append(Problem("out_of_range", i, f"{probe} t={t}"))
-            continue
-        rh = _optional(item, "rh", 0.0, 100.0, i, problems)
-        bat = _optional(item, "bat", 0.0, 100.0, i, problems)
-        readings.append((probe, ts, t, rh, bat))
+        if len(item) > 3 or (len(item) == 3 and raw_ts is None):
+            rh = _optional(item, "rh", 0.0, 100.0, i, problems)
+            bat = _optional(item, "bat", 0.0, 100.0, i, problems)
+            readings.append((probe, ts, t, rh, bat))
+        else:
+            readings.append((probe, ts, t, None, None))
     status_ts = msg_ts if msg_ts is not None else now_us
     power = doc.get("power")
     if power is not None and power not in ("ac", "battery"):

@@ -33,10 +33,17 @@ CREATE TEMP TABLE IF NOT EXISTS cc_stage_status (
 
 _MOVE_READINGS: Final = """
 WITH staged AS MATERIALIZED (
-    SELECT s.probe_id, x.ts, s.t, s.rh, s.bat,
-           EXISTS (SELECT 1 FROM probe_bindings b WHERE b.probe_id = s.probe_id AND b.valid @> x.ts) AS bound
+    -- Bindings of a probe never overlap, so the one that started last at or before ts is the only
+    -- candidate; asking for it this way walks probe_bindings_probe_idx once per reading (a plain
+    -- "valid @> ts" lets the planner pick the exclusion index, which matches every binding).
+    SELECT s.probe_id, x.ts, s.t, s.rh, s.bat, coalesce(b.valid @> x.ts, false) AS bound
     FROM cc_stage_readings s
     CROSS JOIN LATERAL (SELECT timestamptz 'epoch' + s.ts_us * interval '1 microsecond' AS ts) x
+    LEFT JOIN LATERAL (
+        SELECT pb.valid FROM probe_bindings pb
+        WHERE pb.probe_id = s.probe_id AND lower(pb.valid) <= x.ts
+        ORDER BY lower(pb.valid) DESC LIMIT 1
+    ) b ON true
 ), stored AS (
     INSERT INTO probe_readings (probe_id, ts, t, rh, bat)
     SELECT probe_id, ts, t, rh, bat FROM staged WHERE bound
@@ -224,7 +231,10 @@ async def _write(
             if pid is None:
                 quarantine.append((probe, p.gateway, ts_us, t, rh, bat))
                 continue
-            lines.append(f"{pid}\t{ts_us}\t{t!r}\t{_copy_value(rh)}\t{_copy_value(bat)}\n")
+            if rh is None and bat is None:
+                lines.append(f"{pid}\t{ts_us}\t{t!r}\t\\N\t\\N\n")
+            else:
+                lines.append(f"{pid}\t{ts_us}\t{t!r}\t{_copy_value(rh)}\t{_copy_value(bat)}\n")
         s = p.status
         if s is not None:
             status_lines.append(

@@ -79,6 +79,7 @@ async def publish(broker_url: str, messages: Sequence[Message], *, window: int =
     """Publish at QoS 1 and return once the broker has acknowledged every message."""
     addr = parse_mqtt_url(broker_url)
     client = aiomqtt.Client(addr.host, addr.port, identifier=unique_id("test-pub"), max_inflight_messages=window)
+    client.pending_calls_threshold = window + 1
     async with client as c:
         for i in range(0, len(messages), window):
             await asyncio.gather(

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print their figures (see README, 基准测试)."""
