@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
+import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
@@ -22,6 +26,7 @@ from coldchain.migrate import MigrationError, migrate, require_current, status
 from coldchain.runtime import run_until_signalled
 from coldchain.seed.demo import DEMO_PASSWORD, load_demo, plan_demo
 from coldchain.settings import Settings, SettingsError, load_settings
+from ingest.simulate import configure_parser as configure_simulator
 
 log = logging.getLogger("coldchain")
 
@@ -124,9 +129,37 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.simulate import cmd_simulate as simulate
+
+    with _database(settings) as url:
+        return simulate(settings, args, url)
+
+
+def _child(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A service of the run command, in its own process (the machine has more than one core)."""
+    return subprocess.Popen([sys.executable, "-m", "coldchain.cli", *argv], env=env, stdin=subprocess.DEVNULL)
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, then wait: the ingester commits and acknowledges what it holds before it exits."""
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in children.items():
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            log.warning("%s 未在 30 秒内退出，强制结束", name)
+            proc.kill()
+            proc.wait()
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Start what is needed, migrate, seed an empty registry, then run until Ctrl-C."""
+    """Start what is needed, migrate, seed an empty registry, start the ingester and the
+    simulator, then run until Ctrl-C / SIGTERM and stop everything in reverse order."""
     started: list[services.Started] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}
     stop = threading.Event()
     # Before anything starts: a SIGTERM during start-up must still stop the servers we started.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -147,19 +180,61 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         broker = services.find_mqtt(settings.mqtt_url, settings.state_dir, prefer_docker=False)
         started.append(broker)
         print(f"MQTT 代理：{broker.url}（{broker.source}）")
+        env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_MQTT_URL": broker.url}
+        health_port = settings.ingest_health_port or services.free_port()
+        children["采集服务"] = _child(["ingest", "--health-port", str(health_port)], env)
+        print(f"采集服务：健康检查 http://127.0.0.1:{health_port}/healthz ，指标 /metrics")
+        # The simulator starts once the ingester is subscribed: on a first run its broker session
+        # does not exist yet, and messages published before it would have no one to queue for.
+        if not _wait_healthy(health_port, children["采集服务"], stop):
+            print("错误：采集服务未能就绪", file=sys.stderr)
+            return 1
+        if not args.no_simulate:
+            children["网关模拟器"] = _child(
+                ["simulate", "--seed", str(args.seed), "--backfill", args.backfill, "--random-faults", "3",
+                 "--malformed-rate", "0.002"], env,
+            )
+            print(f"网关模拟器：回填 {args.backfill}，随机故障 3 个，畸形消息 0.2%")
         print("系统已启动。按 Ctrl-C 停止。", flush=True)
-        try:
-            while not stop.wait(60 if args.duration is None else min(args.duration, 60)):
-                if args.duration is not None:
-                    break
-                refresh_aggregates(url)
-        except KeyboardInterrupt:
-            pass
-        print("正在停止……")
-        return 0
+        failed = _supervise(url, children, stop, args.duration)
+        print("正在停止……", flush=True)
+        return 1 if failed else 0
     finally:
+        _stop_children(children)
         for s in reversed(started):
             s.stop()
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], stop: threading.Event, seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None and not stop.is_set():
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            return True
+        stop.wait(0.2)
+    return False
+
+
+def _supervise(
+    url: str, children: dict[str, subprocess.Popen[bytes]], stop: threading.Event, duration: float | None
+) -> bool:
+    """Wait for a stop; refresh the aggregates every minute; True if a service died on its own."""
+    deadline = None if duration is None else time.monotonic() + duration
+    next_refresh = time.monotonic() + 60
+    try:
+        while not stop.wait(0.5):
+            for name, proc in children.items():
+                if proc.poll() is not None:
+                    print(f"错误：{name}意外退出（退出码 {proc.returncode}），系统停止", file=sys.stderr)
+                    return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now >= next_refresh:
+                refresh_aggregates(url)
+                next_refresh = now + 60
+    except KeyboardInterrupt:
+        pass
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--probes", type=int, default=200, help="空库时载入的演示探头数（默认 200）")
     run.add_argument("--seed", type=int, default=20200106, help="演示数据随机种子")
     run.add_argument("--duration", type=float, default=None, help="运行若干秒后自动停止（演示、测试用）")
+    run.add_argument("--backfill", default="24h", help="模拟器从多久以前开始补发数据（默认 24h）")
+    run.add_argument("--no-simulate", action="store_true", help="不启动网关模拟器（接真实网关时）")
     run.set_defaults(func=cmd_run)
 
     dbp = sub.add_parser("db", help="数据库结构与聚合").add_subparsers(dest="db_command", required=True)
@@ -187,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--receive-maximum", type=int, default=2000, help="代理可同时未确认下发的消息数（内存上限）")
     ing.add_argument("--batch-messages", type=int, default=500, help="每批写入的消息数上限")
     ing.set_defaults(func=cmd_ingest)
+
+    sim = sub.add_parser("simulate", help="网关模拟器：为库中已绑定的探头发送读数，可注入故障")
+    configure_simulator(sim)
+    sim.set_defaults(func=cmd_simulate)
 
     seed = sub.add_parser("seed", help="载入数据").add_subparsers(dest="seed_command", required=True)
     demo = seed.add_parser("demo", help="载入演示省份（陕西）")

@@ -24,7 +24,6 @@ import logging
 import math
 import random
 import re
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -34,6 +33,7 @@ import aiomqtt
 import psycopg
 
 from coldchain import db
+from coldchain.runtime import run_until_signalled
 from coldchain.settings import MqttAddress, Settings, SettingsError
 
 log = logging.getLogger("coldchain.simulate")
@@ -615,6 +615,7 @@ async def publish_forever(
             return published
         try:
             async with aiomqtt.Client(mqtt.host, mqtt.port, identifier=client_id) as client:
+                client.pending_calls_threshold = _PUBLISH_BATCH + 1  # a full batch in flight is intended
                 log.info("已%s连接 MQTT 代理 %s", "重新" if backoff > 1.0 else "", mqtt.url)
                 backoff = 1.0
                 while True:
@@ -756,30 +757,12 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace, url: str) -> int:
             last_hour[:] = [hour]
             print(f"已发送至 {t.astimezone(BEIJING).isoformat(timespec='seconds')}", flush=True)
 
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        handled: list[tuple[signal.Signals, Any]] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # Only the main thread may own signal handlers; elsewhere --duration is what stops us.
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                previous = signal.getsignal(sig)
-                loop.add_signal_handler(sig, stop.set)
-                handled.append((sig, previous))
-        timer = loop.call_later(args.duration, stop.set) if args.duration is not None else None
-        try:
-            return await publish_forever(
-                mqtt, sim, until=None, stop=stop, realtime=True, client_id=args.client_id, on_tick=report
-            )
-        finally:
-            if timer is not None:
-                timer.cancel()
-            for sig, previous in handled:
-                loop.remove_signal_handler(sig)
-                if previous is not None:  # the caller's own handlers (e.g. Ctrl-C) come back
-                    signal.signal(sig, previous)
-
-    published = asyncio.run(run())
+    published = run_until_signalled(
+        lambda stop: publish_forever(
+            mqtt, sim, until=None, stop=stop, realtime=True, client_id=args.client_id, on_tick=report
+        ),
+        duration=args.duration,
+    )
     reached = sim.now.astimezone(BEIJING).isoformat(timespec="seconds")
     print(f"模拟已停止，共发送 {published} 条消息，模拟时间至 {reached}")
     return 0

@@ -12,31 +12,43 @@ from coldchain import db, services
 
 
 def _env(db_url: str, broker: services.Started) -> dict[str, str]:
-    return {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": broker.url}
+    # A client id of its own, so that no other test's queued messages are delivered to this run.
+    return {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": broker.url,
+            "COLDCHAIN_INGEST_CLIENT_ID": f"run-{db.database_name(db_url)}"}
 
 
-def test_run_migrates_seeds_and_stops_after_duration(empty_db: str, mqtt_broker: services.Started) -> None:
+def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_broker: services.Started) -> None:
+    """The broker is our own (deploy_broker): the run command's ingester keeps a persistent
+    session, which must not be left queueing on the machine's shared broker."""
     proc = subprocess.run(
-        [sys.executable, "-m", "coldchain.cli", "run", "--duration", "0.5", "--probes", "60"],
-        env=_env(empty_db, mqtt_broker), capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-m", "coldchain.cli", "run", "--duration", "6", "--probes", "60", "--backfill", "30m"],
+        env=_env(empty_db, deploy_broker), capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "系统已启动" in proc.stdout and mqtt_broker.url in proc.stdout
+    assert "系统已启动" in proc.stdout and deploy_broker.url in proc.stdout
     with db.connect(empty_db) as conn:
-        row = conn.execute("SELECT count(*) FROM probes").fetchone()
-    assert row is not None and row[0] >= 60
+        probes = conn.execute("SELECT count(*) FROM probes").fetchone()
+        # The simulator back-filled 30 minutes for every bound probe and the ingester stored them.
+        stored = conn.execute(
+            "SELECT count(DISTINCT probe_id), count(*) FROM probe_readings WHERE ts < now() - interval '20 minutes'"
+        ).fetchone()
+        bound = conn.execute("SELECT count(*) FROM probe_bindings_current").fetchone()
+    assert probes is not None and probes[0] >= 60
+    assert stored is not None and bound is not None
+    assert stored[0] >= bound[0] - 3  # a random fault may silence a probe or two
+    assert stored[1] >= 5 * (bound[0] - 3)
     # A second start finds the registry populated and leaves it alone.
     again = subprocess.run(
-        [sys.executable, "-m", "coldchain.cli", "run", "--duration", "0.2"],
-        env=_env(empty_db, mqtt_broker), capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-m", "coldchain.cli", "run", "--duration", "0.2", "--no-simulate"],
+        env=_env(empty_db, deploy_broker), capture_output=True, text=True, timeout=120, check=False,
     )
     assert again.returncode == 0 and "已载入演示省份" not in again.stdout
 
 
-def test_run_stops_on_sigterm(empty_db: str, mqtt_broker: services.Started) -> None:
+def test_run_stops_on_sigterm(empty_db: str, deploy_broker: services.Started) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coldchain.cli", "run", "--probes", "30"],
-        env=_env(empty_db, mqtt_broker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "coldchain.cli", "run", "--probes", "30", "--backfill", "10m"],
+        env=_env(empty_db, deploy_broker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
