@@ -37,7 +37,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiomqtt
 import psycopg
@@ -89,6 +89,8 @@ class Ingester:
         self._conn: psycopg.AsyncConnection | None = None
         self._client: aiomqtt.Client | None = None
         self._generation = 0
+        # MQTT v5 for Receive Maximum and session expiry; 3.1.1 when the broker has no v5 (amqtt).
+        self._protocol = aiomqtt.ProtocolVersion.V5
         # The batch being filled by the consumer; the writer takes it whole.
         self._current: list[Incoming] = []
         self._current_since = 0.0
@@ -130,6 +132,8 @@ class Ingester:
             try:
                 async with client:
                     self._generation += 1
+                    if self.metrics.mqtt_connects == 0 and self._protocol is aiomqtt.ProtocolVersion.V311:
+                        log.warning("MQTT 代理不支持 MQTT 5，使用 3.1.1（持久会话 clean_session=false）")
                     self._client = client
                     self.metrics.mqtt_connected = True
                     self.metrics.mqtt_connects += 1
@@ -155,7 +159,19 @@ class Ingester:
                         await asyncio.gather(consume, return_exceptions=True)
                         await self._drain(10.0)
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT 连接中断或无法连接（%s），%.1f 秒后重连", exc, delay)
+                if self.metrics.mqtt_connects == 0:
+                    # Never connected yet: the broker may not speak MQTT 5 (amqtt answers with code
+                    # 0x84 or, given v5 properties, not at all), so alternate until one version
+                    # connects. On 3.1.1 the broker's own in-flight limit (max_inflight_messages)
+                    # bounds our unacknowledged messages; acknowledgement after commit is unchanged.
+                    self._protocol = (
+                        aiomqtt.ProtocolVersion.V311 if self._protocol is aiomqtt.ProtocolVersion.V5
+                        else aiomqtt.ProtocolVersion.V5
+                    )
+                    log.warning("无法连接 MQTT 代理（%s），%.1f 秒后改用 MQTT %s 重试", exc, delay,
+                                "3.1.1" if self._protocol is aiomqtt.ProtocolVersion.V311 else "5")
+                else:
+                    log.warning("MQTT 连接中断或无法连接（%s），%.1f 秒后重连", exc, delay)
             finally:
                 self._client = None
                 self.subscribed.clear()
@@ -172,20 +188,25 @@ class Ingester:
             pass
 
     def _new_client(self) -> aiomqtt.Client:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.config.session_expiry
-        props.ReceiveMaximum = self.config.receive_maximum
-        client = aiomqtt.Client(
-            self.config.mqtt.host,
-            self.config.mqtt.port,
-            identifier=self.config.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=props,
-            keepalive=self.config.keepalive,
-            timeout=10,
-            queue_type=self._handoff_queue(self._generation + 1),
-        )
+        common: dict[str, Any] = {
+            "identifier": self.config.client_id,
+            "keepalive": self.config.keepalive,
+            "timeout": 10,
+            "queue_type": self._handoff_queue(self._generation + 1),
+        }
+        if self._protocol is aiomqtt.ProtocolVersion.V5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.config.session_expiry
+            props.ReceiveMaximum = self.config.receive_maximum
+            client = aiomqtt.Client(
+                self.config.mqtt.host, self.config.mqtt.port, protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=False, properties=props, **common,
+            )
+        else:
+            client = aiomqtt.Client(
+                self.config.mqtt.host, self.config.mqtt.port, protocol=aiomqtt.ProtocolVersion.V311,
+                clean_session=False, **common,
+            )
         # See the module docstring: PUBACK only after commit. Must precede connect().
         client._client.manual_ack_set(True)
         return client

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final, NamedTuple
 
 import psycopg
@@ -64,7 +64,8 @@ WITH staged AS MATERIALIZED (
         SET n = u.n + excluded.n, first_ts = least(u.first_ts, excluded.first_ts),
             last_ts = greatest(u.last_ts, excluded.last_ts)
 )
-SELECT count(*) FILTER (WHERE bound), count(*) FILTER (WHERE NOT bound), (SELECT count(*) FROM stored)
+SELECT count(*) FILTER (WHERE bound) AS bound, count(*) FILTER (WHERE NOT bound) AS unbound,
+       (SELECT count(*) FROM stored) AS stored
 FROM staged
 """
 
@@ -131,9 +132,9 @@ class BatchResult:
     newest_reading_us: int | None = None
 
     def add(self, other: BatchResult) -> None:
-        for name in ("messages", "readings", "stored", "duplicates", "unbound", "quarantined", "dead_letters",
-                     "rejected_readings"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            if f.name != "newest_reading_us":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         if other.newest_reading_us is not None:
             self.newest_reading_us = max(self.newest_reading_us or 0, other.newest_reading_us)
 
