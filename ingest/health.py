@@ -29,10 +29,12 @@ class Metrics:
     batches_committed: int = 0
     db_errors: int = 0
     mqtt_connects: int = 0
+    read_pauses: int = 0  # times reading from the broker paused because the writer was behind
     # Gauges
     mqtt_connected: bool = False
     db_connected: bool = False
     pending_messages: int = 0
+    pending_peak: int = 0  # most messages held at once since start: the memory bound in practice
     last_commit_lag_s: float = 0.0  # receipt of the oldest message of the last batch → its commit
     last_reading_age_s: float = 0.0  # commit → newest reading time of the last batch
     last_commit_at: float = 0.0
@@ -52,7 +54,7 @@ class Metrics:
         lines: list[str] = []
         for name, value in self.as_dict().items():
             kind = "counter" if isinstance(value, int) and not isinstance(value, bool) and name not in (
-                "pending_messages",
+                "pending_messages", "pending_peak",
             ) else "gauge"
             metric = f"coldchain_ingest_{name}" + ("_total" if kind == "counter" else "")
             lines.append(f"# TYPE {metric} {kind}")

@@ -98,6 +98,9 @@ class Ingester:
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Reading from the broker's socket is paused while this many messages wait (see _receive).
+        self._cap = max(2 * config.receive_maximum, 2 * config.batch_messages)
+        self._paused = False
         # Set while subscribed (tests and the run command wait for it before publishing).
         self.subscribed = asyncio.Event()
 
@@ -128,13 +131,16 @@ class Ingester:
     async def _mqtt_loop(self, stop: asyncio.Event, writer: asyncio.Task[None]) -> None:
         delay = 0.5
         while not stop.is_set():
-            client = self._new_client()
+            # The new connection's number and client are in place before connecting: with a kept
+            # session the broker sends queued messages right after CONNACK, and the writer must be
+            # able to acknowledge them on this connection from the first one on.
+            self._generation += 1
+            client = self._new_client(self._generation)
+            self._client = client
             try:
                 async with client:
-                    self._generation += 1
                     if self.metrics.mqtt_connects == 0 and self._protocol is aiomqtt.ProtocolVersion.V311:
                         log.warning("MQTT 代理不支持 MQTT 5，使用 3.1.1（持久会话 clean_session=false）")
-                    self._client = client
                     self.metrics.mqtt_connected = True
                     self.metrics.mqtt_connects += 1
                     delay = 0.5
@@ -174,6 +180,10 @@ class Ingester:
                     log.warning("MQTT 连接中断或无法连接（%s），%.1f 秒后重连", exc, delay)
             finally:
                 self._client = None
+                self._paused = False
+                # Not yet handed to the writer and never acknowledged: the broker sends them again on
+                # the next connection, so holding on to them would only keep two copies in memory.
+                self._current = [m for m in self._current if m.ack is None]
                 self.subscribed.clear()
                 self.metrics.mqtt_connected = False
             if stop.is_set():
@@ -187,12 +197,12 @@ class Ingester:
         async for _ in client.messages:
             pass
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self, generation: int) -> aiomqtt.Client:
         common: dict[str, Any] = {
             "identifier": self.config.client_id,
             "keepalive": self.config.keepalive,
             "timeout": 10,
-            "queue_type": self._handoff_queue(self._generation + 1),
+            "queue_type": self._handoff_queue(generation),
         }
         if self._protocol is aiomqtt.ProtocolVersion.V5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -250,8 +260,43 @@ class Ingester:
             self._current_since = asyncio.get_running_loop().time()
             self._has_data.set()
         metrics.pending_messages = len(current)
+        if len(current) > metrics.pending_peak:
+            metrics.pending_peak = len(current)
         if len(current) >= self.config.batch_messages:
             self._full.set()
+            if len(current) >= self._cap and not self._paused:
+                self._pause_reading()
+
+    # Mosquitto 2.0.11 does not keep to Receive Maximum while it drains a queue it held for us
+    # (measured: 3 131 unacknowledged messages with Receive Maximum 200), so the broker alone does
+    # not bound our memory. When the batch in hand reaches the cap we stop reading the socket;
+    # TCP flow control then holds the rest at the broker. The writer resumes reading when it takes
+    # the batch. Only public paho (socket(), loop_read()) and asyncio (add/remove_reader) calls are
+    # used; aiomqtt registered the socket's reader, which pausing removes and resuming replaces.
+    def _pause_reading(self) -> None:
+        sock = self._client._client.socket() if self._client is not None else None
+        if sock is None:
+            return
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        self._paused = True
+        self.metrics.read_pauses += 1
+
+    def _resume_reading(self) -> None:
+        self._paused = False
+        paho = self._client._client if self._client is not None else None
+        sock = paho.socket() if paho is not None else None
+        if paho is None or sock is None:
+            return
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._read_socket, paho)
+
+    @staticmethod
+    def _read_socket(paho: Any) -> None:
+        try:
+            paho.loop_read()  # a broken connection ends in paho's on_disconnect, which aiomqtt watches
+        except Exception as exc:
+            log.warning("读取 MQTT 连接失败（%s），断开重连", exc)
+            with contextlib.suppress(Exception):
+                paho.disconnect()
 
     # ------------------------------------------------------------------ write
     async def _writer(self) -> None:
@@ -265,6 +310,8 @@ class Ingester:
             batch, self._current = self._current, []
             self._has_data.clear()
             self._full.clear()
+            if self._paused:
+                self._resume_reading()
             self.metrics.pending_messages = 0
             if not batch:
                 continue

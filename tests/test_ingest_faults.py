@@ -115,3 +115,21 @@ async def test_database_stopped_and_restarted_mid_stream(tmp_path: Path, deploy_
         assert _stored(url) == _expected(messages)
     finally:
         cluster.stop()
+
+
+async def test_memory_stays_bounded_when_the_broker_drains_a_backlog(
+    db_url: str, deploy_broker: services.Started
+) -> None:
+    """Mosquitto 2.0.11 sends more than Receive Maximum unacknowledged messages while it drains a
+    queue held for us; the ingester must bound what it holds itself (it pauses reading)."""
+    fleet = seed_fleet(db_url)
+    messages = stream(fleet, 4000)
+    cfg = config(db_url, deploy_broker.url, receive_maximum=50, batch_messages=20)
+    async with running(cfg):
+        pass  # creates the session and its subscription
+    await publish(deploy_broker.url, messages)  # queued at the broker while we are away
+    async with running(cfg) as ing:
+        await wait_until(lambda: ing.metrics.readings_stored == 4000 * 8, 60, "backlog drained")
+        cap = max(2 * cfg.receive_maximum, 2 * cfg.batch_messages)
+        assert ing.metrics.pending_peak <= cap
+    assert count(db_url, "probe_readings") == 4000 * 8

@@ -33,7 +33,8 @@ def _us(text: str) -> int:
 def _batch(name: str, rows: list[tuple[int, str, float]]) -> list[dict[str, str]]:
     values = ", ".join(f"({pid}, {_us(ts)}, {t}, NULL, NULL)" for pid, ts, t in rows)
     return [
-        {"sql": f"BEGIN; INSERT INTO cc_stage_readings VALUES {values};"},
+        # The oracle's exec() takes SQL text only; the values are this test's own numbers.
+        {"sql": f"BEGIN; INSERT INTO cc_stage_readings VALUES {values};"},  # noqa: S608
         {"sql": store._MOVE_READINGS, "name": name},
         {"sql": "COMMIT;"},
     ]
@@ -50,7 +51,7 @@ def test_ingest_statements_on_hypertables_and_compressed_chunks() -> None:
         # A buffered upload into the compressed chunk: one new reading, one already stored.
         *_batch("late", [(1, "2026-11-20 00:02", 4.9), (1, "2026-11-20 00:01", 4.7)]),
         {"sql": (
-            f"BEGIN; INSERT INTO cc_stage_status VALUES (1, {_us('2026-11-20 00:00')}, true, 'battery', 3.7, -95,"
+            f"BEGIN; INSERT INTO cc_stage_status VALUES (1, {_us('2026-11-20 00:00')}, true, 'battery', 3.7, -95,"  # noqa: S608
             f" false), (1, {_us('2026-11-20 00:01')}, NULL, NULL, NULL, NULL, false);"
         )},
         {"sql": store._MOVE_STATUS},
