@@ -35,6 +35,7 @@ import psycopg
 from coldchain import db
 from coldchain.runtime import run_until_signalled
 from coldchain.settings import MqttAddress, Settings, SettingsError
+from ingest.contract import TOPIC_PREFIX
 
 log = logging.getLogger("coldchain.simulate")
 
@@ -42,7 +43,6 @@ BEIJING: Final = timezone(timedelta(hours=8))  # China has had no daylight savin
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
 
-TOPIC_PREFIX: Final = "coldchain/v1/"
 UNREGISTERED_GATEWAY: Final = "99999"
 # A gateway uploading its buffer after an outage splits it into messages of at most this many readings.
 BUFFER_CHUNK: Final = 8
