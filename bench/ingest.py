@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -333,8 +334,6 @@ async def main() -> None:
 
 
 def replace_id(cfg: IngestConfig, suffix: str) -> IngestConfig:
-    from dataclasses import replace
-
     return replace(cfg, client_id=f"{cfg.client_id}-{suffix}")
 
 

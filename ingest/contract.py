@@ -77,7 +77,6 @@ class Parsed:
     """A message after checking: what may be stored, and what must go to the dead-letter table."""
 
     gateway: str | None
-    kind: str | None  # "telemetry" | "status" | None (unusable topic)
     readings: list[Reading] = field(default_factory=list)
     status: GatewayStatus | None = None
     problems: list[Problem] = field(default_factory=list)
@@ -158,14 +157,14 @@ def parse_message(topic: str, payload: bytes, now_us: int, *, retained: bool = F
     """
     where = split_topic(topic)
     if where is None:
-        return Parsed(None, None, problems=[Problem("bad_topic", detail=topic[:200])])
+        return Parsed(None, problems=[Problem("bad_topic", detail=topic[:200])])
     gateway, kind = where
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
-        return Parsed(gateway, kind, problems=[Problem("bad_json", detail=str(exc)[:200])])
+        return Parsed(gateway, problems=[Problem("bad_json", detail=str(exc)[:200])])
     if not isinstance(doc, dict):
-        return Parsed(gateway, kind, problems=[Problem("bad_json", detail="顶层不是 JSON 对象")])
+        return Parsed(gateway, problems=[Problem("bad_json", detail="顶层不是 JSON 对象")])
     if kind == "status":
         status = _parse_status(gateway, doc, now_us)
         status.retained = retained
@@ -174,7 +173,7 @@ def parse_message(topic: str, payload: bytes, now_us: int, *, retained: bool = F
 
 
 def _parse_status(gateway: str, doc: dict[str, Any], now_us: int) -> Parsed:
-    out = Parsed(gateway, "status")
+    out = Parsed(gateway)
     online = doc.get("online")
     if not isinstance(online, bool):
         out.problems.append(Problem("bad_message", detail="status 消息需要布尔字段 online"))
@@ -199,7 +198,7 @@ _MAX_FUTURE_US: Final = MAX_FUTURE // _MICROSECOND
 
 
 def _parse_telemetry(gateway: str, doc: dict[str, Any], now_us: int) -> Parsed:
-    out = Parsed(gateway, "telemetry")
+    out = Parsed(gateway)
     problems = out.problems
     msg_ts: int | None = None
     if "ts" in doc:

@@ -48,7 +48,7 @@ class Metrics:
         return True, "正常"
 
     def as_dict(self) -> dict[str, float | int | bool]:
-        return {k: v for k, v in vars(self).items()}
+        return dict(vars(self))
 
     def prometheus(self) -> str:
         lines: list[str] = []

@@ -102,8 +102,10 @@ ON CONFLICT (gateway_id) DO UPDATE
     WHERE g.ts <= excluded.ts
 """
 
+# Gateways heard from whose status did not move gateway_latest (a repeated ts): only the
+# "last seen" time changes. Rows the status upsert just wrote already carry now().
 _TOUCH_GATEWAYS: Final = """
-UPDATE gateway_latest SET last_seen_at = now() WHERE gateway_id = ANY(%s)
+UPDATE gateway_latest SET last_seen_at = now() WHERE gateway_id = ANY(%s) AND last_seen_at < now()
 """
 
 
@@ -173,6 +175,13 @@ def _copy_value(v: object) -> str:
     return "\\N" if v is None else repr(v) if isinstance(v, float) else str(v)
 
 
+def _reading_line(pid: int, ts_us: int, t: float, rh: float | None, bat: float | None) -> str:
+    """One row of COPY text for cc_stage_readings; the common case (no rh, no bat) formats once."""
+    if rh is None and bat is None:
+        return f"{pid}\t{ts_us}\t{t!r}\t\\N\t\\N\n"
+    return f"{pid}\t{ts_us}\t{t!r}\t{_copy_value(rh)}\t{_copy_value(bat)}\n"
+
+
 async def write_batch(
     conn: psycopg.AsyncConnection, messages: Sequence[Incoming], cache: RegistryCache
 ) -> BatchResult:
@@ -191,18 +200,16 @@ async def write_batch(
 async def _write(
     conn: psycopg.AsyncConnection, messages: Sequence[Incoming], cache: RegistryCache, result: BatchResult
 ) -> None:
-    gateways: set[str] = set()
-    probes: set[str] = set()
-    for m in messages:
-        p = m.parsed
-        if p.gateway is not None and (p.readings or p.status is not None):
-            gateways.add(p.gateway)
-            probes.update(r[0] for r in p.readings)
-    await cache.resolve(conn, gateways, probes)
+    gateways = {
+        m.parsed.gateway for m in messages
+        if m.parsed.gateway is not None and (m.parsed.readings or m.parsed.status is not None)
+    }
+    await cache.resolve(conn, gateways, set())
     g_ids, p_ids = cache.gateways, cache.probes
 
     lines: list[str] = []
     status_lines: list[str] = []
+    unknown: list[tuple[str, str | None, int, float, float | None, float | None]] = []
     quarantine: list[tuple[str, str | None, int, float, float | None, float | None]] = []
     dead: list[DeadLetter] = []
     seen_gateways: set[int] = set()
@@ -230,12 +237,10 @@ async def _write(
             if ts_us > newest:
                 newest = ts_us
             if pid is None:
-                quarantine.append((probe, p.gateway, ts_us, t, rh, bat))
-                continue
-            if rh is None and bat is None:
-                lines.append(f"{pid}\t{ts_us}\t{t!r}\t\\N\t\\N\n")
+                # Looked up once for the whole batch below; what stays unknown goes to quarantine.
+                unknown.append((probe, p.gateway, ts_us, t, rh, bat))
             else:
-                lines.append(f"{pid}\t{ts_us}\t{t!r}\t{_copy_value(rh)}\t{_copy_value(bat)}\n")
+                lines.append(_reading_line(pid, ts_us, t, rh, bat))
         s = p.status
         if s is not None:
             status_lines.append(
@@ -243,6 +248,14 @@ async def _write(
                 f"\t{_copy_value(s.rssi)}\t{p.retained}\n"
             )
     result.newest_reading_us = newest or None
+    if unknown:
+        await cache.resolve(conn, set(), {r[0] for r in unknown})
+        for r in unknown:
+            pid = p_ids.get(r[0])
+            if pid is None:
+                quarantine.append(r)
+            else:
+                lines.append(_reading_line(pid, *r[2:]))
     result.quarantined = len(quarantine)
 
     async with conn.cursor() as cur:

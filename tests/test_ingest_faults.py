@@ -11,6 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 from ingesthelp import config, count, publish, running, seed_fleet, stream, unique_id, wait_until
 
 from coldchain import db, services
@@ -85,8 +86,6 @@ async def test_database_stopped_and_restarted_mid_stream(tmp_path: Path, deploy_
     try:
         cluster = services.start_local_cluster(tmp_path / "pg", services.free_port())
     except RuntimeError as exc:  # pragma: no cover - depends on the machine
-        import pytest
-
         pytest.skip(f"无法启动可停止的本地 PostgreSQL：{exc}")
     url = db.with_database(cluster.url, "coldchain")
     port = int(cluster.url.rsplit(":", 1)[1].split("/")[0])
