@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
 from coldchain import db, services
@@ -237,6 +237,19 @@ def _supervise(
     return False
 
 
+def _bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"应为整数，实际为 {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"应在 {lo}–{hi} 之间，实际为 {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coldchain", description="陕西省疫苗追溯和冷链监测信息系统")
     parser.add_argument("-v", "--verbose", action="store_true", help="输出调试日志")
@@ -260,9 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="MQTT 采集服务：读数入库（确认仅在提交之后）")
     ing.add_argument("--client-id", help="MQTT 客户端标识（默认 COLDCHAIN_INGEST_CLIENT_ID 或 coldchain-ingest）")
     ing.add_argument("--share-group", help="多实例分担负载的共享订阅组名（默认不共享）")
-    ing.add_argument("--health-port", type=int, default=None, help="/healthz 与 /metrics 端口（默认不开启）")
-    ing.add_argument("--receive-maximum", type=int, default=2000, help="代理可同时未确认下发的消息数（内存上限）")
-    ing.add_argument("--batch-messages", type=int, default=500, help="每批写入的消息数上限")
+    ing.add_argument("--health-port", type=_bounded_int(1, 65535), default=None,
+                     help="/healthz 与 /metrics 端口（默认不开启）")
+    ing.add_argument("--receive-maximum", type=_bounded_int(1, 65535), default=2000,
+                     help="代理可同时未确认下发的消息数（内存上限，1–65535）")
+    ing.add_argument("--batch-messages", type=_bounded_int(1, 100_000), default=500, help="每批写入的消息数上限")
     ing.set_defaults(func=cmd_ingest)
 
     sim = sub.add_parser("simulate", help="网关模拟器：为库中已绑定的探头发送读数，可注入故障")

@@ -110,3 +110,14 @@ def test_gateway_fields_become_status_series() -> None:
                         b' "battery": 3.9}', NOW_US)
     assert bad.status is not None and bad.status.power is None and bad.status.battery == 3.9
     assert [p.reason for p in bad.problems] == ["bad_field"]
+
+
+@pytest.mark.parametrize("argv", [["--receive-maximum", "0"], ["--receive-maximum", "70000"],
+                                  ["--batch-messages", "x"], ["--health-port", "0"]])
+def test_ingest_command_refuses_bad_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from coldchain.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["ingest", *argv])
+    assert exit_info.value.code == 2
+    assert "应" in capsys.readouterr().err
