@@ -24,7 +24,7 @@ from coldchain import db, services
 from coldchain.aggregates import refresh_aggregates
 from coldchain.migrate import MigrationError, migrate, require_current, status
 from coldchain.runtime import run_until_signalled
-from coldchain.seed.demo import DEMO_PASSWORD, load_demo, plan_demo
+from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE, load_demo, plan_demo
 from coldchain.settings import Settings, SettingsError, load_settings
 from ingest.simulate import configure_parser as configure_simulator
 
@@ -136,6 +136,23 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         return simulate(settings, args, url)
 
 
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve the web API with uvicorn until Ctrl-C / SIGTERM (uvicorn drains requests first)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    with _database(settings) as url:
+        require_current(url)
+        app = create_app(settings, url)
+        print(f"Web API：http://{host}:{port}/api/v1/docs", flush=True)
+        uvicorn.run(app, host=host, port=port, log_level="info" if args.verbose else "warning",
+                    proxy_headers=args.proxy_headers)
+    return 0
+
+
 def _child(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A service of the run command, in its own process (the machine has more than one core)."""
     return subprocess.Popen([sys.executable, "-m", "coldchain.cli", *argv], env=env, stdin=subprocess.DEVNULL)
@@ -184,11 +201,21 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         health_port = settings.ingest_health_port or services.free_port()
         children["采集服务"] = _child(["ingest", "--health-port", str(health_port)], env)
         print(f"采集服务：健康检查 http://127.0.0.1:{health_port}/healthz ，指标 /metrics")
+        api_port = settings.api_port
+        if not services.port_free(settings.api_host, api_port):
+            api_port = services.free_port()
+            print(f"端口 {settings.api_port} 已被占用，Web API 改用 {api_port}")
+        children["Web API"] = _child(["api", "--port", str(api_port)], env)
         # The simulator starts once the ingester is subscribed: on a first run its broker session
         # does not exist yet, and messages published before it would have no one to queue for.
-        if not _wait_healthy(health_port, children["采集服务"], stop):
+        if not _wait_healthy(f"http://127.0.0.1:{health_port}/healthz", children["采集服务"], stop):
             print("错误：采集服务未能就绪", file=sys.stderr)
             return 1
+        api_base = f"http://{settings.api_host}:{api_port}/api/v1"
+        if not _wait_healthy(f"{api_base}/health", children["Web API"], stop):
+            print("错误：Web API 未能就绪", file=sys.stderr)
+            return 1
+        print(f"Web API：{api_base}/docs （演示账号如 admin{PROVINCE_CODE}，密码 {DEMO_PASSWORD}）")
         if not args.no_simulate:
             children["网关模拟器"] = _child(
                 ["simulate", "--seed", str(args.seed), "--backfill", args.backfill, "--random-faults", "3",
@@ -205,10 +232,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             s.stop()
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], stop: threading.Event, seconds: float = 60) -> bool:
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], stop: threading.Event, seconds: float = 60) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None and not stop.is_set():
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
             return True
         stop.wait(0.2)
     return False
@@ -279,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="代理可同时未确认下发的消息数（内存上限，1–65535）")
     ing.add_argument("--batch-messages", type=_bounded_int(1, 100_000), default=500, help="每批写入的消息数上限")
     ing.set_defaults(func=cmd_ingest)
+
+    apip = sub.add_parser("api", help="Web API（FastAPI，/api/v1，文档在 /api/v1/docs）")
+    apip.add_argument("--host", help="监听地址（默认 COLDCHAIN_API_HOST 或 127.0.0.1）")
+    apip.add_argument(
+        "--port", type=_bounded_int(1, 65535), default=None, help="端口（默认 COLDCHAIN_API_PORT 或 8000）"
+    )
+    apip.add_argument(
+        "--proxy-headers", action="store_true", help="信任反向代理的 X-Forwarded-* 头（部署在 nginx 后时）"
+    )
+    apip.set_defaults(func=cmd_api)
 
     sim = sub.add_parser("simulate", help="网关模拟器：为库中已绑定的探头发送读数，可注入故障")
     configure_simulator(sim)

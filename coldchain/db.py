@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
 
 StoragePath = Literal["timescaledb", "postgresql"]
 
@@ -36,6 +37,19 @@ async def connect_async(
         autocommit=autocommit,
         application_name=application,
         options="-c timezone=UTC",
+    )
+
+
+def pool(url: str, *, application: str, min_size: int = 1, max_size: int = 10) -> ConnectionPool:
+    """A connection pool for a long-lived service, with the same session settings as :func:`connect`.
+
+    Opened by the caller (``pool.open(wait=True)``) so that a wrong URL fails at start-up."""
+    return ConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"application_name": application, "options": "-c timezone=UTC"},
+        open=False,
     )
 
 

@@ -8,7 +8,7 @@ is refused at start-up, not halfway through a night of ingest.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +51,13 @@ class Settings:
     ingest_share_group: str | None = None
     # Port of the ingester's /healthz and /metrics (127.0.0.1); None: not served.
     ingest_health_port: int | None = None
+    # The web API (``coldchain api``): where it listens, and how long a sign-in lasts.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    session_hours: int = 12
+    token_hours: int = 24
+    # Secure cookies need HTTPS; the embedded demo serves plain HTTP on 127.0.0.1.
+    cookie_secure: bool = False
 
     @property
     def mqtt(self) -> MqttAddress | None:
@@ -94,6 +101,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
             raise SettingsError(f"COLDCHAIN_INGEST_HEALTH_PORT 应为 1–65535 的端口号，实际为 {raw_port!r}")
         health_port = int(raw_port)
+    api_port = _int_setting(get, "API_PORT", 8000, 1, 65535)
+    session_hours = _int_setting(get, "SESSION_HOURS", 12, 1, 24 * 30)
+    token_hours = _int_setting(get, "TOKEN_HOURS", 24, 1, 24 * 365)
+    raw_secure = (get("COOKIE_SECURE") or "false").lower()
+    if raw_secure not in ("true", "false", "1", "0"):
+        raise SettingsError(f"COLDCHAIN_COOKIE_SECURE 只能是 true 或 false，实际为 {raw_secure!r}")
     client_id = get("INGEST_CLIENT_ID") or "coldchain-ingest"
     share_group = get("INGEST_SHARE_GROUP")
     for name, value in (("INGEST_CLIENT_ID", client_id), ("INGEST_SHARE_GROUP", share_group)):
@@ -108,4 +121,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ingest_client_id=client_id,
         ingest_share_group=share_group,
         ingest_health_port=health_port,
+        api_host=get("API_HOST") or "127.0.0.1",
+        api_port=api_port,
+        session_hours=session_hours,
+        token_hours=token_hours,
+        cookie_secure=raw_secure in ("true", "1"),
     )
+
+
+def _int_setting(get: Callable[[str], str | None], name: str, default: int, lo: int, hi: int) -> int:
+    raw = get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise SettingsError(f"COLDCHAIN_{name} 应为 {lo}–{hi} 的整数，实际为 {raw!r}")
+    return int(raw)

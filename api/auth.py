@@ -1,0 +1,218 @@
+"""Sign-in: argon2id passwords, lock-out after repeated failures, sessions and tokens.
+
+Every attempt, good or bad, is a row of ``login_events`` (CM14 counts the good ones of each
+site; the lock-out counts the bad ones), so the attempt record and the lock-out can never
+disagree. Only SHA-256 digests of session tokens are stored.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from api.deps import fetch_all, fetch_one, token_hash
+from api.errors import ApiError
+
+MAX_FAILURES = 5
+LOCK_WINDOW = timedelta(minutes=15)
+SETUP_TOKEN_TTL = timedelta(hours=72)
+Channel = Literal["web", "wechat", "api"]
+SessionKind = Literal["web", "api", "setup"]
+
+_hasher = PasswordHasher()  # argon2id with the library's current parameters
+# Verified against when the username does not exist, so that a wrong username and a wrong
+# password take the same time and cannot be told apart.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(stored: str | None, password: str) -> bool:
+    """False for a missing hash too, after the same work as a real check."""
+    try:
+        _hasher.verify(stored or _DUMMY_HASH, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+    return stored is not None
+
+
+def password_problem(password: str, username: str) -> str | None:
+    """The reason a new password is refused, or None. Rules a site can follow without a manual."""
+    if len(password) < 8:
+        return "密码至少 8 位"
+    if len(password) > 128:
+        return "密码不能超过 128 位"
+    classes = sum(
+        any(test(c) for c in password) for test in (str.islower, str.isupper, str.isdigit, lambda c: not c.isalnum())
+    )
+    if classes < 3:
+        return "密码须包含大写字母、小写字母、数字、符号中的至少三类"
+    if username.lower() in password.lower():
+        return "密码不能包含用户名"
+    return None
+
+
+def locked_until(failures: Sequence[datetime], now: datetime) -> datetime | None:
+    """Failed attempts since the last success → until when sign-in is refused (None: not locked).
+
+    Attempts refused because of the lock are not failures here, so a lock lasts LOCK_WINDOW after
+    the last real guess and an attacker cannot keep the owner locked out merely by knocking."""
+    recent = sorted(f for f in failures if now - f < LOCK_WINDOW)
+    if len(recent) < MAX_FAILURES:
+        return None
+    return recent[-1] + LOCK_WINDOW
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    user_id: int
+    token: str
+    csrf_token: str | None
+    expires_at: datetime
+
+
+_USER = """
+SELECT u.id, u.unit_id, u.status, u.password_hash FROM users u WHERE u.username = %(username)s
+"""
+_FAILURES = """
+SELECT ts FROM login_events
+WHERE username = %(username)s AND NOT success AND reason IN ('bad_password', 'unknown_user')
+  AND ts > now() - %(window)s
+  AND ts > coalesce((SELECT max(ts) FROM login_events WHERE username = %(username)s AND success), '-infinity')
+"""
+_RECORD = """
+INSERT INTO login_events (user_id, unit_id, username, channel, success, reason, ip, user_agent)
+VALUES (%(user_id)s, %(unit_id)s, %(username)s, %(channel)s, %(success)s, %(reason)s, %(ip)s, %(ua)s)
+"""
+_NEW_SESSION = """
+INSERT INTO auth_sessions (token_hash, csrf_hash, user_id, kind, expires_at, ip, user_agent)
+VALUES (%(hash)s, %(csrf)s, %(user_id)s, %(kind)s, now() + %(ttl)s, %(ip)s, %(ua)s)
+RETURNING expires_at
+"""
+
+
+def record_login(
+    conn: psycopg.Connection,
+    *,
+    username: str,
+    user_id: int | None,
+    unit_id: int | None,
+    channel: Channel,
+    success: bool,
+    reason: str | None,
+    ip: str | None,
+    user_agent: str | None,
+) -> None:
+    conn.execute(
+        _RECORD,
+        {
+            "user_id": user_id,
+            "unit_id": unit_id,
+            "username": username[:64],
+            "channel": channel,
+            "success": success,
+            "reason": reason,
+            "ip": ip,
+            "ua": (user_agent or "")[:300] or None,
+        },
+    )
+
+
+def open_session(
+    conn: psycopg.Connection, user_id: int, kind: SessionKind, ttl: timedelta, ip: str | None, user_agent: str | None
+) -> SignedIn:
+    token = new_secret()
+    csrf = new_secret() if kind == "web" else None
+    row = fetch_one(
+        conn,
+        _NEW_SESSION,
+        {
+            "hash": token_hash(token),
+            "csrf": token_hash(csrf) if csrf else None,
+            "user_id": user_id,
+            "kind": kind,
+            "ttl": ttl,
+            "ip": ip,
+            "ua": (user_agent or "")[:300] or None,
+        },
+    )
+    assert row is not None
+    return SignedIn(user_id, token, csrf, row["expires_at"])
+
+
+def sign_in(
+    conn: psycopg.Connection,
+    *,
+    username: str,
+    password: str,
+    channel: Channel,
+    kind: SessionKind,
+    ttl: timedelta,
+    ip: str | None,
+    user_agent: str | None,
+) -> SignedIn:
+    """Check the password and open a session; refusals are recorded and committed before raising."""
+    user = fetch_one(conn, _USER, {"username": username})
+    now_row = conn.execute("SELECT now()").fetchone()
+    assert now_row is not None
+    failures = [r["ts"] for r in fetch_all(conn, _FAILURES, {"username": username, "window": LOCK_WINDOW})]
+    common = {
+        "username": username,
+        "user_id": user["id"] if user else None,
+        "unit_id": user["unit_id"] if user else None,
+        "channel": channel,
+        "ip": ip,
+        "user_agent": user_agent,
+    }
+
+    def refuse(reason: str, error: ApiError) -> ApiError:
+        record_login(conn, success=False, reason=reason, **common)  # type: ignore[arg-type]
+        conn.commit()
+        return error
+
+    until = locked_until(failures, now_row[0])
+    if until is not None:
+        wait = max(1, int((until - now_row[0]).total_seconds()))
+        raise refuse(
+            "locked",
+            ApiError(
+                429,
+                "account_locked",
+                f"连续 {MAX_FAILURES} 次密码错误，账号已暂时锁定，请 {wait // 60 + 1} 分钟后再试",
+                headers={"Retry-After": str(wait)},
+            ),
+        )
+    stored = user["password_hash"] if user else None
+    ok = verify_password(stored, password)
+    bad = ApiError(401, "bad_credentials", "用户名或密码错误")
+    if user is None:
+        raise refuse("unknown_user", bad)
+    if not ok:
+        raise refuse("bad_password", bad)
+    if user["status"] != "active":
+        raise refuse("closed", ApiError(403, "account_closed", "该账号已关闭或注销，请联系管理单位"))
+    if _hasher.check_needs_rehash(stored or ""):
+        conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (_hasher.hash(password), user["id"]))
+    record_login(conn, success=True, reason=None, **common)  # type: ignore[arg-type]
+    return open_session(conn, user["id"], kind, ttl, ip, user_agent)
+
+
+def revoke_sessions(conn: psycopg.Connection, user_id: int, *, except_session: int | None = None) -> None:
+    conn.execute(
+        """UPDATE auth_sessions SET revoked_at = now()
+           WHERE user_id = %s AND revoked_at IS NULL AND id IS DISTINCT FROM %s""",
+        (user_id, except_session),
+    )

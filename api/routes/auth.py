@@ -1,0 +1,163 @@
+"""Sign-in routes: a session cookie for the web pages, a bearer token for API clients."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import SETUP_TOKEN_TTL, hash_password, password_problem, revoke_sessions, sign_in, verify_password
+from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, fetch_one, set_action, token_hash
+from api.errors import ApiError, invalid
+
+router = APIRouter(prefix="/auth", tags=["登录"])
+
+
+class Credentials(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class SessionOut(BaseModel):
+    user_id: int
+    expires_at: datetime
+    csrf_token: str = Field(
+        description=f"Cookie 登录后的写请求须在请求头 X-CSRF-Token 中带上此值（也在 {CSRF_COOKIE} Cookie 中）"
+    )
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_at: datetime
+
+
+def _client(request: Request) -> tuple[str | None, str | None]:
+    """Peer address (None when it is not an IP, e.g. a test transport) and user agent."""
+    host = request.client.host if request.client else None
+    try:
+        ip = str(ipaddress.ip_address(host)) if host else None
+    except ValueError:
+        ip = None
+    return ip, request.headers.get("user-agent")
+
+
+@router.post("/session", response_model=SessionOut, summary="网页登录（会话 Cookie）")
+def web_sign_in(body: Credentials, request: Request, response: Response, conn: Conn) -> dict[str, Any]:
+    settings = request.app.state.settings
+    ip, ua = _client(request)
+    signed = sign_in(
+        conn,
+        username=body.username,
+        password=body.password,
+        channel="web",
+        kind="web",
+        ttl=timedelta(hours=settings.session_hours),
+        ip=ip,
+        user_agent=ua,
+    )
+    max_age = settings.session_hours * 3600
+    response.set_cookie(
+        SESSION_COOKIE,
+        signed.token,
+        max_age=max_age,
+        httponly=True,
+        samesite="strict",
+        secure=settings.cookie_secure,
+        path="/",
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        signed.csrf_token or "",
+        max_age=max_age,
+        httponly=False,
+        samesite="strict",
+        secure=settings.cookie_secure,
+        path="/",
+    )
+    return {"user_id": signed.user_id, "expires_at": signed.expires_at, "csrf_token": signed.csrf_token}
+
+
+@router.post("/token", response_model=TokenOut, summary="API 客户端登录（Bearer 令牌）")
+def token_sign_in(body: Credentials, request: Request, conn: Conn) -> dict[str, Any]:
+    settings = request.app.state.settings
+    ip, ua = _client(request)
+    signed = sign_in(
+        conn,
+        username=body.username,
+        password=body.password,
+        channel="api",
+        kind="api",
+        ttl=timedelta(hours=settings.token_hours),
+        ip=ip,
+        user_agent=ua,
+    )
+    return {"access_token": signed.token, "expires_at": signed.expires_at}
+
+
+@router.post("/logout", status_code=204, summary="退出登录（作废当前会话或令牌）")
+def sign_out(principal: CurrentUser, response: Response, conn: Conn) -> Response:
+    conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = %s", (principal.session_id,))
+    response.status_code = 204
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")
+    return response
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: Annotated[str, Field(min_length=1, max_length=128)]
+    new_password: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+@router.post("/password", status_code=204, summary="修改本人密码（其他会话随之作废）")
+def change_password(body: PasswordChange, principal: CurrentUser, conn: Conn) -> Response:
+    row = fetch_one(conn, "SELECT password_hash FROM users WHERE id = %(id)s", {"id": principal.user_id})
+    if not verify_password((row or {}).get("password_hash"), body.current_password):
+        raise ApiError(403, "bad_credentials", "当前密码不正确")
+    if problem := password_problem(body.new_password, principal.username):
+        raise invalid(problem)
+    set_action(conn, "user.password")
+    conn.execute(
+        "UPDATE users SET password_hash = %s, password_changed_at = now(), version = version + 1 WHERE id = %s",
+        (hash_password(body.new_password), principal.user_id),
+    )
+    revoke_sessions(conn, principal.user_id, except_session=principal.session_id)
+    return Response(status_code=204)
+
+
+class PasswordSetup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: Annotated[str, Field(min_length=10, max_length=100)]
+    new_password: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+@router.post("/setup-password", status_code=204, summary="用一次性令牌设置初始密码（新用户）")
+def setup_password(body: PasswordSetup, conn: Conn) -> Response:
+    row = fetch_one(
+        conn,
+        """SELECT s.id, u.id AS user_id, u.username FROM auth_sessions s JOIN users u ON u.id = s.user_id
+           WHERE s.token_hash = %(hash)s AND s.kind = 'setup' AND s.revoked_at IS NULL AND s.expires_at > now()
+             AND u.status = 'active'
+           FOR UPDATE OF s""",
+        {"hash": token_hash(body.token)},
+    )
+    if row is None:
+        raise ApiError(401, "setup_token_invalid", "设置密码的链接无效、已使用或已过期，请联系管理单位重新生成")
+    if problem := password_problem(body.new_password, row["username"]):
+        raise invalid(problem)
+    conn.execute("SELECT set_config('coldchain.actor_id', %s, true)", (str(row["user_id"]),))
+    set_action(conn, "user.password_setup")
+    conn.execute(
+        "UPDATE users SET password_hash = %s, password_changed_at = now(), version = version + 1 WHERE id = %s",
+        (hash_password(body.new_password), row["user_id"]),
+    )
+    conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = %s", (row["id"],))
+    return Response(status_code=204)
+
+
+__all__ = ["SETUP_TOKEN_TTL", "router"]
