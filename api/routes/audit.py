@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from api.deps import Conn, CurrentUser, fetch_all
+from api.deps import Conn, CurrentUser, fetch_all, require_unit_in_scope
 from api.errors import forbidden
 
 router = APIRouter(tags=["审计日志"])
@@ -79,6 +79,8 @@ def audit_log(
 ) -> list[dict[str, Any]]:
     if principal.role not in ("system_admin", "supervisor"):
         raise forbidden("审计日志仅供系统管理员和省级督导查阅")
+    if unit_id is not None:
+        require_unit_in_scope(conn, principal, unit_id)
     return fetch_all(
         conn,
         _QUERY,

@@ -47,6 +47,13 @@ def _scope(principal: Principal) -> dict[str, Any]:
     return {"scope": principal.unit_id, "province": principal.actor.unit.level == "province"}
 
 
+def _filter_in_scope(conn: Conn, principal: Principal, unit_id: int | None) -> None:
+    """A filter naming a unit outside the jurisdiction is refused like any other id (404),
+    not answered with an empty list that would read as "this unit has nothing"."""
+    if unit_id is not None:
+        require_unit_in_scope(conn, principal, unit_id)
+
+
 def _require_hardware_manager(principal: Principal) -> None:
     """Hardware is supplied by the province and returned to the county (CM4, CM8): sites do not
     register or edit it themselves."""
@@ -91,6 +98,7 @@ def list_units(
     limit: Limit = 500,
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:
+    _filter_in_scope(conn, principal, parent_id)
     return fetch_all(
         conn, _UNITS, {**_scope(principal), "level": level, "parent": parent_id, "limit": limit, "offset": offset}
     )
@@ -205,6 +213,7 @@ def list_equipment(
     limit: Limit = 500,
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:
+    _filter_in_scope(conn, principal, unit_id)
     rows = fetch_all(
         conn,
         _EQUIPMENT_LIST,
@@ -456,6 +465,7 @@ def _hardware_routes(table: Literal["gateways", "probes"], what: str, listing: s
         limit: Limit = 500,
         offset: Offset = 0,
     ) -> list[dict[str, Any]]:
+        _filter_in_scope(conn, principal, unit_id)
         return fetch_all(
             conn,
             listing,
@@ -569,6 +579,7 @@ def list_bindings(
     limit: Limit = 1000,
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:
+    _filter_in_scope(conn, principal, unit_id)
     return fetch_all(
         conn,
         _BINDINGS,
