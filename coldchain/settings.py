@@ -58,6 +58,11 @@ class Settings:
     token_hours: int = 24
     # Secure cookies need HTTPS; the embedded demo serves plain HTTP on 127.0.0.1.
     cookie_secure: bool = False
+    # The WeChat official account (公众号) whose web authorisation gives staff's openids: sign-in
+    # from WeChat's browser and the binding for alarm delivery (CM14, CM15). Unset: WeChat is off.
+    wechat_appid: str | None = None
+    wechat_secret: str | None = None
+    wechat_api_base: str = "https://api.weixin.qq.com"
 
     @property
     def mqtt(self) -> MqttAddress | None:
@@ -85,9 +90,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     database_url = get("DATABASE_URL")
     if database_url and not database_url.startswith(("postgresql://", "postgres://")):
-        raise SettingsError(
-            f"COLDCHAIN_DATABASE_URL 应以 postgresql:// 开头，实际为 {database_url!r}"
-        )
+        raise SettingsError(f"COLDCHAIN_DATABASE_URL 应以 postgresql:// 开头，实际为 {database_url!r}")
     mqtt_url = get("MQTT_URL")
     if mqtt_url:
         parse_mqtt_url(mqtt_url)
@@ -126,6 +129,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         session_hours=session_hours,
         token_hours=token_hours,
         cookie_secure=raw_secure in ("true", "1"),
+        wechat_appid=get("WECHAT_APPID"),
+        wechat_secret=get("WECHAT_SECRET"),
+        wechat_api_base=(get("WECHAT_API_BASE") or "https://api.weixin.qq.com").rstrip("/"),
     )
 
 

@@ -146,8 +146,9 @@ def build_world(url: str) -> World:
 
 
 @contextmanager
-def api_client(url: str) -> Iterator[TestClient]:
-    app = create_app(load_settings({}), url, pool_size=4)
+def api_client(url: str, env: dict[str, str] | None = None) -> Iterator[TestClient]:
+    """``env``: COLDCHAIN_* settings for this app (the process environment is not read)."""
+    app = create_app(load_settings(env or {}), url, pool_size=4)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 

@@ -8,7 +8,10 @@ import subprocess
 import sys
 import time
 
+import httpx
+
 from coldchain import db, services
+from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE
 
 
 def _env(db_url: str, broker: services.Started) -> dict[str, str]:
@@ -45,15 +48,29 @@ def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_br
     assert again.returncode == 0 and "已载入演示省份" not in again.stdout
 
 
-def test_run_stops_on_sigterm(empty_db: str, deploy_broker: services.Started) -> None:
+def test_run_serves_the_api_and_stops_on_sigterm(empty_db: str, deploy_broker: services.Started) -> None:
+    port = services.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "coldchain.cli", "run", "--probes", "30", "--backfill", "10m"],
-        env=_env(empty_db, deploy_broker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**_env(empty_db, deploy_broker), "COLDCHAIN_API_PORT": str(port)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
+    api_line = ""
     for line in proc.stdout:
+        if line.startswith("Web API："):
+            api_line = line
         if "系统已启动" in line or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    try:
+        # The printed URL is the one that answers, and the demo's administrator can sign in.
+        assert f"http://127.0.0.1:{port}/api/v1/docs" in api_line
+        base = f"http://127.0.0.1:{port}/api/v1"
+        token = httpx.post(f"{base}/auth/token", json={"username": f"admin{PROVINCE_CODE}", "password": DEMO_PASSWORD})
+        assert token.status_code == 200, token.text
+        units = httpx.get(f"{base}/units", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+        assert units.status_code == 200 and len(units.json()) > 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

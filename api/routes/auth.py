@@ -9,9 +9,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import SETUP_TOKEN_TTL, hash_password, password_problem, revoke_sessions, sign_in, verify_password
+from api.auth import (
+    SETUP_TOKEN_TTL,
+    hash_password,
+    open_session,
+    password_problem,
+    record_login,
+    revoke_sessions,
+    sign_in,
+    verify_password,
+)
 from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, fetch_one, set_action, token_hash
 from api.errors import ApiError, invalid
+from api.wechat import openid_for_code
 
 router = APIRouter(prefix="/auth", tags=["登录"])
 
@@ -60,10 +70,20 @@ def web_sign_in(body: Credentials, request: Request, response: Response, conn: C
         ip=ip,
         user_agent=ua,
     )
+    _set_session_cookies(response, settings, signed.token, signed.csrf_token or "")
+    return {"user_id": signed.user_id, "expires_at": signed.expires_at, "csrf_token": signed.csrf_token}
+
+
+class WechatCode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,128}$", description="微信网页授权回调中的 code（一次性）")]
+
+
+def _set_session_cookies(response: Response, settings: Any, token: str, csrf: str) -> None:
     max_age = settings.session_hours * 3600
     response.set_cookie(
         SESSION_COOKIE,
-        signed.token,
+        token,
         max_age=max_age,
         httponly=True,
         samesite="strict",
@@ -71,14 +91,33 @@ def web_sign_in(body: Credentials, request: Request, response: Response, conn: C
         path="/",
     )
     response.set_cookie(
-        CSRF_COOKIE,
-        signed.csrf_token or "",
-        max_age=max_age,
-        httponly=False,
-        samesite="strict",
-        secure=settings.cookie_secure,
-        path="/",
+        CSRF_COOKIE, csrf, max_age=max_age, httponly=False, samesite="strict", secure=settings.cookie_secure, path="/"
     )
+
+
+@router.post("/wechat", response_model=SessionOut, summary="微信内登录（公众号网页授权 code，记为微信渠道登录）")
+def wechat_sign_in(body: WechatCode, request: Request, response: Response, conn: Conn) -> dict[str, Any]:
+    settings = request.app.state.settings
+    openid = openid_for_code(settings, body.code)
+    ip, ua = _client(request)
+    user = fetch_one(conn, "SELECT id, unit_id, username, status FROM users WHERE wechat_openid = %(o)s", {"o": openid})
+    if user is None:
+        raise ApiError(401, "wechat_not_bound", "该微信尚未绑定账号：请先用用户名和密码登录，在“我的”中绑定微信")
+    common = {
+        "username": user["username"],
+        "user_id": user["id"],
+        "unit_id": user["unit_id"],
+        "channel": "wechat",
+        "ip": ip,
+        "user_agent": ua,
+    }
+    if user["status"] != "active":
+        record_login(conn, success=False, reason="closed", **common)
+        conn.commit()
+        raise ApiError(403, "account_closed", "该账号已关闭或注销，请联系管理单位")
+    record_login(conn, success=True, reason=None, **common)
+    signed = open_session(conn, user["id"], "web", timedelta(hours=settings.session_hours), ip, ua)
+    _set_session_cookies(response, settings, signed.token, signed.csrf_token or "")
     return {"user_id": signed.user_id, "expires_at": signed.expires_at, "csrf_token": signed.csrf_token}
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Conn, CurrentUser, fetch_all, fetch_one, require_unit_in_scope, require_writer, set_action
 from api.errors import conflict, invalid, not_found
+from api.wechat import openid_for_code
 
 router = APIRouter(tags=["用户"])
 
@@ -89,22 +90,25 @@ def get_user(user_id: Annotated[int, Field(ge=1, le=2**62)], principal: CurrentU
 
 class WechatBinding(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    openid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{10,64}$", description="微信公众号网页授权得到的 openid")]
+    code: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,128}$", description="微信网页授权回调中的 code（一次性）")]
 
 
-@router.put("/users/me/wechat", status_code=204, summary="绑定本人微信（接收报警，CM15）")
-def bind_wechat(body: WechatBinding, principal: CurrentUser, conn: Conn) -> Response:
+@router.put(
+    "/users/me/wechat", status_code=204, summary="绑定本人微信（接收报警，CM15；用网页授权 code，服务端换取 openid）"
+)
+def bind_wechat(body: WechatBinding, request: Request, principal: CurrentUser, conn: Conn) -> Response:
+    openid = openid_for_code(request.app.state.settings, body.code)
     taken = fetch_one(
         conn,
         "SELECT id FROM users WHERE wechat_openid = %(o)s AND id <> %(id)s",
-        {"o": body.openid, "id": principal.user_id},
+        {"o": openid, "id": principal.user_id},
     )
     if taken:
         raise conflict("wechat_taken", "该微信已绑定其他账号，请先在原账号解除绑定")
     set_action(conn, "user.wechat_bind")
     conn.execute(
         "UPDATE users SET wechat_openid = %s, wechat_bound_at = now(), version = version + 1 WHERE id = %s",
-        (body.openid, principal.user_id),
+        (openid, principal.user_id),
     )
     return Response(status_code=204)
 

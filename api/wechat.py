@@ -1,0 +1,46 @@
+"""WeChat official-account web authorisation (网页授权): a one-time ``code`` from WeChat's browser
+is exchanged, server to server, for the user's ``openid``.
+
+The openid is never taken from the client: a client could claim anyone's. Only the exchange,
+made with the account's secret, proves which WeChat user is at the phone. The API base is a
+setting so that a test or a staging deployment can point it at its own server.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from urllib.parse import urlencode
+
+from api.errors import ApiError
+from coldchain.settings import Settings
+
+
+def openid_for_code(settings: Settings, code: str) -> str:
+    if not settings.wechat_appid or not settings.wechat_secret:
+        raise ApiError(
+            503,
+            "wechat_not_configured",
+            "未配置微信公众号（COLDCHAIN_WECHAT_APPID、COLDCHAIN_WECHAT_SECRET），暂不能使用微信登录或绑定",
+        )
+    query = urlencode(
+        {
+            "appid": settings.wechat_appid,
+            "secret": settings.wechat_secret,
+            "code": code,
+            "grant_type": "authorization_code",
+        }
+    )
+    try:
+        with urllib.request.urlopen(f"{settings.wechat_api_base}/sns/oauth2/access_token?{query}", timeout=5) as r:
+            body = json.load(r)
+    except (OSError, ValueError, urllib.error.URLError):
+        raise ApiError(502, "wechat_unreachable", "微信服务暂时无法访问，请稍后重试") from None
+    openid = body.get("openid") if isinstance(body, dict) else None
+    if not isinstance(openid, str) or not openid:
+        errcode = body.get("errcode") if isinstance(body, dict) else None
+        raise ApiError(
+            401, "wechat_code_invalid", f"微信授权码无效、已使用或已过期（errcode {errcode}），请重新打开页面"
+        )
+    return openid
