@@ -20,6 +20,8 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
+import psycopg
+
 from coldchain import db, services
 from coldchain.aggregates import refresh_aggregates
 from coldchain.migrate import MigrationError, migrate, require_current, status
@@ -150,6 +152,33 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         print(f"Web API：http://{host}:{port}/api/v1/docs", flush=True)
         uvicorn.run(app, host=host, port=port, log_level="info" if args.verbose else "warning",
                     proxy_headers=args.proxy_headers)
+    return 0
+
+
+def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
+    """The platform creates a unit's system administrator (UM1) — on a fresh installation the
+    province's, who then manages the rest through the API and Form 5. Prints a one-time link
+    token for setting the password; no password ever passes through the command line."""
+    from api.auth import SETUP_TOKEN_TTL, open_session
+    from api.permissions import role_allowed_at
+
+    with _database(settings) as url, db.connect(url, application="coldchain-cli") as conn:
+        unit = conn.execute("SELECT id, level, name FROM units WHERE code = %s", (args.unit,)).fetchone()
+        if unit is None:
+            raise ValueError(f"没有编码为 {args.unit} 的单位")
+        if problem := role_allowed_at("system_admin", unit[1]):
+            raise ValueError(problem)
+        conn.execute("SELECT set_config('coldchain.action', 'platform.create_system_admin', true)")
+        row = conn.execute(
+            """INSERT INTO users (username, real_name, phone, unit_id, role, department)
+               VALUES (%s, %s, %s, %s, 'system_admin', '信息科') RETURNING id""",
+            (args.username, args.real_name, args.phone, unit[0]),
+        ).fetchone()
+        assert row is not None
+        token = open_session(conn, row[0], "setup", SETUP_TOKEN_TTL, None, None).token
+        conn.commit()
+    print(f"已为{unit[2]}创建系统管理员 {args.username}。")
+    print(f"请在 72 小时内用此一次性令牌设置密码（POST /api/v1/auth/setup-password）：{token}")
     return 0
 
 
@@ -317,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apip.set_defaults(func=cmd_api)
 
+    adm = sub.add_parser("admin", help="平台操作").add_subparsers(dest="admin_command", required=True)
+    create = adm.add_parser("create", help="为单位创建系统管理员（UM1：系统管理员由平台生成），输出一次性设置密码令牌")
+    create.add_argument("--unit", required=True, help="十位单位编码，如 6100000000")
+    create.add_argument("--username", required=True)
+    create.add_argument("--real-name", required=True, help="实名")
+    create.add_argument("--phone", required=True)
+    create.set_defaults(func=cmd_admin_create)
+
     sim = sub.add_parser("simulate", help="网关模拟器：为库中已绑定的探头发送读数，可注入故障")
     configure_simulator(sim)
     sim.set_defaults(func=cmd_simulate)
@@ -342,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except (SettingsError, MigrationError, ValueError, RuntimeError) as exc:
         print(f"错误：{exc}", file=sys.stderr)
+        return 2
+    except psycopg.errors.IntegrityError as exc:
+        print(f"错误：数据不符合要求：{exc.diag.message_primary}", file=sys.stderr)
         return 2
 
 
