@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from argon2 import PasswordHasher
@@ -64,12 +64,12 @@ def password_problem(password: str, username: str) -> str | None:
 def locked_until(failures: Sequence[datetime], now: datetime) -> datetime | None:
     """Failed attempts since the last success → until when sign-in is refused (None: not locked).
 
-    Attempts refused because of the lock are not failures here, so a lock lasts LOCK_WINDOW after
-    the last real guess and an attacker cannot keep the owner locked out merely by knocking."""
+    Attempts refused because of the lock are not failures here, so a lock ends when the fifth-last
+    real guess leaves LOCK_WINDOW and an attacker cannot keep the owner locked out merely by knocking."""
     recent = sorted(f for f in failures if now - f < LOCK_WINDOW)
     if len(recent) < MAX_FAILURES:
         return None
-    return recent[-1] + LOCK_WINDOW
+    return recent[-MAX_FAILURES] + LOCK_WINDOW  # the count drops below MAX_FAILURES then
 
 
 def new_secret() -> str:
@@ -153,33 +153,41 @@ def open_session(
     return SignedIn(user_id, token, csrf, row["expires_at"])
 
 
-def sign_in(
+def check_password(
     conn: psycopg.Connection,
     *,
     username: str,
     password: str,
     channel: Channel,
-    kind: SessionKind,
-    ttl: timedelta,
     ip: str | None,
     user_agent: str | None,
-) -> SignedIn:
-    """Check the password and open a session; refusals are recorded and committed before raising."""
+    bad: ApiError | None = None,
+) -> dict[str, Any]:
+    """The lock-out and the password check that every password entry goes through (sign-in, and
+    re-entering the current password to change it), so a stolen session cannot be used to guess
+    it. Refusals are recorded and committed before raising; returns the active user's row.
+
+    Attempts for one username are serialised (advisory lock): otherwise guesses sent at the same
+    moment would all read the failure count before any of them added to it."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('coldchain.login'), hashtext(%s))", (username,))
     user = fetch_one(conn, _USER, {"username": username})
     now_row = conn.execute("SELECT now()").fetchone()
     assert now_row is not None
     failures = [r["ts"] for r in fetch_all(conn, _FAILURES, {"username": username, "window": LOCK_WINDOW})]
-    common = {
-        "username": username,
-        "user_id": user["id"] if user else None,
-        "unit_id": user["unit_id"] if user else None,
-        "channel": channel,
-        "ip": ip,
-        "user_agent": user_agent,
-    }
+    bad = bad or ApiError(401, "bad_credentials", "用户名或密码错误")
 
     def refuse(reason: str, error: ApiError) -> ApiError:
-        record_login(conn, success=False, reason=reason, **common)  # type: ignore[arg-type]
+        record_login(
+            conn,
+            username=username,
+            user_id=user["id"] if user else None,
+            unit_id=user["unit_id"] if user else None,
+            channel=channel,
+            success=False,
+            reason=reason,
+            ip=ip,
+            user_agent=user_agent,
+        )
         conn.commit()
         return error
 
@@ -191,13 +199,12 @@ def sign_in(
             ApiError(
                 429,
                 "account_locked",
-                f"连续 {MAX_FAILURES} 次密码错误，账号已暂时锁定，请 {wait // 60 + 1} 分钟后再试",
+                f"连续 {MAX_FAILURES} 次密码错误，账号已暂时锁定，请 {-(-wait // 60)} 分钟后再试",
                 headers={"Retry-After": str(wait)},
             ),
         )
     stored = user["password_hash"] if user else None
     ok = verify_password(stored, password)
-    bad = ApiError(401, "bad_credentials", "用户名或密码错误")
     if user is None:
         raise refuse("unknown_user", bad)
     if not ok:
@@ -206,7 +213,33 @@ def sign_in(
         raise refuse("closed", ApiError(403, "account_closed", "该账号已关闭或注销，请联系管理单位"))
     if _hasher.check_needs_rehash(stored or ""):
         conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (_hasher.hash(password), user["id"]))
-    record_login(conn, success=True, reason=None, **common)  # type: ignore[arg-type]
+    return user
+
+
+def sign_in(
+    conn: psycopg.Connection,
+    *,
+    username: str,
+    password: str,
+    channel: Channel,
+    kind: SessionKind,
+    ttl: timedelta,
+    ip: str | None,
+    user_agent: str | None,
+) -> SignedIn:
+    """Check the password and open a session."""
+    user = check_password(conn, username=username, password=password, channel=channel, ip=ip, user_agent=user_agent)
+    record_login(
+        conn,
+        username=username,
+        user_id=user["id"],
+        unit_id=user["unit_id"],
+        channel=channel,
+        success=True,
+        reason=None,
+        ip=ip,
+        user_agent=user_agent,
+    )
     return open_session(conn, user["id"], kind, ttl, ip, user_agent)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakewechat import FakeWechat
 
 from coldchain import db, services
 from coldchain.migrate import migrate
@@ -103,3 +104,11 @@ def deploy_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services
     broker = services.start_mosquitto(tmp_path_factory.mktemp("deploy-broker"))
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def wechat() -> Iterator[FakeWechat]:
+    """A stand-in for WeChat's API server (tests/fakewechat.py)."""
+    fake = FakeWechat()
+    yield fake
+    fake.close()

@@ -1,83 +1,19 @@
 """WeChat sign-in and binding (CM14, CM15) through the official account's web authorisation.
 
-WeChat's API server is played by a small HTTP server of the test's own that behaves as the real
-one does for ``/sns/oauth2/access_token``: each code is good once and yields one openid; an
-unknown or used code gets errcode 40029. Everything on our side — the database, the login
-record, the session — is real.
+WeChat's API server is played by tests/fakewechat.py; everything on our side — the database,
+the login record, the session — is real.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from apihelp import World, api_client, bearer, build_world, error_code
+from fakewechat import APPID, FakeWechat
 from fastapi.testclient import TestClient
 
 from coldchain import db, services
-
-APPID, SECRET = "wx0123456789abcdef", "s3cr3t-of-the-account"
-
-
-class FakeWechat:
-    def __init__(self) -> None:
-        self.codes: dict[str, str] = {}
-        self.requests: list[dict[str, list[str]]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                parts = urlsplit(self.path)
-                query = parse_qs(parts.query)
-                fake.requests.append(query)
-                ok = (
-                    parts.path == "/sns/oauth2/access_token"
-                    and query.get("appid") == [APPID]
-                    and query.get("secret") == [SECRET]
-                    and query.get("grant_type") == ["authorization_code"]
-                )
-                openid = fake.codes.pop(query.get("code", [""])[0], None) if ok else None
-                body = (
-                    {"access_token": "AT", "expires_in": 7200, "openid": openid, "scope": "snsapi_base"}
-                    if openid
-                    else {"errcode": 40029, "errmsg": "invalid code"}
-                )
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def issue(self, code: str, openid: str) -> str:
-        self.codes[code] = openid
-        return code
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def wechat() -> Iterator[FakeWechat]:
-    fake = FakeWechat()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture
@@ -87,8 +23,7 @@ def world(db_url: str) -> World:
 
 @pytest.fixture
 def client(world: World, wechat: FakeWechat) -> Iterator[TestClient]:
-    env = {"COLDCHAIN_WECHAT_APPID": APPID, "COLDCHAIN_WECHAT_SECRET": SECRET, "COLDCHAIN_WECHAT_API_BASE": wechat.base}
-    with api_client(world.url, env) as c:
+    with api_client(world.url, wechat.env) as c:
         yield c
 
 
@@ -146,9 +81,9 @@ def test_one_wechat_binds_one_account(client: TestClient, world: World, wechat: 
     assert second.status_code == 409 and error_code(second) == "wechat_taken"
 
 
-def test_wechat_down_or_not_configured_is_said_plainly(world: World) -> None:
+def test_wechat_down_or_not_configured_is_said_plainly(world: World, wechat: FakeWechat) -> None:
     dead = f"http://127.0.0.1:{services.free_port()}"
-    env = {"COLDCHAIN_WECHAT_APPID": APPID, "COLDCHAIN_WECHAT_SECRET": SECRET, "COLDCHAIN_WECHAT_API_BASE": dead}
+    env = {**wechat.env, "COLDCHAIN_WECHAT_API_BASE": dead}
     with api_client(world.url, env) as c:
         r = c.post("/api/v1/auth/wechat", json={"code": "code-any-00001"})
         assert r.status_code == 502 and error_code(r) == "wechat_unreachable"

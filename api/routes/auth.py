@@ -11,13 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import (
     SETUP_TOKEN_TTL,
+    check_password,
     hash_password,
     open_session,
     password_problem,
     record_login,
     revoke_sessions,
     sign_in,
-    verify_password,
 )
 from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, fetch_one, set_action, token_hash
 from api.errors import ApiError, invalid
@@ -154,10 +154,17 @@ class PasswordChange(BaseModel):
 
 
 @router.post("/password", status_code=204, summary="修改本人密码（其他会话随之作废）")
-def change_password(body: PasswordChange, principal: CurrentUser, conn: Conn) -> Response:
-    row = fetch_one(conn, "SELECT password_hash FROM users WHERE id = %(id)s", {"id": principal.user_id})
-    if not verify_password((row or {}).get("password_hash"), body.current_password):
-        raise ApiError(403, "bad_credentials", "当前密码不正确")
+def change_password(body: PasswordChange, request: Request, principal: CurrentUser, conn: Conn) -> Response:
+    ip, ua = _client(request)
+    check_password(
+        conn,
+        username=principal.username,
+        password=body.current_password,
+        channel="web" if principal.via == "cookie" else "api",
+        ip=ip,
+        user_agent=ua,
+        bad=ApiError(403, "bad_credentials", "当前密码不正确"),
+    )
     if problem := password_problem(body.new_password, principal.username):
         raise invalid(problem)
     set_action(conn, "user.password")
