@@ -18,6 +18,7 @@ import pytest
 import schemathesis
 from apihelp import PASSWORD, build_world
 from conftest import DatabaseFactory
+from fakewechat import FakeWechat
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.transports import RequestsTransport
@@ -35,11 +36,13 @@ def fuzz_target(databases: DatabaseFactory, migrated_template: str | None) -> It
         pytest.skip("TimescaleDB 路径不能用模板库，模糊测试只在普通 PostgreSQL 路径上运行")
     url = databases.create(template=migrated_template)
     build_world(url)
-    app = create_app(load_settings({}), url, pool_size=4)
+    wechat = FakeWechat()  # WeChat configured, so its routes run through (random codes are refused)
+    app = create_app(load_settings(wechat.env), url, pool_size=4)
     with TestClient(app) as client:
         r = client.post("/api/v1/auth/token", json={"username": "sa_P", "password": PASSWORD})
         assert r.status_code == 200, r.text
         yield {"app": app, "client": client, "headers": {"Authorization": f"Bearer {r.json()['access_token']}"}}
+    wechat.close()
 
 
 @pytest.fixture(scope="module")

@@ -64,11 +64,9 @@ def monthly(
     principal: CurrentUser,
     conn: Conn,
     unit_id: QUnit = None,
-    month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM，默认本月")] = None,
+    month: Annotated[str | None, Query(pattern=r"^2[0-9]{3}-(0[1-9]|1[0-2])$", description="YYYY-MM，默认本月")] = None,
 ) -> list[dict[str, Any]]:
     unit = unit_id or principal.unit_id
     require_unit_in_scope(conn, principal, unit)
     first = date.fromisoformat(f"{month}-01") if month else beijing_today().replace(day=1)
-    if first.year < 2000:
-        raise invalid("月份须在 2000 年之后")
     return [asdict(r) for r in monthly_table(conn, unit, first)]
