@@ -101,6 +101,7 @@ _VALIDATION_WORDS = {
     "union_tag_invalid": "类型标记无效",
     "union_tag_not_found": "缺少类型标记",
     "finite_number": "应为有限数字",
+    "form_type": "表单类型 form_type 应为 1–5",
 }
 
 

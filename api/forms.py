@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, TypeAdapter
 
 from api.auth import SETUP_TOKEN_TTL, open_session, revoke_sessions
 from api.deps import fetch_all, fetch_one
@@ -163,7 +163,20 @@ class Form5(_FormBase):
 
 
 RegistryForm = Form1 | Form3 | Form4
-FormPayload = Annotated[Form1 | Form2 | Form3 | Form4 | Form5, Field(discriminator="form_type")]
+def _form_tag(value: Any) -> str | None:
+    """Tag each variant '附表N', so a validation error reads '附表3.rows.0.probe_serial'."""
+    kind = value.get("form_type") if isinstance(value, dict) else getattr(value, "form_type", None)
+    return f"附表{kind}" if kind in (1, 2, 3, 4, 5) and not isinstance(kind, bool) else None
+
+
+FormPayload = Annotated[
+    Annotated[Form1, Tag("附表1")]
+    | Annotated[Form2, Tag("附表2")]
+    | Annotated[Form3, Tag("附表3")]
+    | Annotated[Form4, Tag("附表4")]
+    | Annotated[Form5, Tag("附表5")],
+    Discriminator(_form_tag, custom_error_type="form_type", custom_error_message="form_type 应为 1–5"),
+]
 FORM_ADAPTER: TypeAdapter[Form1 | Form2 | Form3 | Form4 | Form5] = TypeAdapter(FormPayload)
 STORED_ONLY_KEYS = ("before",)  # added by the server at submission, never sent by a client
 

@@ -321,6 +321,12 @@ def test_form1_refusals(env: Env) -> None:
     ):
         r = env.post("/forms", "ba_T1", body)
         assert (r.status_code, error_code(r)) == (422, "invalid_request"), (body, r.text)
+    # The refusal names the form and the field as the user knows them.
+    r = env.post("/forms", "ba_T1", {"form_type": 1, **common(w, submitter_phone="call me"), "rows": []})
+    fields = {d["field"]: d["problem"] for d in r.json()["error"]["details"]}
+    assert fields == {"附表1.submitter_phone": "格式不正确", "附表1.rows": "项数太少"}
+    r = env.post("/forms", "ba_T1", {"form_type": 9, **common(w)})
+    assert r.json()["error"]["details"][0]["problem"] == "表单类型 form_type 应为 1–5"
 
 
 # ---------------------------------------------------------------------------------------------
