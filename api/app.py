@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import audit, auth, forms, logins, registry, users
+from api.routes import alarms, audit, auth, forms, logins, registry, users
 from coldchain import db
 from coldchain.migrate import require_current
 from coldchain.settings import Settings
@@ -54,6 +54,6 @@ def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) ->
             conn.execute("SELECT 1")
         return {"status": "ok"}
 
-    for module in (auth, users, registry, forms, logins, audit):
+    for module in (auth, users, registry, forms, logins, audit, alarms):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

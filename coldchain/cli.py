@@ -155,6 +155,21 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    """Rule evaluation, escalation, notification delivery and aggregate refresh until SIGTERM."""
+    from alarms.scheduler import Intervals, run
+
+    with _database(settings) as url:
+        require_current(url)
+        intervals = Intervals(evaluate=args.evaluate_every, deliver=args.deliver_every,
+                              escalate=args.escalate_every, silence=args.silence_every)
+        print(f"定时任务：评估每 {intervals.evaluate:g} 秒，通知每 {intervals.deliver:g} 秒，"
+              f"升级每 {intervals.escalate:g} 秒；升级时限 {settings.escalation_steps}，"
+              f"提醒间隔 {settings.reminder_interval}", flush=True)
+        run(settings, url, intervals, args.duration)
+    return 0
+
+
 def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
     """The platform creates a unit's system administrator (UM1) — on a fresh installation the
     province's, who then manages the rest through the API and Form 5. Prints a one-time link
@@ -235,6 +250,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             api_port = services.free_port()
             print(f"端口 {settings.api_port} 已被占用，Web API 改用 {api_port}")
         children["Web API"] = _child(["api", "--port", str(api_port)], env)
+        children["定时任务"] = _child(["scheduler"], env)
         # The simulator starts once the ingester is subscribed: on a first run its broker session
         # does not exist yet, and messages published before it would have no one to queue for.
         if not _wait_healthy(f"http://127.0.0.1:{health_port}/healthz", children["采集服务"], stop):
@@ -252,7 +268,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             )
             print(f"网关模拟器：回填 {args.backfill}，随机故障 3 个，畸形消息 0.2%")
         print("系统已启动。按 Ctrl-C 停止。", flush=True)
-        failed = _supervise(url, children, stop, args.duration)
+        failed = _supervise(children, stop, args.duration)
         print("正在停止……", flush=True)
         return 1 if failed else 0
     finally:
@@ -270,12 +286,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], stop: threading.Event
     return False
 
 
-def _supervise(
-    url: str, children: dict[str, subprocess.Popen[bytes]], stop: threading.Event, duration: float | None
-) -> bool:
-    """Wait for a stop; refresh the aggregates every minute; True if a service died on its own."""
+def _supervise(children: dict[str, subprocess.Popen[bytes]], stop: threading.Event, duration: float | None) -> bool:
+    """Wait for a stop; True if a service died on its own. (The scheduler refreshes the aggregates.)"""
     deadline = None if duration is None else time.monotonic() + duration
-    next_refresh = time.monotonic() + 60
     try:
         while not stop.wait(0.5):
             for name, proc in children.items():
@@ -285,9 +298,6 @@ def _supervise(
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
-            if now >= next_refresh:
-                refresh_aggregates(url)
-                next_refresh = now + 60
     except KeyboardInterrupt:
         pass
     return False
@@ -345,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--proxy-headers", action="store_true", help="信任反向代理的 X-Forwarded-* 头（部署在 nginx 后时）"
     )
     apip.set_defaults(func=cmd_api)
+
+    sch = sub.add_parser("scheduler", help="定时任务：报警评估、升级、通知发送、聚合刷新（APScheduler）")
+    for name, default, what in (("evaluate-every", 1.0, "评估新读数"), ("deliver-every", 1.0, "发送通知"),
+                                ("escalate-every", 5.0, "检查报警升级"), ("silence-every", 15.0, "无数据与网关检查")):
+        sch.add_argument(f"--{name}", type=float, default=default, help=f"{what}的间隔秒数（默认 {default:g}）")
+    sch.add_argument("--duration", type=float, default=None, help="运行若干秒后停止（测试、演示用）")
+    sch.set_defaults(func=cmd_scheduler)
 
     adm = sub.add_parser("admin", help="平台操作").add_subparsers(dest="admin_command", required=True)
     create = adm.add_parser("create", help="为单位创建系统管理员（UM1：系统管理员由平台生成），输出一次性设置密码令牌")

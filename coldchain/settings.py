@@ -8,6 +8,7 @@ is refused at start-up, not halfway through a night of ingest.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,14 @@ class Settings:
     wechat_appid: str | None = None
     wechat_secret: str | None = None
     wechat_api_base: str = "https://api.weixin.qq.com"
+    # Alarms (issue #5): escalation timing (durations like 30m, 1h, 45s), delivery, links.
+    escalation_steps: str = "30m,60m"
+    reminder_interval: str = "60m"
+    resolved_reminder_interval: str = "24h"
+    wecom_webhook_url: str | None = None
+    wechat_template_id: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    link_secret: str | None = None
 
     @property
     def mqtt(self) -> MqttAddress | None:
@@ -132,7 +141,34 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         wechat_appid=get("WECHAT_APPID"),
         wechat_secret=get("WECHAT_SECRET"),
         wechat_api_base=(get("WECHAT_API_BASE") or "https://api.weixin.qq.com").rstrip("/"),
+        escalation_steps=_durations(get, "ESCALATION_STEPS", "30m,60m"),
+        reminder_interval=_durations(get, "REMINDER_INTERVAL", "60m", single=True),
+        resolved_reminder_interval=_durations(get, "RESOLVED_REMINDER_INTERVAL", "24h", single=True),
+        wecom_webhook_url=_url(get, "WECOM_WEBHOOK_URL"),
+        wechat_template_id=get("WECHAT_TEMPLATE_ID"),
+        public_url=(_url(get, "PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/"),
+        link_secret=get("LINK_SECRET"),
     )
+
+
+_DURATION = re.compile(r"^[1-9][0-9]*(s|m|h|d)$")
+
+
+def _durations(get: Callable[[str], str | None], name: str, default: str, *, single: bool = False) -> str:
+    """Checked for shape here (so a typo stops start-up); alarms.escalation turns them into timedeltas."""
+    raw = (get(name) or default).replace(" ", "")
+    parts = raw.split(",")
+    if (single and len(parts) != 1) or not all(_DURATION.match(p) for p in parts):
+        what = "一个时长" if single else "逗号分隔的时长"
+        raise SettingsError(f"COLDCHAIN_{name} 应为{what}（如 30m、1h、45s），实际为 {raw!r}")
+    return raw
+
+
+def _url(get: Callable[[str], str | None], name: str) -> str | None:
+    raw = get(name)
+    if raw is not None and not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"COLDCHAIN_{name} 应以 http:// 或 https:// 开头，实际为 {raw!r}")
+    return raw
 
 
 def _int_setting(get: Callable[[str], str | None], name: str, default: int, lo: int, hi: int) -> int:

@@ -1,0 +1,398 @@
+"""The outbox worker: deliver what :mod:`alarms.engine` queued, losing nothing and sending nothing
+twice once the endpoint has answered.
+
+One destination (a WeCom robot, an openid, a webhook URL) at a time, in its own transaction, its
+pending rows locked ``FOR UPDATE SKIP LOCKED``: a second scheduler takes other destinations, never
+the same rows. The rows stay locked while the request is in flight and are marked sent in the
+same transaction, so a crash before the commit means "retry" (at worst one duplicate after a
+crash mid-request — the only case that exists without the endpoint's cooperation), never "lost".
+A failure backs off (2 s, 4 s … 5 min, with jitter) and keeps the row.
+
+WeCom robots take at most 20 messages a minute and 4 096 bytes each: everything pending for one
+robot is merged into as few messages as fit, and what the minute's budget cannot take waits for
+the next slot — delayed, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from alarms.engine import new_link
+from alarms.escalation import kind_of_key
+from alarms.messages import AlarmCard, signed_webhook, template_message, wecom_markdown, wecom_payload
+from alarms.messages import next_slot as robot_next_slot
+from alarms.rules import KIND_NAMES
+from coldchain.settings import Settings
+
+log = logging.getLogger("coldchain.alarms.delivery")
+
+WECOM_PER_MINUTE = 20
+MAX_BACKOFF = timedelta(minutes=5)
+
+# (url, body bytes, headers) → (HTTP status, response body); replaceable for the benchmark's timing.
+Post = Callable[[str, bytes, Mapping[str, str]], tuple[int, bytes]]
+
+
+def http_post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json; charset=utf-8", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclass
+class DeliveryStats:
+    messages: int = 0
+    rows_sent: int = 0
+    failures: int = 0
+    postponed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _rows(conn: psycopg.Connection, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+_DESTINATIONS = """
+SELECT channel, target, min(due_at) AS first_due FROM notification_outbox
+WHERE sent_at IS NULL AND next_attempt_at <= now()
+GROUP BY channel, target ORDER BY first_due LIMIT %(limit)s
+"""
+_TAKE = """
+SELECT id, alarm_id, step, levels::int[] AS levels, attempts FROM notification_outbox
+WHERE channel = %(channel)s AND target = %(target)s AND sent_at IS NULL AND next_attempt_at <= now()
+ORDER BY due_at, id
+FOR UPDATE SKIP LOCKED
+"""
+_RECENT = """
+SELECT max(sent_at) AS sent_at FROM notification_outbox
+WHERE target = %(target)s AND sent_at > now() - interval '60 seconds'
+GROUP BY sent_in
+"""
+_CARDS = """
+SELECT a.id, a.kind, a.severity, a.condition_since, a.found_late, a.cause, a.value, a.t_min::float8 AS t_min,
+       a.t_max::float8 AS t_max, a.state, n.name AS unit_name, n.code AS unit_code,
+       coalesce(e.name, '网关 ' || g.serial) AS equipment_name, coalesce(c.name, '') AS compartment_name,
+       (SELECT pl.t FROM probe_latest pl WHERE pl.probe_id = a.probe_id) AS latest_t
+FROM alarms a
+JOIN units n ON n.id = a.unit_id
+LEFT JOIN equipment e ON e.id = a.equipment_id
+LEFT JOIN compartments c ON c.id = a.compartment_id
+LEFT JOIN gateways g ON g.id = a.gateway_id
+WHERE a.id = ANY(%(ids)s)
+"""
+_SENT = """
+UPDATE notification_outbox SET sent_at = now(), sent_in = %(first)s, attempts = attempts + 1, last_error = NULL
+WHERE id = ANY(%(ids)s)
+"""
+_FAILED = """
+UPDATE notification_outbox SET attempts = attempts + 1, last_error = %(error)s,
+       next_attempt_at = now() + make_interval(secs => %(wait)s)
+WHERE id = ANY(%(ids)s)
+"""
+_POSTPONE = "UPDATE notification_outbox SET next_attempt_at = %(at)s WHERE id = ANY(%(ids)s)"
+_EVENT = """
+INSERT INTO alarm_events (alarm_id, action, channel, details)
+SELECT unnest(%(alarms)s::bigint[]), %(action)s, %(channel)s, %(details)s
+"""
+_OPENID_USER = """
+SELECT u.id, max(r.level) AS level FROM users u JOIN unit_responsibles r ON r.user_id = u.id
+WHERE u.wechat_openid = %(openid)s GROUP BY u.id
+"""
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failures: doubling from 2 s, capped, jittered
+    so that many rows failing together do not retry in lock-step."""
+    base = min(2.0 ** max(1, attempts), MAX_BACKOFF.total_seconds())
+    return base * random.uniform(0.8, 1.2)  # jitter, not security
+
+
+def deliver(conn: psycopg.Connection, settings: Settings, *, post: Post = http_post, limit: int = 200) -> DeliveryStats:
+    stats = DeliveryStats()
+    destinations = _rows(conn, _DESTINATIONS, {"limit": limit})
+    conn.commit()
+    for dest in destinations:
+        try:
+            _deliver_to(conn, settings, dest["channel"], dest["target"], post, stats)
+            conn.commit()
+        except psycopg.Error as exc:
+            conn.rollback()
+            stats.errors.append(str(exc))
+            log.exception("投递到 %s 失败", dest["channel"])
+    return stats
+
+
+def _cards(
+    conn: psycopg.Connection, settings: Settings, rows: Sequence[dict[str, Any]], now: datetime
+) -> list[AlarmCard]:
+    by_alarm = {r["id"]: r for r in _rows(conn, _CARDS, {"ids": sorted({row["alarm_id"] for row in rows})})}
+    cards: list[AlarmCard] = []
+    for row in rows:
+        a = by_alarm[row["alarm_id"]]
+        temperature = a["latest_t"] if a["latest_t"] is not None else a["value"]
+        cards.append(
+            AlarmCard(
+                alarm_id=a["id"],
+                unit_name=a["unit_name"],
+                unit_code=a["unit_code"],
+                equipment_name=a["equipment_name"],
+                compartment_name=a["compartment_name"],
+                kind_label=KIND_NAMES.get(a["kind"], a["kind"]),
+                severity=a["severity"],
+                temperature=temperature,
+                t_min=a["t_min"],
+                t_max=a["t_max"],
+                since=a["condition_since"],
+                duration=now - a["condition_since"],
+                level=max(row["levels"]),
+                step_kind=kind_of_key(row["step"]),
+                link=f"{settings.public_url}/alarms/{a['id']}",
+                found_late=a["found_late"],
+                cause=a["cause"],
+            )
+        )
+    return cards
+
+
+def _deliver_to(
+    conn: psycopg.Connection, settings: Settings, channel: str, target: str, post: Post, stats: DeliveryStats
+) -> None:
+    rows = _rows(conn, _TAKE, {"channel": channel, "target": target})
+    if not rows:
+        return
+    now_row = conn.execute("SELECT now()").fetchone()
+    assert now_row is not None
+    now: datetime = now_row[0]
+    alarms_of = [r["alarm_id"] for r in rows]
+    if target.startswith("none:"):
+        # Nowhere configured: say so in each alarm's history once, and stop trying.
+        conn.execute(_SENT, {"first": rows[0]["id"], "ids": [r["id"] for r in rows]})
+        conn.execute(
+            _EVENT,
+            {
+                "alarms": alarms_of,
+                "action": "notify_failed",
+                "channel": channel,
+                "details": Jsonb({"error": "单位未配置通知去处（企业微信群机器人或 webhook）"}),
+            },
+        )
+        return
+    cards = _cards(conn, settings, rows, now)
+    if channel == "wecom":
+        _deliver_wecom(conn, target, rows, cards, post, stats, now)
+    elif channel == "webhook":
+        _deliver_each(
+            conn, target, rows, cards, post, stats, lambda card, row: _webhook_request(conn, target, card, row)
+        )
+    else:
+        token_cache: dict[str, str] = {}
+        _deliver_each(
+            conn,
+            target,
+            rows,
+            cards,
+            post,
+            stats,
+            lambda card, row: _template_request(conn, settings, target, card, row, token_cache),
+        )
+
+
+def _send(
+    conn: psycopg.Connection,
+    post: Post,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    rows: Sequence[dict[str, Any]],
+    channel: str,
+    stats: DeliveryStats,
+    *,
+    wecom: bool = False,
+) -> bool:
+    """One request for ``rows``: mark them sent, or record the failure and schedule the retry."""
+    ids = [r["id"] for r in rows]
+    alarms_of = sorted({r["alarm_id"] for r in rows})
+    started = time.monotonic()
+    try:
+        status, answer = post(url, body, headers)
+        error = None if 200 <= status < 300 else f"HTTP {status}"
+        if error is None and wecom:
+            errcode = json.loads(answer or b"{}").get("errcode", 0)
+            error = None if errcode == 0 else f"企业微信 errcode {errcode}"
+    except (OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    if error is None:
+        conn.execute(_SENT, {"first": ids[0], "ids": ids})
+        conn.execute(
+            _EVENT,
+            {
+                "alarms": alarms_of,
+                "action": "notified",
+                "channel": channel,
+                "details": Jsonb(
+                    {"steps": sorted({r["step"] for r in rows}), "seconds": round(time.monotonic() - started, 3)}
+                ),
+            },
+        )
+        stats.messages += 1
+        stats.rows_sent += len(ids)
+        return True
+    attempts = max(r["attempts"] for r in rows) + 1
+    conn.execute(_FAILED, {"ids": ids, "error": error[:500], "wait": backoff(attempts)})
+    conn.execute(
+        _EVENT,
+        {
+            "alarms": alarms_of,
+            "action": "notify_failed",
+            "channel": channel,
+            "details": Jsonb({"error": error[:500], "attempt": attempts}),
+        },
+    )
+    stats.failures += 1
+    return False
+
+
+def _deliver_wecom(
+    conn: psycopg.Connection,
+    target: str,
+    rows: Sequence[dict[str, Any]],
+    cards: Sequence[AlarmCard],
+    post: Post,
+    stats: DeliveryStats,
+    now: datetime,
+) -> None:
+    recent = [r["sent_at"] for r in _rows(conn, _RECENT, {"target": target})]
+    budget = WECOM_PER_MINUTE - len(recent)
+    # Greedy packing: each message takes as many pending cards as fit in 4 096 bytes.
+    groups: list[list[int]] = []
+    for i in range(len(cards)):
+        if groups and len(wecom_markdown([cards[j] for j in groups[-1]] + [cards[i]], now)) == 1:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for n, group in enumerate(groups):
+        group_rows = [rows[i] for i in group]
+        if n >= budget:
+            at = robot_next_slot(recent, now, WECOM_PER_MINUTE)
+            conn.execute(_POSTPONE, {"at": at, "ids": [rows[i]["id"] for g in groups[n:] for i in g]})
+            stats.postponed += sum(len(g) for g in groups[n:])
+            return
+        (markdown,) = wecom_markdown([cards[i] for i in group], now)
+        body = json.dumps(wecom_payload(markdown), ensure_ascii=False).encode()
+        if not _send(conn, post, target, body, {}, group_rows, "wecom", stats, wecom=True):
+            # The robot failed: the rest for it wait for the same retry instead of hammering it.
+            rest = [rows[i]["id"] for g in groups[n + 1 :] for i in g]
+            if rest:
+                conn.execute(_POSTPONE, {"at": now + timedelta(seconds=backoff(1)), "ids": rest})
+            return
+        recent.append(now)
+
+
+def _deliver_each(
+    conn: psycopg.Connection,
+    target: str,
+    rows: Sequence[dict[str, Any]],
+    cards: Sequence[AlarmCard],
+    post: Post,
+    stats: DeliveryStats,
+    request: Callable[[AlarmCard, dict[str, Any]], tuple[str, bytes, dict[str, str]] | None],
+) -> None:
+    for card, row in zip(cards, rows, strict=True):
+        built = request(card, row)
+        if built is None:
+            continue
+        url, body, headers = built
+        channel = "webhook" if url == target else "wechat_template"
+        # WeChat answers 200 with an errcode; a webhook answers with its HTTP status alone.
+        if not _send(conn, post, url, body, headers, [row], channel, stats, wecom=channel == "wechat_template"):
+            return
+
+
+def _webhook_request(
+    conn: psycopg.Connection, target: str, card: AlarmCard, row: dict[str, Any]
+) -> tuple[str, bytes, dict[str, str]]:
+    secret_row = conn.execute(
+        "SELECT secret FROM notification_routes WHERE url = %s AND channel = 'webhook' LIMIT 1", (target,)
+    ).fetchone()
+    secret = (secret_row[0] if secret_row and secret_row[0] else "").encode()
+    body = {
+        "alarm_id": card.alarm_id,
+        "step": row["step"],
+        "levels": row["levels"],
+        "unit": card.unit_name,
+        "unit_code": card.unit_code,
+        "equipment": card.equipment_name,
+        "compartment": card.compartment_name,
+        "kind": card.kind_label,
+        "severity": card.severity,
+        "temperature": card.temperature,
+        "t_min": card.t_min,
+        "t_max": card.t_max,
+        "since": card.since.isoformat(),
+        "found_late": card.found_late,
+        "link": card.link,
+    }
+    data, headers = signed_webhook(body, secret, int(time.time()))
+    return target, data, headers
+
+
+def _template_request(
+    conn: psycopg.Connection,
+    settings: Settings,
+    openid: str,
+    card: AlarmCard,
+    row: dict[str, Any],
+    token_cache: dict[str, str],
+) -> tuple[str, bytes, dict[str, str]] | None:
+    """A template message with a personal, single-use confirmation link (CM16: confirm from WeChat)."""
+    if not (settings.wechat_appid and settings.wechat_secret and settings.wechat_template_id):
+        return None
+    user = _rows(conn, _OPENID_USER, {"openid": openid})
+    if not user:
+        return None
+    token = new_link(conn, card.alarm_id, user[0]["id"], max(row["levels"]))
+    link = f"{settings.public_url}/alarm-confirm?token={token}"
+    if "access" not in token_cache:
+        token_cache["access"] = _access_token(settings)
+    url = f"{settings.wechat_api_base}/cgi-bin/message/template/send?access_token={token_cache['access']}"
+    body = json.dumps(template_message(openid, settings.wechat_template_id, card, link), ensure_ascii=False).encode()
+    return url, body, {}
+
+
+def _access_token(settings: Settings) -> str:
+    from urllib.parse import urlencode
+
+    query = urlencode(
+        {
+            "grant_type": "client_credential",
+            "appid": settings.wechat_appid or "",
+            "secret": settings.wechat_secret or "",
+        }
+    )
+    try:
+        with urllib.request.urlopen(f"{settings.wechat_api_base}/cgi-bin/token?{query}", timeout=10) as r:
+            answer = json.load(r)
+    except (OSError, ValueError):
+        return ""
+    token = answer.get("access_token") if isinstance(answer, dict) else None
+    return token if isinstance(token, str) else ""

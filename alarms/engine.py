@@ -1,0 +1,493 @@
+"""The scheduler's database side of alarms: load what the pure rules need, run them, write what
+they decide — alarms, their history, and the notifications due — each subject in its own short
+transaction.
+
+Concurrency: every subject's rule state row is taken ``FOR UPDATE SKIP LOCKED``, so two scheduler
+instances split the work instead of doing it twice; an alarm is opened with ``ON CONFLICT DO
+NOTHING`` on the one-open-alarm-per-subject index; notifications go into the outbox keyed by
+(alarm, step, channel, target). A crash between any two statements leaves either the whole
+transaction or none of it, so a restart neither forgets a running delay nor raises twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from alarms import rules
+from alarms.escalation import AlarmTimeline, EscalationPolicy, policy_from
+from alarms.escalation import due_steps as escalation_due_steps
+from coldchain.settings import Settings
+
+log = logging.getLogger("coldchain.alarms")
+
+LINK_TTL = timedelta(hours=24)
+MAX_READINGS_PER_PASS = 20_000
+
+
+@dataclass
+class PassStats:
+    subjects: int = 0
+    opened: int = 0
+    resolved: int = 0
+    enqueued: int = 0
+    skipped_locked: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _rows(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def _row(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    rows = _rows(conn, query, params)
+    return rows[0] if rows else None
+
+
+def _now(conn: psycopg.Connection) -> datetime:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    when: datetime = row[0]
+    return when
+
+
+# ---------------------------------------------------------------------------------------------
+# Compartments: new readings, then silence
+
+# Compartments whose probe reported something the rules have not seen (probe_latest is updated by
+# every ingest batch, so this reads one row per probe, never the readings hypertable).
+_FRESH = """
+SELECT b.compartment_id
+FROM probe_bindings_current b
+JOIN probe_latest pl ON pl.probe_id = b.probe_id
+JOIN compartments c ON c.id = b.compartment_id AND c.status = 'active'
+LEFT JOIN alarm_rule_state s ON s.subject = 'compartment' AND s.subject_id = b.compartment_id
+WHERE pl.received_at > coalesce(s.cursor, '-infinity')
+ORDER BY pl.received_at
+LIMIT %(limit)s
+"""
+_ACTIVE_COMPARTMENTS = """
+SELECT b.compartment_id FROM probe_bindings_current b
+JOIN compartments c ON c.id = b.compartment_id AND c.status = 'active'
+"""
+_SUBJECT = """
+SELECT c.id AS compartment_id, c.mode, c.t_min::float8 AS t_min, c.t_max::float8 AS t_max, c.equipment_id,
+       e.unit_id, b.probe_id, b.gateway_id, b.valid_from, coalesce(p.params, '{}'::jsonb) AS overrides,
+       pl.received_at AS latest_received_at
+FROM compartments c
+JOIN equipment e ON e.id = c.equipment_id
+JOIN probe_bindings_current b ON b.compartment_id = c.id
+LEFT JOIN probe_latest pl ON pl.probe_id = b.probe_id
+LEFT JOIN alarm_rule_params p ON p.compartment_id = c.id
+WHERE c.id = %(id)s
+"""
+_LOCK_STATE = """
+SELECT state, cursor FROM alarm_rule_state WHERE subject = %(subject)s AND subject_id = %(id)s
+FOR UPDATE SKIP LOCKED
+"""
+_ENSURE_STATE = """
+INSERT INTO alarm_rule_state (subject, subject_id, state) VALUES (%(subject)s, %(id)s, %(state)s)
+ON CONFLICT DO NOTHING
+"""
+_SAVE_STATE = """
+UPDATE alarm_rule_state SET state = %(state)s, cursor = greatest(cursor, %(cursor)s::timestamptz), updated_at = now()
+WHERE subject = %(subject)s AND subject_id = %(id)s
+"""
+_READINGS = """
+SELECT ts, t, received_at FROM probe_readings
+WHERE probe_id = %(probe)s AND ts > %(after)s AND ts >= %(bound_from)s
+ORDER BY ts LIMIT %(limit)s
+"""
+_GATEWAY_OFFLINE = """
+SELECT EXISTS (SELECT 1 FROM alarms WHERE gateway_id = %(g)s AND kind = 'gateway_offline'
+                                        AND state IN ('active', 'acknowledged'))
+"""
+
+
+def _lock_state(
+    conn: psycopg.Connection, subject: str, subject_id: int, empty: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The subject's state row, locked for this transaction; None if another scheduler holds it."""
+    conn.execute(_ENSURE_STATE, {"subject": subject, "id": subject_id, "state": Jsonb(empty)})
+    return _row(conn, _LOCK_STATE, {"subject": subject, "id": subject_id})
+
+
+def evaluate_compartments(conn: psycopg.Connection, settings: Settings, *, limit: int = 500) -> PassStats:
+    """One pass over the compartments with new readings; each in its own transaction."""
+    stats = PassStats()
+    for row in _rows(conn, _FRESH, {"limit": limit}):
+        conn.commit()
+        try:
+            _evaluate_compartment(conn, settings, row["compartment_id"], stats, silence_only=False)
+            conn.commit()
+        except psycopg.Error as exc:
+            conn.rollback()
+            stats.errors.append(f"温区 {row['compartment_id']}：{exc}")
+            log.exception("评估温区 %s 失败", row["compartment_id"])
+    conn.commit()
+    return stats
+
+
+def check_silence(conn: psycopg.Connection, settings: Settings) -> PassStats:
+    """No-data checks for every monitored compartment (a probe that says nothing has no new rows)."""
+    stats = PassStats()
+    for row in _rows(conn, _ACTIVE_COMPARTMENTS):
+        conn.commit()
+        try:
+            _evaluate_compartment(conn, settings, row["compartment_id"], stats, silence_only=True)
+            conn.commit()
+        except psycopg.Error as exc:
+            conn.rollback()
+            stats.errors.append(f"温区 {row['compartment_id']}：{exc}")
+            log.exception("无数据检查失败：温区 %s", row["compartment_id"])
+    conn.commit()
+    return stats
+
+
+def _evaluate_compartment(
+    conn: psycopg.Connection, settings: Settings, compartment_id: int, stats: PassStats, *, silence_only: bool
+) -> None:
+    subject = _row(conn, _SUBJECT, {"id": compartment_id})
+    if subject is None:
+        return
+    locked = _lock_state(conn, "compartment", compartment_id, rules.CompartmentState().to_json())
+    if locked is None:
+        stats.skipped_locked += 1
+        return
+    stats.subjects += 1
+    params = rules.params_for(subject["mode"], subject["t_min"], subject["t_max"], subject["overrides"])
+    state = rules.CompartmentState.from_json(locked["state"])
+    now = _now(conn)
+    events: list[rules.Event] = []
+    cursor = locked["cursor"]
+    if not silence_only:
+        after = state.watermark or subject["valid_from"] - timedelta(microseconds=1)
+        readings = [
+            rules.Reading(r["ts"], r["t"], r["received_at"])
+            for r in _rows(
+                conn,
+                _READINGS,
+                {
+                    "probe": subject["probe_id"],
+                    "after": after,
+                    "bound_from": subject["valid_from"],
+                    "limit": MAX_READINGS_PER_PASS,
+                },
+            )
+        ]
+        state, events = rules.evaluate_readings(params, state, readings, now)
+        if len(readings) < MAX_READINGS_PER_PASS:
+            cursor = subject["latest_received_at"] or cursor
+    offline_row = conn.execute(_GATEWAY_OFFLINE, {"g": subject["gateway_id"]}).fetchone()
+    state, silence = rules.evaluate_silence(
+        params, state, now, bool(offline_row and offline_row[0]), watch_since=subject["valid_from"]
+    )
+    events += silence
+    for event in events:
+        _apply_event(conn, settings, event, subject, stats, now)
+    conn.execute(
+        _SAVE_STATE, {"subject": "compartment", "id": compartment_id, "state": Jsonb(state.to_json()), "cursor": cursor}
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Gateways
+
+_GATEWAYS = """
+SELECT g.id, g.unit_id, gl.last_seen_at, s.cursor
+FROM gateways g
+LEFT JOIN gateway_latest gl ON gl.gateway_id = g.id
+LEFT JOIN alarm_rule_state s ON s.subject = 'gateway' AND s.subject_id = g.id
+WHERE g.status = 'active' AND g.unit_id IS NOT NULL
+  AND EXISTS (SELECT 1 FROM probe_bindings_current b WHERE b.gateway_id = g.id)
+"""
+_GATEWAY_STATUSES = """
+SELECT ts, online, power, battery, rssi, received_at FROM gateway_status
+WHERE gateway_id = %(g)s AND received_at > coalesce(%(cursor)s::timestamptz, '-infinity') ORDER BY ts LIMIT 10000
+"""
+_GATEWAY_SEEN = """
+SELECT greatest((SELECT last_seen_at FROM gateway_latest WHERE gateway_id = %(g)s),
+                (SELECT max(pl.received_at) FROM probe_latest pl
+                 JOIN probe_bindings_current b ON b.probe_id = pl.probe_id WHERE b.gateway_id = %(g)s)) AS seen,
+       (SELECT min(valid_from) FROM probe_bindings_current WHERE gateway_id = %(g)s) AS watch_since
+"""
+
+
+def evaluate_gateways(conn: psycopg.Connection, settings: Settings) -> PassStats:
+    """Offline (status false, or silent), on battery, low battery, weak signal (CM12). A gateway is
+    heard through its own status and through any reading of a probe behind it."""
+    stats = PassStats()
+    for g in _rows(conn, _GATEWAYS):
+        conn.commit()
+        try:
+            locked = _lock_state(conn, "gateway", g["id"], rules.GatewayState().to_json())
+            if locked is None:
+                stats.skipped_locked += 1
+                continue
+            stats.subjects += 1
+            now = _now(conn)
+            state = rules.GatewayState.from_json(locked["state"])
+            statuses = [
+                rules.GatewayStatus(r["ts"], r["online"], r["power"], r["battery"], r["rssi"], r["received_at"])
+                for r in _rows(conn, _GATEWAY_STATUSES, {"g": g["id"], "cursor": locked["cursor"]})
+            ]
+            seen = _row(conn, _GATEWAY_SEEN, {"g": g["id"]}) or {}
+            last_seen = seen.get("seen") or seen.get("watch_since")
+            state, events = rules.evaluate_gateway(rules.GatewayParams(), state, statuses, last_seen, now)
+            subject = {
+                "unit_id": g["unit_id"],
+                "gateway_id": g["id"],
+                "compartment_id": None,
+                "equipment_id": None,
+                "probe_id": None,
+                "t_min": None,
+                "t_max": None,
+            }
+            for event in events:
+                _apply_event(conn, settings, event, subject, stats, now)
+            cursor = max((s.received_at for s in statuses), default=locked["cursor"])
+            conn.execute(
+                _SAVE_STATE, {"subject": "gateway", "id": g["id"], "state": Jsonb(state.to_json()), "cursor": cursor}
+            )
+            conn.commit()
+        except psycopg.Error as exc:
+            conn.rollback()
+            stats.errors.append(f"网关 {g['id']}：{exc}")
+            log.exception("评估网关 %s 失败", g["id"])
+    conn.commit()
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing what the rules decided
+
+_OPEN = """
+INSERT INTO alarms (kind, severity, unit_id, equipment_id, compartment_id, gateway_id, probe_id, condition_since,
+                    found_late, suppressed, cause, value, t_min, t_max)
+VALUES (%(kind)s, %(severity)s, %(unit_id)s, %(equipment_id)s, %(compartment_id)s, %(gateway_id)s, %(probe_id)s,
+        %(since)s, %(late)s, %(suppressed)s, %(cause)s, %(value)s, %(t_min)s, %(t_max)s)
+ON CONFLICT (kind, coalesce(compartment_id, 0), coalesce(gateway_id, 0)) WHERE state IN ('active', 'acknowledged')
+DO NOTHING
+RETURNING id
+"""
+_OPEN_ALARM = """
+SELECT id FROM alarms
+WHERE kind = %(kind)s AND coalesce(compartment_id, 0) = coalesce(%(compartment_id)s, 0)
+  AND coalesce(gateway_id, 0) = coalesce(%(gateway_id)s, 0) AND state IN ('active', 'acknowledged')
+FOR UPDATE
+"""
+_EVENT = "INSERT INTO alarm_events (alarm_id, action, details) VALUES (%(id)s, %(action)s, %(details)s)"
+
+
+def _apply_event(
+    conn: psycopg.Connection,
+    settings: Settings,
+    event: rules.Event,
+    subject: dict[str, Any],
+    stats: PassStats,
+    now: datetime,
+) -> None:
+    key = {"kind": event.kind, "compartment_id": subject["compartment_id"], "gateway_id": subject["gateway_id"]}
+    if isinstance(event, rules.AlarmOpened):
+        row = _row(
+            conn,
+            _OPEN,
+            {
+                **subject,
+                **key,
+                "severity": event.severity,
+                "since": event.condition_since,
+                "late": event.found_late,
+                "suppressed": event.suppressed,
+                "cause": event.cause,
+                "value": event.value,
+            },
+        )
+        if row is None:
+            return  # already open (another scheduler, or a replay): nothing to raise twice
+        stats.opened += 1
+        conn.execute(
+            _EVENT,
+            {
+                "id": row["id"],
+                "action": "opened",
+                "details": Jsonb(
+                    {
+                        "condition_since": event.condition_since.isoformat(),
+                        "detected_at": event.detected_at.isoformat(),
+                        "found_late": event.found_late,
+                        "value": event.value,
+                        "cause": event.cause,
+                        "measure": event.measure,
+                        "total_minutes": event.total.total_seconds() / 60 if event.total else None,
+                    }
+                ),
+            },
+        )
+        if not event.suppressed:
+            stats.enqueued += enqueue_due(conn, settings, row["id"], now)
+        return
+    open_row = _row(conn, _OPEN_ALARM, key)
+    if open_row is None:
+        return
+    if isinstance(event, rules.AlarmCleared):
+        conn.execute(
+            # An excursion found late may have cleared before it was raised: resolved no earlier than
+            # raised, so its first notice is still owed (escalation's timeline needs that order).
+            """UPDATE alarms SET state = 'resolved', resolved_at = greatest(%(at)s, raised_at), version = version + 1
+               WHERE id = %(id)s""",
+            {"id": open_row["id"], "at": event.at},
+        )
+        conn.execute(
+            _EVENT,
+            {
+                "id": open_row["id"],
+                "action": "resolved",
+                "details": Jsonb({"condition_cleared_at": event.at.isoformat()}),
+            },
+        )
+        stats.resolved += 1
+    elif isinstance(event, rules.AlarmWorsened):
+        conn.execute(
+            "UPDATE alarms SET value = %(v)s, version = version + 1 WHERE id = %(id)s",
+            {"id": open_row["id"], "v": event.value},
+        )
+        conn.execute(_EVENT, {"id": open_row["id"], "action": "worsened", "details": Jsonb({"value": event.value})})
+    elif isinstance(event, rules.AlarmCauseChanged):
+        conn.execute(
+            "UPDATE alarms SET cause = %(c)s, suppressed = %(s)s, version = version + 1 WHERE id = %(id)s",
+            {"id": open_row["id"], "c": event.cause, "s": event.suppressed},
+        )
+        conn.execute(
+            _EVENT,
+            {
+                "id": open_row["id"],
+                "action": "cause_changed",
+                "details": Jsonb({"cause": event.cause, "suppressed": event.suppressed}),
+            },
+        )
+        if not event.suppressed:
+            stats.enqueued += enqueue_due(conn, settings, open_row["id"], now)
+
+
+# ---------------------------------------------------------------------------------------------
+# Escalation: which steps are due, and to whom (CM15, CM16)
+
+_ALARM_FOR_STEPS = """
+SELECT a.id, a.unit_id, a.state, a.raised_at, a.resolved_at, a.closed_at, a.suppressed,
+       u.steps, u.reminder, u.resolved_reminder,
+       coalesce((SELECT array_agg(DISTINCT o.step) FROM notification_outbox o WHERE o.alarm_id = a.id), '{}') AS sent
+FROM alarms a LEFT JOIN unit_escalation u ON u.unit_id = a.unit_id
+WHERE a.id = %(id)s
+"""
+_ESCALATING = """
+SELECT a.id FROM alarms a
+WHERE a.state <> 'closed' AND NOT a.suppressed
+ORDER BY a.id
+FOR UPDATE OF a SKIP LOCKED
+LIMIT %(limit)s
+"""
+_ROUTES = """
+SELECT r.level, r.channel, r.url AS target FROM notification_routes r
+WHERE r.unit_id = %(unit)s AND r.level = ANY(%(levels)s)
+"""
+_OPENIDS = """
+SELECT r.level, u.id AS user_id, u.wechat_openid AS target FROM unit_responsibles r
+JOIN users u ON u.id = r.user_id AND u.status = 'active' AND u.wechat_openid IS NOT NULL
+WHERE r.unit_id = %(unit)s AND r.level = ANY(%(levels)s)
+"""
+_ENQUEUE = """
+INSERT INTO notification_outbox (alarm_id, step, channel, target, levels, due_at)
+VALUES (%(alarm)s, %(step)s, %(channel)s, %(target)s, %(levels)s, %(due)s)
+ON CONFLICT (alarm_id, step, channel, target) DO NOTHING
+"""
+
+
+def policy_for(settings: Settings, unit_row: dict[str, Any]) -> EscalationPolicy:
+    return policy_from(
+        settings.escalation_steps,
+        settings.reminder_interval,
+        unit_row,
+        settings_resolved_reminder=settings.resolved_reminder_interval,
+    )
+
+
+def enqueue_due(conn: psycopg.Connection, settings: Settings, alarm_id: int, now: datetime) -> int:
+    """Put every notification now due for the alarm into the outbox (idempotent by its unique key).
+
+    Called in the transaction that opens the alarm (so the first notice is written with it) and by
+    the escalation pass. Each step goes to each of the unit's WeCom robots / webhooks of the levels
+    it names (else the province-wide WeCom fallback), and — when a template is configured — to the
+    WeChat of each responsible person of those levels."""
+    alarm = _row(conn, _ALARM_FOR_STEPS, {"id": alarm_id})
+    if alarm is None or alarm["suppressed"]:
+        return 0
+    timeline = AlarmTimeline(
+        raised_at=alarm["raised_at"],
+        state=alarm["state"],
+        resolved_at=alarm["resolved_at"],
+        closed_at=alarm["closed_at"],
+    )
+    steps = escalation_due_steps(timeline, policy_for(settings, alarm), now, set(alarm["sent"]))
+    written = 0
+    for step in steps:
+        levels = sorted(step.levels)
+        routes = _rows(conn, _ROUTES, {"unit": alarm["unit_id"], "levels": levels})
+        targets = [(r["channel"], r["target"]) for r in routes]
+        if not any(c == "wecom" for c, _ in targets) and settings.wecom_webhook_url:
+            targets.append(("wecom", settings.wecom_webhook_url))
+        if settings.wechat_template_id:
+            targets += [
+                ("wechat_template", r["target"])
+                for r in _rows(conn, _OPENIDS, {"unit": alarm["unit_id"], "levels": levels})
+            ]
+        if not targets:
+            targets.append(("wecom", "none:未配置通知去处"))  # recorded, so the gap shows in the alarm's history
+        for channel, target in dict.fromkeys(targets):
+            cur = conn.execute(
+                _ENQUEUE,
+                {
+                    "alarm": alarm_id,
+                    "step": step.key,
+                    "channel": channel,
+                    "target": target,
+                    "levels": levels,
+                    "due": step.due_at,
+                },
+            )
+            written += cur.rowcount
+    return written
+
+
+def escalate(conn: psycopg.Connection, settings: Settings, *, limit: int = 1000) -> PassStats:
+    """One escalation pass: every alarm not closed, locked SKIP LOCKED so two schedulers split them."""
+    stats = PassStats()
+    now = _now(conn)
+    for row in _rows(conn, _ESCALATING, {"limit": limit}):
+        stats.subjects += 1
+        stats.enqueued += enqueue_due(conn, settings, row["id"], now)
+    conn.commit()
+    return stats
+
+
+def new_link(conn: psycopg.Connection, alarm_id: int, user_id: int, level: int) -> str:
+    """A single-use confirmation link token for one person (never for a group: anyone in the group
+    could confirm in that person's name)."""
+    from api.deps import token_hash
+
+    token = secrets.token_urlsafe(32)
+    conn.execute(
+        """INSERT INTO alarm_links (token_hash, alarm_id, user_id, level, expires_at)
+           VALUES (%s, %s, %s, %s, now() + %s)""",
+        (token_hash(token), alarm_id, user_id, level, LINK_TTL),
+    )
+    return token

@@ -1,0 +1,558 @@
+"""Alarms in the user's jurisdiction: list and history, acknowledge ("on site"), close with the
+closure form; manual thermometer readings with the drift check (CM10, CM13); rule parameters per
+compartment; the single-use confirmation link that WeChat messages carry (CM16).
+
+Alarms are raised and resolved by the scheduler (:mod:`alarms.engine`); people only acknowledge
+and close them. Every change is an ``alarm_events`` row, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import psycopg
+from fastapi import APIRouter, Query, Request
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from alarms.rules import drift_check, needs_vendor, params_for
+from api.auth import record_login
+from api.deps import (
+    Conn,
+    CurrentUser,
+    Principal,
+    fetch_all,
+    fetch_one,
+    require_unit_in_scope,
+    require_writer,
+    set_action,
+    token_hash,
+)
+from api.errors import ApiError, conflict, invalid, not_found
+
+router = APIRouter(tags=["报警"])
+
+Id = Annotated[int, Field(ge=1, le=2**62)]
+QId = Annotated[int | None, Query(ge=1, le=2**62)]
+Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=500)]
+AlarmState = Literal["active", "acknowledged", "resolved", "closed"]
+
+_SCOPE = "SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(scope)s"
+
+
+class AlarmOut(BaseModel):
+    id: int
+    kind: str
+    severity: str
+    state: str
+    unit_id: int
+    unit_name: str
+    equipment_id: int | None
+    equipment_name: str | None
+    compartment_id: int | None
+    compartment_name: str | None
+    gateway_id: int | None
+    gateway_serial: str | None
+    probe_id: int | None
+    condition_since: datetime
+    raised_at: datetime
+    found_late: bool
+    suppressed: bool
+    cause: str | None
+    value: float | None
+    t_min: float | None
+    t_max: float | None
+    acknowledged_at: datetime | None
+    acknowledged_by: int | None
+    ack_channel: str | None
+    ack_comment: str | None
+    on_site: bool | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    closure: dict[str, Any] | None
+    version: int
+
+
+class AlarmEventOut(BaseModel):
+    ts: datetime
+    action: str
+    username: str | None
+    channel: str | None
+    details: dict[str, Any] | None
+
+
+class NotificationOut(BaseModel):
+    step: str
+    channel: str
+    levels: list[int]
+    due_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+class AlarmDetail(AlarmOut):
+    events: list[AlarmEventOut]
+    notifications: list[NotificationOut]
+
+
+_COLUMNS = """
+a.id, a.kind, a.severity, a.state, a.unit_id, n.name AS unit_name, a.equipment_id, e.name AS equipment_name,
+a.compartment_id, c.name AS compartment_name, a.gateway_id, g.serial AS gateway_serial, a.probe_id,
+a.condition_since, a.raised_at, a.found_late, a.suppressed, a.cause, a.value, a.t_min::float8 AS t_min,
+a.t_max::float8 AS t_max, a.acknowledged_at, a.acknowledged_by, a.ack_channel, a.ack_comment, a.on_site,
+a.resolved_at, a.closed_at, a.closure, a.version
+"""
+_FROM = """
+FROM alarms a
+JOIN units n ON n.id = a.unit_id
+LEFT JOIN equipment e ON e.id = a.equipment_id
+LEFT JOIN compartments c ON c.id = a.compartment_id
+LEFT JOIN gateways g ON g.id = a.gateway_id
+"""
+_LIST = f"""
+SELECT {_COLUMNS} {_FROM}
+WHERE a.unit_id IN ({_SCOPE})
+  AND (%(unit)s::bigint IS NULL OR a.unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(unit)s))
+  AND (%(state)s::text IS NULL OR a.state = %(state)s)
+  AND (%(open_only)s IS FALSE OR a.state IN ('active', 'acknowledged'))
+  AND (%(kind)s::text IS NULL OR a.kind = %(kind)s)
+  AND (%(compartment)s::bigint IS NULL OR a.compartment_id = %(compartment)s)
+  AND (%(since)s::timestamptz IS NULL OR a.raised_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR a.raised_at < %(until)s)
+ORDER BY a.raised_at DESC, a.id DESC
+LIMIT %(limit)s OFFSET %(offset)s
+"""  # noqa: S608 — constant SQL fragments, parameters bound
+_ONE = f"SELECT {_COLUMNS} {_FROM} WHERE a.id = %(id)s AND a.unit_id IN ({_SCOPE})"
+_EVENTS = """
+SELECT v.ts, v.action, u.username, v.channel, v.details
+FROM alarm_events v LEFT JOIN users u ON u.id = v.user_id WHERE v.alarm_id = %(id)s ORDER BY v.id
+"""
+_NOTIFICATIONS = """
+SELECT step, channel, levels::int[] AS levels, due_at, sent_at, attempts, last_error
+FROM notification_outbox WHERE alarm_id = %(id)s ORDER BY due_at, id
+"""
+
+
+@router.get("/alarms", response_model=list[AlarmOut], summary="辖区内的报警（可按状态、类型、单位、时间筛选）")
+def list_alarms(
+    principal: CurrentUser,
+    conn: Conn,
+    unit_id: QId = None,
+    state: AlarmState | None = None,
+    open_only: bool = False,
+    kind: Annotated[str | None, Query(pattern=r"^[a-z_]{2,40}$")] = None,
+    compartment_id: QId = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    offset: Annotated[int, Query(ge=0, le=10**6)] = 0,
+) -> list[dict[str, Any]]:
+    if unit_id is not None:
+        require_unit_in_scope(conn, principal, unit_id)
+    return fetch_all(
+        conn,
+        _LIST,
+        {
+            "scope": principal.unit_id,
+            "unit": unit_id,
+            "state": state,
+            "open_only": open_only,
+            "kind": kind,
+            "compartment": compartment_id,
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "offset": offset,
+        },
+    )
+
+
+def _alarm(conn: psycopg.Connection, principal: Principal, alarm_id: int, *, lock: bool = False) -> dict[str, Any]:
+    row = fetch_one(conn, _ONE, {"id": alarm_id, "scope": principal.unit_id})
+    if row is None:
+        raise not_found("报警")
+    if lock:
+        conn.execute("SELECT 1 FROM alarms WHERE id = %s FOR UPDATE", (alarm_id,))
+        row = fetch_one(conn, _ONE, {"id": alarm_id, "scope": principal.unit_id})
+        assert row is not None
+    return row
+
+
+@router.get("/alarms/{alarm_id}", response_model=AlarmDetail, summary="报警详情：每一次变化与每一条通知")
+def get_alarm(alarm_id: Id, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
+    row = _alarm(conn, principal, alarm_id)
+    return {
+        **row,
+        "events": fetch_all(conn, _EVENTS, {"id": alarm_id}),
+        "notifications": fetch_all(conn, _NOTIFICATIONS, {"id": alarm_id}),
+    }
+
+
+class Acknowledge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on_site: bool = Field(True, description="已到现场处理")
+    comment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+
+
+def acknowledge(
+    conn: psycopg.Connection, alarm: dict[str, Any], user_id: int, channel: str, on_site: bool, comment: str | None
+) -> None:
+    """Acknowledging records who is on it; it does not stop escalation (CM16: "still abnormal"
+    is the rule) — resolution does. An alarm already resolved can still be acknowledged."""
+    if alarm["state"] == "closed":
+        raise ApiError(409, "alarm_state", "报警已关闭，不能再确认")
+    if alarm["acknowledged_at"] is not None:
+        raise ApiError(409, "alarm_state", "报警已被确认")
+    set_action(conn, "alarm.acknowledge")
+    conn.execute(
+        """UPDATE alarms SET state = CASE WHEN state = 'active' THEN 'acknowledged' ELSE state END,
+                  acknowledged_at = now(), acknowledged_by = %s, ack_channel = %s, ack_comment = %s, on_site = %s,
+                  version = version + 1
+           WHERE id = %s""",
+        (user_id, channel, comment, on_site, alarm["id"]),
+    )
+    conn.execute(
+        """INSERT INTO alarm_events (alarm_id, action, user_id, channel, details)
+           VALUES (%s, 'acknowledged', %s, %s, %s)""",
+        (alarm["id"], user_id, channel, Jsonb({"on_site": on_site, "comment": comment})),
+    )
+
+
+@router.post("/alarms/{alarm_id}/acknowledge", response_model=AlarmOut, summary="确认报警（已到现场）")
+def acknowledge_alarm(alarm_id: Id, body: Acknowledge, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
+    alarm = _alarm(conn, principal, alarm_id, lock=True)
+    require_writer(principal)
+    acknowledge(
+        conn, alarm, principal.user_id, "web" if principal.via == "cookie" else "api", body.on_site, body.comment
+    )
+    return _alarm(conn, principal, alarm_id)
+
+
+class Closure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Version
+    cause: Text = Field(description="原因，如 停电、冰箱故障、门未关好、探头故障")
+    action: Text = Field(description="采取的措施")
+    vaccine_disposition: Text = Field(description="疫苗处置：如 未受影响继续使用、转移至其他冰箱、暂停使用待评估、报废")
+
+
+@router.post("/alarms/{alarm_id}/close", response_model=AlarmOut, summary="关闭报警（填写原因、措施与疫苗处置）")
+def close_alarm(alarm_id: Id, body: Closure, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
+    alarm = _alarm(conn, principal, alarm_id, lock=True)
+    require_writer(principal)
+    if alarm["version"] != body.version:
+        raise conflict(
+            "version_conflict",
+            f"报警已被他人处理（当前版本 {alarm['version']}），请刷新后重试",
+            {"current_version": alarm["version"], "your_version": body.version},
+        )
+    if alarm["state"] != "resolved":
+        reason = "已关闭" if alarm["state"] == "closed" else "仍在异常中，须恢复正常后才能关闭"
+        raise ApiError(409, "alarm_state", f"报警{reason}")
+    closure = {"cause": body.cause, "action": body.action, "vaccine_disposition": body.vaccine_disposition}
+    set_action(conn, "alarm.close")
+    conn.execute(
+        """UPDATE alarms SET state = 'closed', closed_at = now(), closed_by = %s, closure = %s, version = version + 1
+           WHERE id = %s""",
+        (principal.user_id, Jsonb(closure), alarm_id),
+    )
+    conn.execute(
+        "INSERT INTO alarm_events (alarm_id, action, user_id, channel, details) VALUES (%s, 'closed', %s, %s, %s)",
+        (alarm_id, principal.user_id, "web" if principal.via == "cookie" else "api", Jsonb(closure)),
+    )
+    return _alarm(conn, principal, alarm_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# The link in a WeChat message: confirm without a password (signed by being a 256-bit random
+# secret whose digest only the database holds; short-lived; single use).
+
+
+class LinkConfirm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,100}$")]
+    comment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+
+
+class LinkResult(BaseModel):
+    alarm_id: int
+    state: str
+    acknowledged_by: str
+
+
+@router.post("/alarm-links/confirm", response_model=LinkResult, summary="微信消息中的链接：免密确认报警（一次性）")
+def confirm_by_link(body: LinkConfirm, request: Request, conn: Conn) -> dict[str, Any]:
+    link = fetch_one(
+        conn,
+        """SELECT l.alarm_id, l.user_id, l.used_at, l.expires_at > now() AS fresh, u.username, u.unit_id, u.status
+           FROM alarm_links l LEFT JOIN users u ON u.id = l.user_id
+           WHERE l.token_hash = %(h)s FOR UPDATE OF l""",
+        {"h": token_hash(body.token)},
+    )
+    if link is None or link["used_at"] is not None or not link["fresh"] or link["user_id"] is None:
+        raise ApiError(401, "link_invalid", "确认链接无效、已使用或已过期，请登录平台处理")
+    if link["status"] != "active":
+        raise ApiError(403, "account_closed", "该账号已关闭或注销，请联系管理单位")
+    conn.execute("SELECT set_config('coldchain.actor_id', %s, true)", (str(link["user_id"]),))
+    conn.execute("UPDATE alarm_links SET used_at = now() WHERE token_hash = %s", (token_hash(body.token),))
+    alarm = fetch_one(conn, "SELECT * FROM alarms WHERE id = %(id)s FOR UPDATE", {"id": link["alarm_id"]})
+    assert alarm is not None
+    if alarm["acknowledged_at"] is None and alarm["state"] != "closed":
+        acknowledge(conn, alarm, link["user_id"], "wechat", True, body.comment)
+    # Opening the alarm from WeChat is a sign-in on the WeChat channel (CM14).
+    ip = request.client.host if request.client else None
+    record_login(
+        conn,
+        username=link["username"],
+        user_id=link["user_id"],
+        unit_id=link["unit_id"],
+        channel="wechat",
+        success=True,
+        reason="alarm_link",
+        ip=_ip(ip),
+        user_agent=request.headers.get("user-agent"),
+    )
+    row = fetch_one(conn, "SELECT state FROM alarms WHERE id = %(id)s", {"id": link["alarm_id"]})
+    assert row is not None
+    return {"alarm_id": link["alarm_id"], "state": row["state"], "acknowledged_by": link["username"]}
+
+
+def _ip(host: str | None) -> str | None:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(host)) if host else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Manual thermometer readings and the drift check (CM10, CM13)
+
+
+class ThermometerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ts: datetime = Field(description="读温度计的时刻（带时区）")
+    t: Annotated[Decimal, Field(ge=-90, le=60, max_digits=4, decimal_places=1)]
+    note: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+
+
+class DriftOut(BaseModel):
+    id: int
+    thermometer_reading_id: int
+    compartment_id: int
+    ts: datetime
+    thermometer_t: float
+    probe_id: int | None
+    probe_ts: datetime | None
+    probe_t: float | None
+    difference: float | None
+    finding: bool
+    reason: str | None
+    cause: str | None
+    probe_flagged_for_vendor: bool
+
+
+_COMPARTMENT = f"""
+SELECT c.id, c.mode, e.unit_id FROM compartments c JOIN equipment e ON e.id = c.equipment_id
+WHERE c.id = %(id)s AND e.unit_id IN ({_SCOPE})
+"""  # noqa: S608 — constant SQL fragments, parameters bound
+_PROBE_NEAR = """
+SELECT b.probe_id, r.ts, r.t FROM probe_bindings b
+JOIN probe_readings r ON r.probe_id = b.probe_id AND b.valid @> r.ts
+WHERE b.compartment_id = %(c)s AND r.ts BETWEEN %(ts)s - interval '5 minutes' AND %(ts)s + interval '5 minutes'
+ORDER BY abs(extract(epoch FROM r.ts - %(ts)s)) LIMIT 20
+"""
+_DRIFTS = """
+SELECT f.id, f.thermometer_reading_id, f.compartment_id, t.ts, f.thermometer_t::float8 AS thermometer_t, f.probe_id,
+       f.probe_ts, f.probe_t, f.difference, f.finding, f.reason, f.cause,
+       EXISTS (SELECT 1 FROM probe_vendor_flags v WHERE v.probe_id = f.probe_id AND v.cleared_at IS NULL)
+           AS probe_flagged_for_vendor
+FROM drift_findings f JOIN thermometer_readings t ON t.id = f.thermometer_reading_id
+WHERE f.compartment_id = %(c)s AND (%(id)s::bigint IS NULL OR f.id = %(id)s)
+ORDER BY t.ts DESC LIMIT %(limit)s
+"""
+
+
+def _compartment(conn: psycopg.Connection, principal: Principal, compartment_id: int) -> dict[str, Any]:
+    row = fetch_one(conn, _COMPARTMENT, {"id": compartment_id, "scope": principal.unit_id})
+    if row is None:
+        raise not_found("温区")
+    return row
+
+
+@router.post(
+    "/compartments/{compartment_id}/thermometer-readings",
+    response_model=DriftOut,
+    status_code=201,
+    summary="录入温度计读数，并与最近的探头读数比对（±0.5 ℃ 冷藏 / ±1 ℃ 冷冻）",
+)
+def add_thermometer_reading(
+    compartment_id: Id, body: ThermometerIn, principal: CurrentUser, conn: Conn
+) -> dict[str, Any]:
+    comp = _compartment(conn, principal, compartment_id)
+    require_writer(principal)
+    now_row = conn.execute("SELECT now()").fetchone()
+    assert now_row is not None
+    if body.ts > now_row[0] + timedelta(minutes=5):
+        raise invalid("读数时间不能晚于现在")
+    set_action(conn, "thermometer.add")
+    reading = fetch_one(
+        conn,
+        """INSERT INTO thermometer_readings (compartment_id, ts, t, entered_by, note)
+           VALUES (%(c)s, %(ts)s, %(t)s, %(u)s, %(note)s) RETURNING id""",
+        {"c": compartment_id, "ts": body.ts, "t": body.t, "u": principal.user_id, "note": body.note},
+    )
+    assert reading is not None
+    near = fetch_all(conn, _PROBE_NEAR, {"c": compartment_id, "ts": body.ts})
+    result = drift_check(comp["mode"], body.ts, float(body.t), [(r["ts"], r["t"]) for r in near])
+    probe_id = next((r["probe_id"] for r in near if r["ts"] == result.nearest_ts), None)
+    finding = fetch_one(
+        conn,
+        """INSERT INTO drift_findings (thermometer_reading_id, compartment_id, probe_id, probe_ts, probe_t,
+                                       thermometer_t, difference, finding, reason)
+           VALUES (%(r)s, %(c)s, %(p)s, %(pts)s, %(pt)s, %(t)s, %(d)s, %(f)s, %(why)s) RETURNING id""",
+        {
+            "r": reading["id"],
+            "c": compartment_id,
+            "p": probe_id,
+            "pts": result.nearest_ts,
+            "pt": result.probe_t,
+            "t": body.t,
+            "d": result.difference,
+            "f": result.finding,
+            "why": result.reason,
+        },
+    )
+    assert finding is not None
+    if result.finding and probe_id is not None:
+        times = [
+            r["created_at"]
+            for r in fetch_all(
+                conn, "SELECT created_at FROM drift_findings WHERE probe_id = %(p)s AND finding", {"p": probe_id}
+            )
+        ]
+        if needs_vendor(times, now_row[0]):
+            conn.execute(
+                """INSERT INTO probe_vendor_flags (probe_id, reason) VALUES (%s, '反复漂移，待厂家调试或更换')
+                   ON CONFLICT (probe_id) WHERE cleared_at IS NULL DO NOTHING""",
+                (probe_id,),
+            )
+    rows = fetch_all(conn, _DRIFTS, {"c": compartment_id, "id": finding["id"], "limit": 1})
+    return rows[0]
+
+
+@router.get(
+    "/compartments/{compartment_id}/thermometer-readings",
+    response_model=list[DriftOut],
+    summary="温度计读数及比对结果（新在前）",
+)
+def thermometer_readings(
+    compartment_id: Id, principal: CurrentUser, conn: Conn, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[dict[str, Any]]:
+    _compartment(conn, principal, compartment_id)
+    return fetch_all(conn, _DRIFTS, {"c": compartment_id, "id": None, "limit": limit})
+
+
+class DriftCause(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cause: Text = Field(description="漂移原因，如 探头位置不当、探头故障、温度计误差")
+
+
+@router.post(
+    "/compartments/{compartment_id}/drift-findings/{finding_id}/cause", response_model=DriftOut, summary="填写漂移原因"
+)
+def drift_cause(
+    compartment_id: Id, finding_id: Id, body: DriftCause, principal: CurrentUser, conn: Conn
+) -> dict[str, Any]:
+    _compartment(conn, principal, compartment_id)
+    require_writer(principal)
+    set_action(conn, "drift.cause")
+    updated = conn.execute(
+        """UPDATE drift_findings SET cause = %s, cause_by = %s, cause_at = now()
+           WHERE id = %s AND compartment_id = %s AND finding""",
+        (body.cause, principal.user_id, finding_id, compartment_id),
+    )
+    if updated.rowcount == 0:
+        raise not_found("漂移发现")
+    return fetch_all(conn, _DRIFTS, {"c": compartment_id, "id": finding_id, "limit": 1})[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule parameters per compartment
+
+
+class ParamsOut(BaseModel):
+    compartment_id: int
+    overrides: dict[str, Any]
+    effective: dict[str, Any]
+    version: int
+
+
+class ParamsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Annotated[int, Field(ge=0, le=2**31 - 1, description="读到的版本；尚未设置过时为 0")]
+    overrides: dict[str, Annotated[str | float | int, Field()]] = Field(
+        description='覆盖默认值的参数，如 {"delay": "15m", "hysteresis": 0.3}', max_length=20
+    )
+
+
+def _effective(mode: str, t_min: Any, t_max: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    try:
+        params = params_for(mode, None if t_min is None else float(t_min), float(t_max), overrides)
+    except (ValueError, TypeError) as exc:
+        raise invalid(f"报警参数无效：{exc}") from None
+    return {k: (str(v) if isinstance(v, timedelta) else v) for k, v in vars(params).items()}
+
+
+_PARAMS = f"""
+SELECT c.id, c.mode, c.t_min, c.t_max, coalesce(p.params, '{{}}'::jsonb) AS overrides, coalesce(p.version, 0) AS version
+FROM compartments c JOIN equipment e ON e.id = c.equipment_id
+LEFT JOIN alarm_rule_params p ON p.compartment_id = c.id
+WHERE c.id = %(id)s AND e.unit_id IN ({_SCOPE})
+"""  # noqa: S608 — constant SQL fragments, parameters bound
+
+
+@router.get(
+    "/compartments/{compartment_id}/alarm-params", response_model=ParamsOut, summary="温区报警参数（默认值与覆盖）"
+)
+def get_params(compartment_id: Id, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
+    row = fetch_one(conn, _PARAMS, {"id": compartment_id, "scope": principal.unit_id})
+    if row is None:
+        raise not_found("温区")
+    return {
+        "compartment_id": compartment_id,
+        "overrides": row["overrides"],
+        "version": row["version"],
+        "effective": _effective(row["mode"], row["t_min"], row["t_max"], row["overrides"]),
+    }
+
+
+@router.put(
+    "/compartments/{compartment_id}/alarm-params", response_model=ParamsOut, summary="设置温区报警参数（带版本号）"
+)
+def put_params(compartment_id: Id, body: ParamsIn, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
+    row = fetch_one(conn, _PARAMS + " FOR UPDATE OF c", {"id": compartment_id, "scope": principal.unit_id})
+    if row is None:
+        raise not_found("温区")
+    require_writer(principal)
+    if row["version"] != body.version:
+        raise conflict(
+            "version_conflict",
+            f"报警参数已被他人修改（当前版本 {row['version']}），请刷新后重试",
+            {"current_version": row["version"], "your_version": body.version},
+        )
+    _effective(row["mode"], row["t_min"], row["t_max"], body.overrides)
+    set_action(conn, "alarm_params.update")
+    conn.execute(
+        """INSERT INTO alarm_rule_params (compartment_id, params, updated_by) VALUES (%(c)s, %(p)s, %(u)s)
+           ON CONFLICT (compartment_id) DO UPDATE
+           SET params = EXCLUDED.params, version = alarm_rule_params.version + 1, updated_at = now(),
+               updated_by = EXCLUDED.updated_by""",
+        {"c": compartment_id, "p": Jsonb(body.overrides), "u": principal.user_id},
+    )
+    return get_params(compartment_id, principal, conn)
