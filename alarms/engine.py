@@ -11,6 +11,7 @@ transaction or none of it, so a restart neither forgets a running delay nor rais
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -78,125 +79,138 @@ LIMIT %(limit)s
 _ACTIVE_COMPARTMENTS = """
 SELECT b.compartment_id FROM probe_bindings_current b
 JOIN compartments c ON c.id = b.compartment_id AND c.status = 'active'
+ORDER BY b.compartment_id
 """
-_SUBJECT = """
-SELECT c.id AS compartment_id, c.mode, c.t_min::float8 AS t_min, c.t_max::float8 AS t_max, c.equipment_id,
-       e.unit_id, b.probe_id, b.gateway_id, b.valid_from, coalesce(p.params, '{}'::jsonb) AS overrides,
-       pl.received_at AS latest_received_at
-FROM compartments c
-JOIN equipment e ON e.id = c.equipment_id
-JOIN probe_bindings_current b ON b.compartment_id = c.id
-LEFT JOIN probe_latest pl ON pl.probe_id = b.probe_id
-LEFT JOIN alarm_rule_params p ON p.compartment_id = c.id
-WHERE c.id = %(id)s
-"""
-_LOCK_STATE = """
-SELECT state, cursor FROM alarm_rule_state WHERE subject = %(subject)s AND subject_id = %(id)s
-FOR UPDATE SKIP LOCKED
-"""
-_ENSURE_STATE = """
-INSERT INTO alarm_rule_state (subject, subject_id, state) VALUES (%(subject)s, %(id)s, %(state)s)
+_ENSURE_STATES = """
+INSERT INTO alarm_rule_state (subject, subject_id, state)
+SELECT %(subject)s, id, %(empty)s FROM unnest(%(ids)s::bigint[]) AS id
 ON CONFLICT DO NOTHING
 """
-_SAVE_STATE = """
-UPDATE alarm_rule_state SET state = %(state)s, cursor = greatest(cursor, %(cursor)s::timestamptz), updated_at = now()
-WHERE subject = %(subject)s AND subject_id = %(id)s
+# Everything one compartment's rules need, for a batch of compartments, their state rows locked
+# (SKIP LOCKED: rows another scheduler holds are simply not in this batch).
+_SUBJECTS = """
+SELECT c.id AS compartment_id, c.mode, c.t_min::float8 AS t_min, c.t_max::float8 AS t_max, c.equipment_id,
+       e.unit_id, b.probe_id, b.gateway_id, b.valid_from, coalesce(p.params, '{}'::jsonb) AS overrides,
+       pl.received_at AS latest_received_at, s.state, s.cursor,
+       EXISTS (SELECT 1 FROM alarms a WHERE a.gateway_id = b.gateway_id AND a.kind = 'gateway_offline'
+                                        AND a.state IN ('active', 'acknowledged')) AS gateway_offline
+FROM alarm_rule_state s
+JOIN compartments c ON c.id = s.subject_id AND c.status = 'active'
+JOIN equipment e ON e.id = c.equipment_id
+JOIN LATERAL (
+    SELECT probe_id, gateway_id, valid_from FROM probe_bindings_current
+    WHERE compartment_id = c.id ORDER BY valid_from DESC LIMIT 1
+) b ON true
+LEFT JOIN probe_latest pl ON pl.probe_id = b.probe_id
+LEFT JOIN alarm_rule_params p ON p.compartment_id = c.id
+WHERE s.subject = 'compartment' AND s.subject_id = ANY(%(ids)s)
+ORDER BY c.id
+FOR UPDATE OF s SKIP LOCKED
 """
+# The readings after each probe's watermark, for the whole batch in one statement (each probe's
+# walk is an index range scan on the primary key).
 _READINGS = """
-SELECT ts, t, received_at FROM probe_readings
-WHERE probe_id = %(probe)s AND ts > %(after)s AND ts >= %(bound_from)s
-ORDER BY ts LIMIT %(limit)s
+SELECT w.probe_id, r.ts, r.t, r.received_at
+FROM unnest(%(probes)s::bigint[], %(after)s::timestamptz[]) AS w(probe_id, after)
+CROSS JOIN LATERAL (
+    SELECT ts, t, received_at FROM probe_readings r
+    WHERE r.probe_id = w.probe_id AND r.ts > w.after ORDER BY r.ts LIMIT %(limit)s
+) r
 """
-_GATEWAY_OFFLINE = """
-SELECT EXISTS (SELECT 1 FROM alarms WHERE gateway_id = %(g)s AND kind = 'gateway_offline'
-                                        AND state IN ('active', 'acknowledged'))
+_SAVE_STATES = """
+UPDATE alarm_rule_state s SET state = v.state::jsonb, cursor = greatest(s.cursor, v.cursor), updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(cursors)s::timestamptz[]) AS v(id, state, cursor)
+WHERE s.subject = %(subject)s AND s.subject_id = v.id
 """
+_LOCK_ONE = """
+SELECT state, cursor FROM alarm_rule_state WHERE subject = %(s)s AND subject_id = %(id)s FOR UPDATE SKIP LOCKED
+"""
+BATCH = 500
 
 
 def _lock_state(
     conn: psycopg.Connection, subject: str, subject_id: int, empty: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The subject's state row, locked for this transaction; None if another scheduler holds it."""
-    conn.execute(_ENSURE_STATE, {"subject": subject, "id": subject_id, "state": Jsonb(empty)})
-    return _row(conn, _LOCK_STATE, {"subject": subject, "id": subject_id})
+    conn.execute(_ENSURE_STATES, {"subject": subject, "ids": [subject_id], "empty": Jsonb(empty)})
+    return _row(conn, _LOCK_ONE, {"s": subject, "id": subject_id})
 
 
-def evaluate_compartments(conn: psycopg.Connection, settings: Settings, *, limit: int = 500) -> PassStats:
-    """One pass over the compartments with new readings; each in its own transaction."""
-    stats = PassStats()
-    for row in _rows(conn, _FRESH, {"limit": limit}):
-        conn.commit()
-        try:
-            _evaluate_compartment(conn, settings, row["compartment_id"], stats, silence_only=False)
-            conn.commit()
-        except psycopg.Error as exc:
-            conn.rollback()
-            stats.errors.append(f"温区 {row['compartment_id']}：{exc}")
-            log.exception("评估温区 %s 失败", row["compartment_id"])
+def evaluate_compartments(conn: psycopg.Connection, settings: Settings, *, limit: int = 5000) -> PassStats:
+    """One pass over the compartments with new readings, in batches of one transaction each."""
+    ids = [r["compartment_id"] for r in _rows(conn, _FRESH, {"limit": limit})]
     conn.commit()
-    return stats
+    return _evaluate_batches(conn, settings, ids, silence_only=False)
 
 
 def check_silence(conn: psycopg.Connection, settings: Settings) -> PassStats:
     """No-data checks for every monitored compartment (a probe that says nothing has no new rows)."""
+    ids = [r["compartment_id"] for r in _rows(conn, _ACTIVE_COMPARTMENTS)]
+    conn.commit()
+    return _evaluate_batches(conn, settings, ids, silence_only=True)
+
+
+def _evaluate_batches(conn: psycopg.Connection, settings: Settings, ids: list[int], *, silence_only: bool) -> PassStats:
     stats = PassStats()
-    for row in _rows(conn, _ACTIVE_COMPARTMENTS):
-        conn.commit()
+    for i in range(0, len(ids), BATCH):
+        batch = ids[i : i + BATCH]
         try:
-            _evaluate_compartment(conn, settings, row["compartment_id"], stats, silence_only=True)
+            _evaluate_batch(conn, settings, batch, stats, silence_only=silence_only)
             conn.commit()
         except psycopg.Error as exc:
             conn.rollback()
-            stats.errors.append(f"温区 {row['compartment_id']}：{exc}")
-            log.exception("无数据检查失败：温区 %s", row["compartment_id"])
-    conn.commit()
+            stats.errors.append(f"温区 {batch[0]}–{batch[-1]}：{exc}")
+            log.exception("评估温区 %s–%s 失败", batch[0], batch[-1])
     return stats
 
 
-def _evaluate_compartment(
-    conn: psycopg.Connection, settings: Settings, compartment_id: int, stats: PassStats, *, silence_only: bool
+def _evaluate_batch(
+    conn: psycopg.Connection, settings: Settings, ids: list[int], stats: PassStats, *, silence_only: bool
 ) -> None:
-    subject = _row(conn, _SUBJECT, {"id": compartment_id})
-    if subject is None:
-        return
-    locked = _lock_state(conn, "compartment", compartment_id, rules.CompartmentState().to_json())
-    if locked is None:
-        stats.skipped_locked += 1
-        return
-    stats.subjects += 1
-    params = rules.params_for(subject["mode"], subject["t_min"], subject["t_max"], subject["overrides"])
-    state = rules.CompartmentState.from_json(locked["state"])
-    now = _now(conn)
-    events: list[rules.Event] = []
-    cursor = locked["cursor"]
-    if not silence_only:
-        after = state.watermark or subject["valid_from"] - timedelta(microseconds=1)
-        readings = [
-            rules.Reading(r["ts"], r["t"], r["received_at"])
-            for r in _rows(
-                conn,
-                _READINGS,
-                {
-                    "probe": subject["probe_id"],
-                    "after": after,
-                    "bound_from": subject["valid_from"],
-                    "limit": MAX_READINGS_PER_PASS,
-                },
-            )
-        ]
-        state, events = rules.evaluate_readings(params, state, readings, now)
-        if len(readings) < MAX_READINGS_PER_PASS:
-            cursor = subject["latest_received_at"] or cursor
-    offline_row = conn.execute(_GATEWAY_OFFLINE, {"g": subject["gateway_id"]}).fetchone()
-    state, silence = rules.evaluate_silence(
-        params, state, now, bool(offline_row and offline_row[0]), watch_since=subject["valid_from"]
-    )
-    events += silence
-    for event in events:
-        _apply_event(conn, settings, event, subject, stats, now)
     conn.execute(
-        _SAVE_STATE, {"subject": "compartment", "id": compartment_id, "state": Jsonb(state.to_json()), "cursor": cursor}
+        _ENSURE_STATES, {"subject": "compartment", "ids": ids, "empty": Jsonb(rules.CompartmentState().to_json())}
     )
+    subjects = _rows(conn, _SUBJECTS, {"ids": ids})
+    stats.skipped_locked += len(ids) - len(subjects)
+    stats.subjects += len(subjects)
+    now = _now(conn)
+    states = {s["compartment_id"]: rules.CompartmentState.from_json(s["state"]) for s in subjects}
+    readings: dict[int, list[rules.Reading]] = {}
+    if not silence_only and subjects:
+        after = [states[s["compartment_id"]].watermark or s["valid_from"] - timedelta(microseconds=1) for s in subjects]
+        after = [max(a, s["valid_from"] - timedelta(microseconds=1)) for a, s in zip(after, subjects, strict=True)]
+        for r in _rows(
+            conn,
+            _READINGS,
+            {"probes": [s["probe_id"] for s in subjects], "after": after, "limit": MAX_READINGS_PER_PASS},
+        ):
+            readings.setdefault(r["probe_id"], []).append(rules.Reading(r["ts"], r["t"], r["received_at"]))
+    saved_ids: list[int] = []
+    saved_states: list[str] = []
+    cursors: list[datetime | None] = []
+    for subject in subjects:
+        cid = subject["compartment_id"]
+        params = rules.params_for(subject["mode"], subject["t_min"], subject["t_max"], subject["overrides"])
+        state = states[cid]
+        events: list[rules.Event] = []
+        cursor = subject["cursor"]
+        if not silence_only:
+            mine = readings.get(subject["probe_id"], [])
+            state, events = rules.evaluate_readings(params, state, mine, now)
+            if len(mine) < MAX_READINGS_PER_PASS:
+                cursor = subject["latest_received_at"] or cursor
+        state, silence = rules.evaluate_silence(
+            params, state, now, subject["gateway_offline"], watch_since=subject["valid_from"]
+        )
+        for event in events + silence:
+            _apply_event(conn, settings, event, subject, stats, now)
+        saved_ids.append(cid)
+        saved_states.append(json.dumps(state.to_json()))
+        cursors.append(cursor)
+    if saved_ids:
+        conn.execute(
+            _SAVE_STATES, {"subject": "compartment", "ids": saved_ids, "states": saved_states, "cursors": cursors}
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +270,8 @@ def evaluate_gateways(conn: psycopg.Connection, settings: Settings) -> PassStats
                 _apply_event(conn, settings, event, subject, stats, now)
             cursor = max((s.received_at for s in statuses), default=locked["cursor"])
             conn.execute(
-                _SAVE_STATE, {"subject": "gateway", "id": g["id"], "state": Jsonb(state.to_json()), "cursor": cursor}
+                _SAVE_STATES,
+                {"subject": "gateway", "ids": [g["id"]], "states": [json.dumps(state.to_json())], "cursors": [cursor]},
             )
             conn.commit()
         except psycopg.Error as exc:

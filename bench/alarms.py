@@ -1,0 +1,271 @@
+"""Alarm latency and escalation punctuality under load, with every part real.
+
+    .venv/bin/python bench/alarms.py [--probes 2000] [--rate 5000] [--trials 20] [--spacing 2]
+
+A Mosquitto of its own, the database, ``coldchain ingest`` and ``coldchain scheduler`` as separate
+processes, a publisher process sending ``--rate`` readings/s of ordinary in-range background, and
+a WeCom robot stand-in over real HTTP in this process. Each trial publishes one reading that
+breaks a zero-delay rule on a compartment of its own and times:
+
+- baseline: publish → the reading committed in ``probe_readings`` (ingest alone, same run);
+- alarm: publish → the WeCom request carrying that compartment's alarm arriving (target p95 ≤ 3 s).
+
+Then the escalation ladder runs on second-scale settings (steps 10 s, 20 s; reminders every 10 s)
+and each step's lateness is ``sent_at − due_at`` from the outbox (target ≤ 30 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from fakewecom import FakeWecom
+
+from coldchain import db, services
+from coldchain.migrate import migrate
+from coldchain.seed.demo import load_demo, plan_demo
+from coldchain.settings import parse_mqtt_url
+
+PER_MESSAGE = 8
+
+
+def _fleet(url: str) -> dict[str, list[str]]:
+    """Gateway serial → the serials of the probes bound behind it."""
+    out: dict[str, list[str]] = {}
+    with db.connect(url) as conn:
+        for g, p in conn.execute(
+            """SELECT g.serial, p.serial FROM probe_bindings_current b JOIN gateways g ON g.id = b.gateway_id
+               JOIN probes p ON p.id = b.probe_id ORDER BY g.serial, p.serial"""
+        ).fetchall():
+            out.setdefault(g, []).append(p)
+    return out
+
+
+async def publish_load(broker: str, fleet: dict[str, list[str]], rate: int) -> None:
+    """Background: every probe, in turn, an in-range reading stamped now; ``rate`` readings/s."""
+    addr = parse_mqtt_url(broker)
+    pairs = [(g, p) for g, ps in fleet.items() for p in ps]
+    batch = max(1, rate // 20)  # 20 slices a second
+    async with aiomqtt.Client(
+        addr.host, addr.port, identifier=f"bench-load-{os.getpid()}", max_inflight_messages=500
+    ) as client:
+        client.pending_calls_threshold = 10_000
+        k = 0
+        t0 = time.perf_counter()
+        sent = 0
+        while True:
+            by_gateway: dict[str, list[dict[str, object]]] = {}
+            ms = int(time.time() * 1000)
+            for i in range(batch):
+                g, p = pairs[k % len(pairs)]
+                by_gateway.setdefault(g, []).append({"probe": p, "t": round(4.0 + (k % 30) / 10, 1), "ts": ms + i % 50})
+                k += 1
+            sends = []
+            for g, readings in by_gateway.items():
+                for j in range(0, len(readings), PER_MESSAGE):
+                    body = json.dumps({"readings": readings[j : j + PER_MESSAGE]}).encode()
+                    sends.append(client.publish(f"coldchain/v1/{g}/telemetry", body, qos=1))
+            await asyncio.gather(*sends)
+            sent += batch
+            await asyncio.sleep(max(0.0, sent / rate - (time.perf_counter() - t0)))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def trials(
+    url: str, broker: str, wecom: FakeWecom, targets: list[tuple[str, str, str]], spacing: float
+) -> tuple[list[float], list[float]]:
+    addr = parse_mqtt_url(broker)
+    ingest_ms: list[float] = []
+    alarm_ms: list[float] = []
+    async with aiomqtt.Client(addr.host, addr.port, identifier=f"bench-trial-{os.getpid()}") as client:
+        with db.connect(url, autocommit=True) as conn:
+            for gateway, probe, label in targets:
+                ts_ms = int(time.time() * 1000)
+                body = json.dumps({"readings": [{"probe": probe, "t": 15.0, "ts": ts_ms}]}).encode()
+                t0 = time.time()
+                await client.publish(f"coldchain/v1/{gateway}/telemetry", body, qos=1)
+                got_row = got_alarm = None
+                deadline = t0 + 30
+                while time.time() < deadline and (got_row is None or got_alarm is None):
+                    if (
+                        got_row is None
+                        and conn.execute(
+                            """SELECT 1 FROM probe_readings r JOIN probes p ON p.id = r.probe_id
+                           WHERE p.serial = %s AND r.ts = %s""",
+                            (probe, datetime.fromtimestamp(ts_ms / 1000, UTC)),
+                        ).fetchone()
+                    ):
+                        got_row = time.time()
+                    if got_alarm is None:
+                        hit = [m.at for m in wecom.messages() if label in m.content]
+                        got_alarm = min(hit) if hit else None
+                    await asyncio.sleep(0.005)
+                if got_row is not None:
+                    ingest_ms.append((got_row - t0) * 1000)
+                if got_alarm is not None:
+                    alarm_ms.append((got_alarm - t0) * 1000)
+                else:
+                    print(f"  试验 {label}：30 秒内未收到报警消息")
+                await asyncio.sleep(spacing)
+    return ingest_ms, alarm_ms
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probes", type=int, default=2000)
+    ap.add_argument("--rate", type=int, default=5000, help="背景负载（读数/秒）")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--spacing", type=float, default=2.0, help="两次试验的间隔秒数")
+    ap.add_argument("--load-only", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.load_only:
+        asyncio.run(publish_load(args.load_only[0], json.loads(Path(args.load_only[1]).read_text()), args.rate))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="coldchain-bench-alarms-") as tmp:
+        work = Path(tmp)
+        broker = services.start_mosquitto(work / "broker")
+        pg = services.find_postgres(os.environ.get("COLDCHAIN_BENCH_DATABASE_URL"), work, prefer_docker=False)
+        name = f"cc_bench_alarms_{os.getpid()}"
+        db.create_database(pg.url, name)
+        url = db.with_database(pg.url, name)
+        wecom = FakeWecom()
+        children: list[subprocess.Popen[bytes]] = []
+        try:
+            migrate(url)
+            load_demo(url, plan_demo(args.probes, seed=1))
+            fleet = _fleet(url)
+            targets = _trial_targets(url, args.trials)
+            env = {
+                **os.environ,
+                "COLDCHAIN_DATABASE_URL": url,
+                "COLDCHAIN_MQTT_URL": broker.url,
+                "COLDCHAIN_WECOM_WEBHOOK_URL": wecom.url("bench"),
+                "COLDCHAIN_ESCALATION_STEPS": "10s,20s",
+                "COLDCHAIN_REMINDER_INTERVAL": "10s",
+                "COLDCHAIN_INGEST_CLIENT_ID": f"bench-alarms-{os.getpid()}",
+            }
+            health = services.free_port()
+            cli = [sys.executable, "-m", "coldchain.cli"]
+            children.append(
+                subprocess.Popen([*cli, "ingest", "--health-port", str(health)], env=env, stdout=subprocess.DEVNULL)
+            )
+            _wait_http(f"http://127.0.0.1:{health}/healthz")
+            fleet_file = work / "fleet.json"
+            fleet_file.write_text(json.dumps(fleet))
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--rate", str(args.rate), "--load-only", broker.url, str(fleet_file)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+            time.sleep(5)  # every probe has spoken before the scheduler's first no-data check
+            children.append(subprocess.Popen([*cli, "scheduler"], env=env, stdout=subprocess.DEVNULL))
+            time.sleep(3)
+            print(
+                f"数据：{sum(len(p) for p in fleet.values())} 个探头，背景负载 {args.rate} 读数/秒；"
+                f"PostgreSQL {pg.source}，Mosquitto {broker.source}；{len(targets)} 次试验"
+            )
+            ingest_ms, alarm_ms = asyncio.run(trials(url, broker.url, wecom, targets, args.spacing))
+            time.sleep(25)  # let the ladder (10 s, 20 s, reminders every 10 s) run for the last trial too
+            lateness = _lateness(url)
+            _report(ingest_ms, alarm_ms, lateness)
+        finally:
+            for child in reversed(children):
+                child.terminate()
+                child.wait(30)
+            wecom.close()
+            db.drop_database(pg.url, name)
+            pg.stop()
+            broker.stop()
+
+
+def _trial_targets(url: str, n: int) -> list[tuple[str, str, str]]:
+    """n refrigerated compartments, each renamed so its alarm message can be recognised, with a
+    zero-delay rule: (gateway serial, probe serial, label)."""
+    with db.connect(url) as conn:
+        rows = conn.execute(
+            """SELECT g.serial, p.serial, c.id, c.equipment_id FROM probe_bindings_current b
+               JOIN compartments c ON c.id = b.compartment_id AND c.mode = 'refrigerated'
+               JOIN gateways g ON g.id = b.gateway_id JOIN probes p ON p.id = b.probe_id
+               ORDER BY c.id LIMIT %s""",
+            (n,),
+        ).fetchall()
+        targets = []
+        for k, (gateway, probe, compartment, equipment) in enumerate(rows):
+            label = f"基准冰箱{k:03d}"
+            conn.execute("UPDATE equipment SET name = %s WHERE id = %s", (label, equipment))
+            conn.execute(
+                """INSERT INTO alarm_rule_params (compartment_id, params) VALUES (%s, '{"delay": 0}')
+                   ON CONFLICT (compartment_id) DO UPDATE SET params = EXCLUDED.params""",
+                (compartment,),
+            )
+            targets.append((gateway, probe, label))
+        conn.commit()
+    return targets
+
+
+def _lateness(url: str) -> list[float]:
+    with db.connect(url) as conn:
+        rows = conn.execute(
+            """SELECT extract(epoch FROM sent_at - due_at) FROM notification_outbox
+               WHERE step <> 'open' AND sent_at IS NOT NULL"""
+        ).fetchall()
+    return [float(r[0]) for r in rows]
+
+
+def _wait_http(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} 未就绪")
+
+
+def _report(ingest_ms: list[float], alarm_ms: list[float], lateness: list[float]) -> None:
+    if ingest_ms:
+        print(
+            f"基线：发布 → 读数入库        p50 {statistics.median(ingest_ms):7.0f} ms   "
+            f"p95 {_percentile(ingest_ms, 0.95):7.0f} ms   （{len(ingest_ms)} 次）"
+        )
+    if alarm_ms:
+        p50, p95 = statistics.median(alarm_ms), _percentile(alarm_ms, 0.95)
+        print(
+            f"报警：发布 → 企业微信收到请求 p50 {p50:7.0f} ms   p95 {p95:7.0f} ms   "
+            f"（{len(alarm_ms)} 次；目标 p95 ≤ 3000 ms）"
+        )
+        if ingest_ms:
+            print(f"报警 / 基线（p50）= {p50 / statistics.median(ingest_ms):.1f}")
+    if lateness:
+        print(
+            f"升级步骤迟到（sent_at − due_at）：p50 {statistics.median(lateness):.1f} s   "
+            f"p95 {_percentile(lateness, 0.95):.1f} s   最大 {max(lateness):.1f} s   "
+            f"（{len(lateness)} 步；目标 ≤ 30 s）"
+        )
+
+
+if __name__ == "__main__":
+    main()
