@@ -102,6 +102,7 @@ _VALIDATION_WORDS = {
     "union_tag_not_found": "缺少类型标记",
     "finite_number": "应为有限数字",
     "form_type": "表单类型 form_type 应为 1–5",
+    "timezone_aware": "应为带时区的时间（如 2026-11-24T10:00:00+08:00）",
 }
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import APIRouter, Query, Request
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from alarms.rules import drift_check, needs_vendor, params_for
 from api.auth import record_login
@@ -281,7 +281,7 @@ class LinkConfirm(BaseModel):
 class LinkResult(BaseModel):
     alarm_id: int
     state: str
-    acknowledged_by: str
+    acknowledged_by: str | None = Field(description="实际确认人（可能早已由他人确认）；关闭前无人确认时为空")
 
 
 @router.post("/alarm-links/confirm", response_model=LinkResult, summary="微信消息中的链接：免密确认报警（一次性）")
@@ -316,9 +316,13 @@ def confirm_by_link(body: LinkConfirm, request: Request, conn: Conn) -> dict[str
         ip=_ip(ip),
         user_agent=request.headers.get("user-agent"),
     )
-    row = fetch_one(conn, "SELECT state FROM alarms WHERE id = %(id)s", {"id": link["alarm_id"]})
+    row = fetch_one(
+        conn,
+        "SELECT a.state, u.username FROM alarms a LEFT JOIN users u ON u.id = a.acknowledged_by WHERE a.id = %(id)s",
+        {"id": link["alarm_id"]},
+    )
     assert row is not None
-    return {"alarm_id": link["alarm_id"], "state": row["state"], "acknowledged_by": link["username"]}
+    return {"alarm_id": link["alarm_id"], "state": row["state"], "acknowledged_by": row["username"]}
 
 
 def _ip(host: str | None) -> str | None:
@@ -336,7 +340,7 @@ def _ip(host: str | None) -> str | None:
 
 class ThermometerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ts: datetime = Field(description="读温度计的时刻（带时区）")
+    ts: AwareDatetime = Field(description="读温度计的时刻（带时区）")
     t: Annotated[Decimal, Field(ge=-90, le=60, max_digits=4, decimal_places=1)]
     note: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
 
@@ -541,18 +545,30 @@ def put_params(compartment_id: Id, body: ParamsIn, principal: CurrentUser, conn:
         raise not_found("温区")
     require_writer(principal)
     if row["version"] != body.version:
-        raise conflict(
-            "version_conflict",
-            f"报警参数已被他人修改（当前版本 {row['version']}），请刷新后重试",
-            {"current_version": row["version"], "your_version": body.version},
-        )
+        raise _params_conflict(row["version"], body.version)
     _effective(row["mode"], row["t_min"], row["t_max"], body.overrides)
     set_action(conn, "alarm_params.update")
-    conn.execute(
+    # The version is checked again in the write: after waiting for the compartment's lock, the row
+    # read above is as of this statement's start, so a save committed meanwhile was not seen there.
+    written = conn.execute(
         """INSERT INTO alarm_rule_params (compartment_id, params, updated_by) VALUES (%(c)s, %(p)s, %(u)s)
            ON CONFLICT (compartment_id) DO UPDATE
            SET params = EXCLUDED.params, version = alarm_rule_params.version + 1, updated_at = now(),
-               updated_by = EXCLUDED.updated_by""",
-        {"c": compartment_id, "p": Jsonb(body.overrides), "u": principal.user_id},
+               updated_by = EXCLUDED.updated_by
+           WHERE alarm_rule_params.version = %(v)s""",
+        {"c": compartment_id, "p": Jsonb(body.overrides), "u": principal.user_id, "v": body.version},
     )
+    if written.rowcount == 0:
+        current = fetch_one(
+            conn, "SELECT version FROM alarm_rule_params WHERE compartment_id = %(c)s", {"c": compartment_id}
+        )
+        raise _params_conflict(current["version"] if current else 0, body.version)
     return get_params(compartment_id, principal, conn)
+
+
+def _params_conflict(current: int, yours: int) -> ApiError:
+    return conflict(
+        "version_conflict",
+        f"报警参数已被他人修改（当前版本 {current}），请刷新后重试",
+        {"current_version": current, "your_version": yours},
+    )
