@@ -135,9 +135,11 @@ def deliver(conn: psycopg.Connection, settings: Settings, *, post: Post = http_p
         try:
             _deliver_to(conn, settings, dest["channel"], dest["target"], post, stats)
             conn.commit()
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError, KeyError) as exc:
+            # One destination's trouble (a database error, a message that cannot be built) must
+            # not stop the others; its rows stay pending and the error is logged every pass.
             conn.rollback()
-            stats.errors.append(str(exc))
+            stats.errors.append(f"{dest['channel']}：{exc}")
             log.exception("投递到 %s 失败", dest["channel"])
     return stats
 
@@ -177,6 +179,13 @@ def _cards(
 def _deliver_to(
     conn: psycopg.Connection, settings: Settings, channel: str, target: str, post: Post, stats: DeliveryStats
 ) -> None:
+    # One sender per destination at a time, across schedulers: the per-minute budget of a robot is
+    # counted from committed sends, which two concurrent senders would each see as unspent.
+    locked = conn.execute(
+        "SELECT pg_try_advisory_xact_lock(hashtext('coldchain.outbox'), hashtext(%s))", (target,)
+    ).fetchone()
+    if not locked or not locked[0]:
+        return
     rows = _rows(conn, _TAKE, {"channel": channel, "target": target})
     if not rows:
         return

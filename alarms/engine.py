@@ -152,6 +152,7 @@ def check_silence(conn: psycopg.Connection, settings: Settings) -> PassStats:
 
 def _evaluate_batches(conn: psycopg.Connection, settings: Settings, ids: list[int], *, silence_only: bool) -> PassStats:
     stats = PassStats()
+    ids = sorted(ids)  # two schedulers creating and locking state rows in one order cannot deadlock
     for i in range(0, len(ids), BATCH):
         batch = ids[i : i + BATCH]
         try:
@@ -190,7 +191,15 @@ def _evaluate_batch(
     cursors: list[datetime | None] = []
     for subject in subjects:
         cid = subject["compartment_id"]
-        params = rules.params_for(subject["mode"], subject["t_min"], subject["t_max"], subject["overrides"])
+        try:
+            params = rules.params_for(subject["mode"], subject["t_min"], subject["t_max"], subject["overrides"])
+        except ValueError as exc:
+            # Limits changed in the registry after the overrides were saved (or too narrow for the
+            # defaults): this compartment is reported on every pass, and the rest of the batch —
+            # other units' alarms — goes on instead of failing with it.
+            stats.errors.append(f"温区 {cid} 的报警参数无效：{exc}")
+            log.error("温区 %s 的报警参数无效：%s", cid, exc)
+            continue
         state = states[cid]
         events: list[rules.Event] = []
         cursor = subject["cursor"]

@@ -883,3 +883,18 @@ def _wait_for_lock_waiter(url: str) -> None:
                 return
             time.sleep(0.05)
     raise AssertionError("请求没有等待行锁")
+
+
+def test_new_limits_that_would_leave_the_rules_unusable_are_refused(client: TestClient, world: World) -> None:
+    """Narrowing a compartment's band below what its alarm parameters need would make every
+    evaluation of it fail; the registry refuses the change and says why."""
+    h = bearer(client, "sa_K1")
+    cold = world.compartments["T1/冷藏"]
+    r = client.put(
+        f"/api/v1/compartments/{cold}/alarm-params", json={"version": 0, "overrides": {"hysteresis": 2.5}}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    r = client.patch(f"/api/v1/compartments/{cold}", json={"version": 1, "t_min": 4.0}, headers=h)
+    assert r.status_code == 422 and "报警参数" in r.json()["error"]["message"]
+    r = client.patch(f"/api/v1/compartments/{cold}", json={"version": 1, "t_min": 2.5}, headers=h)
+    assert r.status_code == 200 and r.json()["t_min"] == 2.5

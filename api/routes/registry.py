@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from alarms.rules import params_for
 from api.deps import (
     Conn,
     CurrentUser,
@@ -386,6 +387,20 @@ def patch_compartment(compartment_id: Id, body: CompartmentPatch, principal: Cur
         _check_limits(current["mode"], None if t_min is None else Decimal(str(t_min)), Decimal(str(t_max)))
     except ValueError as exc:
         raise invalid(str(exc)) from None
+    # The compartment's alarm parameters must still make sense within the new limits (a hysteresis
+    # wider than the band would leave the compartment unmonitored).
+    overrides = fetch_one(
+        conn, "SELECT params FROM alarm_rule_params WHERE compartment_id = %(id)s", {"id": compartment_id}
+    )
+    try:
+        params_for(
+            current["mode"],
+            None if t_min is None else float(t_min),
+            float(t_max),
+            overrides["params"] if overrides else {},
+        )
+    except ValueError as exc:
+        raise invalid(f"新的温度限值与该温区的报警参数不相容：{exc}；请先调整报警参数") from None
     set_action(conn, "compartment.update")
     update_versioned(conn, "compartments", compartment_id, body.version, changes, "温区")
     return get_compartment(compartment_id, principal, conn)
