@@ -36,7 +36,7 @@ class Intervals:
 
     evaluate: float = 1.0
     deliver: float = 1.0
-    escalate: float = 5.0
+    escalate: float = 2.0
     silence: float = 15.0
     aggregates: float = 60.0
 
@@ -58,15 +58,24 @@ def build(settings: Settings, database_url: str, intervals: Intervals) -> tuple[
 
         return run
 
+    # APScheduler logs every run at INFO (several lines a second); only its warnings matter here.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(6)},
         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30},
         timezone="Asia/Shanghai",
     )
+    def then_deliver(conn: Any, stats: Any) -> Any:
+        """A pass that queued notices delivers them at once instead of waiting for the outbox job:
+        that wait was up to a whole interval of the reading-to-WeCom time."""
+        if stats.enqueued:
+            deliver(conn, settings)
+        return stats
+
     jobs: list[tuple[str, Callable[[Any], Any], float]] = [
-        ("评估读数", lambda c: evaluate_compartments(c, settings), intervals.evaluate),
+        ("评估读数", lambda c: then_deliver(c, evaluate_compartments(c, settings)), intervals.evaluate),
         ("发送通知", lambda c: deliver(c, settings), intervals.deliver),
-        ("报警升级", lambda c: escalate(c, settings), intervals.escalate),
+        ("报警升级", lambda c: then_deliver(c, escalate(c, settings)), intervals.escalate),
         (
             "无数据与网关检查",
             lambda c: (evaluate_gateways(c, settings), check_silence(c, settings))[1],

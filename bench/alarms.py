@@ -154,7 +154,7 @@ def main() -> None:
             migrate(url)
             load_demo(url, plan_demo(args.probes, seed=1))
             fleet = _fleet(url)
-            targets = _trial_targets(url, args.trials)
+            targets = _trial_targets(url, args.trials, wecom)
             env = {
                 **os.environ,
                 "COLDCHAIN_DATABASE_URL": url,
@@ -200,10 +200,18 @@ def main() -> None:
             broker.stop()
 
 
-def _trial_targets(url: str, n: int) -> list[tuple[str, str, str]]:
+def _trial_targets(url: str, n: int, wecom: FakeWecom) -> list[tuple[str, str, str]]:
     """n refrigerated compartments, each renamed so its alarm message can be recognised, with a
-    zero-delay rule: (gateway serial, probe serial, label)."""
+    zero-delay rule: (gateway serial, probe serial, label). Each unit gets a robot per level, as
+    deployed: one shared robot would spend its 20 messages a minute on everyone's escalations,
+    and the figure would measure the rate limit instead of the system."""
     with db.connect(url) as conn:
+        conn.execute(
+            """INSERT INTO notification_routes (unit_id, level, channel, url)
+               SELECT u.id, l, 'wecom', %s || 'u' || u.id || '-l' || l
+               FROM units u CROSS JOIN generate_series(1, 3) l""",
+            (wecom.url("").rsplit("=", 1)[0] + "=",),
+        )
         rows = conn.execute(
             """SELECT g.serial, p.serial, c.id, c.equipment_id FROM probe_bindings_current b
                JOIN compartments c ON c.id = b.compartment_id AND c.mode = 'refrigerated'

@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("scheduler", help="定时任务：报警评估、升级、通知发送、聚合刷新（APScheduler）")
     for name, default, what in (("evaluate-every", 1.0, "评估新读数"), ("deliver-every", 1.0, "发送通知"),
-                                ("escalate-every", 5.0, "检查报警升级"), ("silence-every", 15.0, "无数据与网关检查")):
+                                ("escalate-every", 2.0, "检查报警升级"), ("silence-every", 15.0, "无数据与网关检查")):
         sch.add_argument(f"--{name}", type=float, default=default, help=f"{what}的间隔秒数（默认 {default:g}）")
     sch.add_argument("--duration", type=float, default=None, help="运行若干秒后停止（测试、演示用）")
     sch.set_defaults(func=cmd_scheduler)

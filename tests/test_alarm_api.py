@@ -898,3 +898,57 @@ def test_new_limits_that_would_leave_the_rules_unusable_are_refused(client: Test
     assert r.status_code == 422 and "报警参数" in r.json()["error"]["message"]
     r = client.patch(f"/api/v1/compartments/{cold}", json={"version": 1, "t_min": 2.5}, headers=h)
     assert r.status_code == 200 and r.json()["t_min"] == 2.5
+
+
+def test_unit_escalation_timing_is_overridable_and_checked(client: TestClient, world: World) -> None:
+    t1 = world.units["T1"]
+    h = bearer(client, "ba_K1")
+    r = client.get(f"/api/v1/units/{t1}/escalation", headers=h)
+    assert r.json()["effective_steps"] == ["0:30:00", "1:00:00"] and r.json()["version"] == 0
+    r = client.put(
+        f"/api/v1/units/{t1}/escalation", json={"version": 0, "steps": "5m,10m", "reminder": "20m"}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["effective_steps"], body["effective_reminder"], body["version"]) == (
+        ["0:05:00", "0:10:00"],
+        "0:20:00",
+        1,
+    )
+    assert body["effective_resolved_reminder"] == "1 day, 0:00:00"  # the setting, not overridden
+    stale = client.put(f"/api/v1/units/{t1}/escalation", json={"version": 0, "steps": "1m,2m"}, headers=h)
+    assert (stale.status_code, error_code(stale)) == (409, "version_conflict")
+    bad = client.put(f"/api/v1/units/{t1}/escalation", json={"version": 1, "steps": "10m,5m"}, headers=h)
+    assert bad.status_code == 422 and "升级时限" in bad.json()["error"]["message"]
+    other = client.get(f"/api/v1/units/{t1}/escalation", headers=bearer(client, "ba_K2"))
+    assert other.status_code == 404
+
+
+def test_unit_notification_routes_decide_where_an_alarm_goes(client: TestClient, world: World) -> None:
+    t1 = world.units["T1"]
+    h = bearer(client, "ba_K1")
+    robot = "http://127.0.0.1:9/cgi-bin/webhook/send?key=t1-level1"
+    no_secret = client.put(
+        f"/api/v1/units/{t1}/notification-routes",
+        json=[{"level": 1, "channel": "webhook", "url": "https://example.org/hook"}],
+        headers=h,
+    )
+    assert no_secret.status_code == 422 and "HMAC" in no_secret.json()["error"]["message"]
+    r = client.put(
+        f"/api/v1/units/{t1}/notification-routes",
+        json=[
+            {"level": 1, "channel": "wecom", "url": robot},
+            {"level": 2, "channel": "webhook", "url": "https://example.org/hook", "secret": "s" * 20},
+        ],
+        headers=h,
+    )
+    assert r.status_code == 200, r.text
+    assert [(x["level"], x["channel"], x["has_secret"]) for x in r.json()] == [
+        (1, "wecom", False),
+        (2, "webhook", True),
+    ]
+    assert "secret" not in r.json()[1]
+    assert client.get(f"/api/v1/units/{t1}/notification-routes", headers=bearer(client, "ba_K2")).status_code == 404
+    alarm_id = raise_alarm(world, "T1/冷藏", 12.0, "high")
+    outbox = sql_rows(world, "SELECT step, channel, target FROM notification_outbox WHERE alarm_id = %s", (alarm_id,))
+    assert outbox == [{"step": "open", "channel": "wecom", "target": robot}]

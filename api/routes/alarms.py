@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from psycopg.types.json import Jsonb
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from alarms.escalation import policy_from
 from alarms.rules import drift_check, needs_vendor, params_for
 from api.auth import record_login
 from api.deps import (
@@ -572,3 +573,147 @@ def _params_conflict(current: int, yours: int) -> ApiError:
         f"报警参数已被他人修改（当前版本 {current}），请刷新后重试",
         {"current_version": current, "your_version": yours},
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Per unit: escalation timing and where notifications go (CM15, DC4)
+
+Duration = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[1-9][0-9]*[smhd]$")]
+
+
+class EscalationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Annotated[int, Field(ge=0, le=2**31 - 1, description="读到的版本；尚未设置过时为 0")]
+    steps: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9smhd,]{2,60}$")] | None = Field(
+        None, description="升级时限，如 30m,60m；为空则用系统设置"
+    )
+    reminder: Duration | None = Field(None, description="提醒间隔，如 60m；为空则用系统设置")
+    resolved_reminder: Duration | None = Field(None, description="恢复未关闭时的提醒间隔，如 24h")
+
+
+class EscalationOut(BaseModel):
+    unit_id: int
+    steps: str | None
+    reminder: str | None
+    resolved_reminder: str | None
+    effective_steps: list[str]
+    effective_reminder: str
+    effective_resolved_reminder: str
+    version: int
+
+
+_ESCALATION = "SELECT steps, reminder, resolved_reminder, version FROM unit_escalation WHERE unit_id = %(u)s"
+
+
+def _escalation_out(request: Request, unit_id: int, row: dict[str, Any] | None) -> dict[str, Any]:
+    settings = request.app.state.settings
+    overrides = row or {}
+    try:
+        policy = policy_from(
+            settings.escalation_steps,
+            settings.reminder_interval,
+            overrides,
+            settings_resolved_reminder=settings.resolved_reminder_interval,
+        )
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    return {
+        "unit_id": unit_id,
+        "steps": overrides.get("steps"),
+        "reminder": overrides.get("reminder"),
+        "resolved_reminder": overrides.get("resolved_reminder"),
+        "version": overrides.get("version", 0),
+        "effective_steps": [str(s) for s in policy.steps],
+        "effective_reminder": str(policy.reminder),
+        "effective_resolved_reminder": str(policy.resolved_reminder),
+    }
+
+
+@router.get("/units/{unit_id}/escalation", response_model=EscalationOut, summary="单位的报警升级时限（默认与覆盖）")
+def get_escalation(unit_id: Id, request: Request, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
+    require_unit_in_scope(conn, principal, unit_id)
+    return _escalation_out(request, unit_id, fetch_one(conn, _ESCALATION, {"u": unit_id}))
+
+
+@router.put("/units/{unit_id}/escalation", response_model=EscalationOut, summary="设置单位的报警升级时限（带版本号）")
+def put_escalation(
+    unit_id: Id, body: EscalationIn, request: Request, principal: CurrentUser, conn: Conn
+) -> dict[str, Any]:
+    require_unit_in_scope(conn, principal, unit_id)
+    require_writer(principal)
+    conn.execute("SELECT 1 FROM units WHERE id = %s FOR UPDATE", (unit_id,))
+    row = fetch_one(conn, _ESCALATION, {"u": unit_id})
+    current = row["version"] if row else 0
+    if current != body.version:
+        raise conflict(
+            "version_conflict",
+            f"升级时限已被他人修改（当前版本 {current}），请刷新后重试",
+            {"current_version": current, "your_version": body.version},
+        )
+    wanted = body.model_dump(exclude={"version"})
+    _escalation_out(request, unit_id, wanted)  # refuses nonsense (e.g. steps not increasing) before writing
+    set_action(conn, "unit.escalation")
+    conn.execute(
+        """INSERT INTO unit_escalation (unit_id, steps, reminder, resolved_reminder)
+           VALUES (%(u)s, %(steps)s, %(reminder)s, %(resolved_reminder)s)
+           ON CONFLICT (unit_id) DO UPDATE SET steps = EXCLUDED.steps, reminder = EXCLUDED.reminder,
+               resolved_reminder = EXCLUDED.resolved_reminder, version = unit_escalation.version + 1""",
+        {"u": unit_id, **wanted},
+    )
+    return _escalation_out(request, unit_id, fetch_one(conn, _ESCALATION, {"u": unit_id}))
+
+
+class RouteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: Annotated[int, Field(ge=1, le=3)]
+    channel: Literal["wecom", "webhook"]
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]{3,500}$")]
+    secret: Annotated[str, StringConstraints(min_length=16, max_length=200)] | None = Field(
+        None, description="webhook 的 HMAC 密钥（企业微信机器人不需要）"
+    )
+
+
+class RouteOut(BaseModel):
+    id: int
+    unit_id: int
+    level: int
+    channel: str
+    url: str
+    has_secret: bool
+
+
+_ROUTES = """
+SELECT id, unit_id, level, channel, url, secret IS NOT NULL AS has_secret FROM notification_routes
+WHERE unit_id = %(u)s ORDER BY level, channel, id
+"""
+
+
+@router.get(
+    "/units/{unit_id}/notification-routes",
+    response_model=list[RouteOut],
+    summary="单位各级的通知去处（企业微信群机器人、签名 webhook）",
+)
+def list_routes(unit_id: Id, principal: CurrentUser, conn: Conn) -> list[dict[str, Any]]:
+    require_unit_in_scope(conn, principal, unit_id)
+    return fetch_all(conn, _ROUTES, {"u": unit_id})
+
+
+@router.put(
+    "/units/{unit_id}/notification-routes", response_model=list[RouteOut], summary="设置单位各级的通知去处（整体替换）"
+)
+def put_routes(
+    unit_id: Id, body: Annotated[list[RouteIn], Field(max_length=30)], principal: CurrentUser, conn: Conn
+) -> list[dict[str, Any]]:
+    require_unit_in_scope(conn, principal, unit_id)
+    require_writer(principal)
+    if any(r.channel == "webhook" and not r.secret for r in body):
+        raise invalid("webhook 必须设置 HMAC 密钥（至少 16 个字符），接收方据此验证消息来自本系统")
+    set_action(conn, "unit.notification_routes")
+    conn.execute("SELECT 1 FROM units WHERE id = %s FOR UPDATE", (unit_id,))
+    conn.execute("DELETE FROM notification_routes WHERE unit_id = %s", (unit_id,))
+    for r in {(x.level, x.channel, x.url): x for x in body}.values():
+        conn.execute(
+            "INSERT INTO notification_routes (unit_id, level, channel, url, secret) VALUES (%s, %s, %s, %s, %s)",
+            (unit_id, r.level, r.channel, r.url, r.secret),
+        )
+    return fetch_all(conn, _ROUTES, {"u": unit_id})
