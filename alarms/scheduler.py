@@ -14,7 +14,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -27,6 +27,7 @@ from coldchain.aggregates import refresh_aggregates
 from coldchain.settings import Settings
 
 log = logging.getLogger("coldchain.scheduler")
+SILENCE_JOB = "无数据与网关检查"
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,18 @@ def build(settings: Settings, database_url: str, intervals: Intervals) -> tuple[
         ("发送通知", lambda c: deliver(c, settings), intervals.deliver),
         ("报警升级", lambda c: then_deliver(c, escalate(c, settings)), intervals.escalate),
         (
-            "无数据与网关检查",
+            SILENCE_JOB,
             lambda c: (evaluate_gateways(c, settings), check_silence(c, settings))[1],
             intervals.silence,
         ),
         ("刷新聚合", lambda c: refresh_aggregates(database_url), intervals.aggregates),
     ]
     for name, work, every in jobs:
-        scheduler.add_job(
-            job(name, work), "interval", seconds=every, id=name, name=name, next_run_time=datetime.now(UTC)
-        )  # first run at once, then every interval
+        # First run at once, then every interval — except the silence check, which first gives the
+        # ingester one interval to deliver what queued while we were away (else a restart would
+        # open no-data alarms for every probe and resolve them a moment later).
+        first = datetime.now(UTC) + (timedelta(seconds=every) if name == SILENCE_JOB else timedelta())
+        scheduler.add_job(job(name, work), "interval", seconds=every, id=name, name=name, next_run_time=first)
     return scheduler, pool
 
 

@@ -250,7 +250,6 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             api_port = services.free_port()
             print(f"端口 {settings.api_port} 已被占用，Web API 改用 {api_port}")
         children["Web API"] = _child(["api", "--port", str(api_port)], env)
-        children["定时任务"] = _child(["scheduler"], env)
         # The simulator starts once the ingester is subscribed: on a first run its broker session
         # does not exist yet, and messages published before it would have no one to queue for.
         if not _wait_healthy(f"http://127.0.0.1:{health_port}/healthz", children["采集服务"], stop):
@@ -267,6 +266,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                  "--malformed-rate", "0.002"], env,
             )
             print(f"网关模拟器：回填 {args.backfill}，随机故障 3 个，畸形消息 0.2%")
+        # Last: its first no-data check comes one interval after the simulator's back-fill began.
+        children["定时任务"] = _child(["scheduler"], env)
+        print(f"定时任务：报警评估、升级（{settings.escalation_steps}）、通知发送、聚合刷新")
         print("系统已启动。按 Ctrl-C 停止。", flush=True)
         failed = _supervise(children, stop, args.duration)
         print("正在停止……", flush=True)

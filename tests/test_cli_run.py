@@ -36,10 +36,13 @@ def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_br
             "SELECT count(DISTINCT probe_id), count(*) FROM probe_readings WHERE ts < now() - interval '20 minutes'"
         ).fetchone()
         bound = conn.execute("SELECT count(*) FROM probe_bindings_current").fetchone()
+        # The scheduler ran too: the rules have state for the compartments the simulator fed.
+        judged = conn.execute("SELECT count(*) FROM alarm_rule_state WHERE subject = 'compartment'").fetchone()
     assert probes is not None and probes[0] >= 60
     assert stored is not None and bound is not None
     assert stored[0] >= bound[0] - 3  # a random fault may silence a probe or two
     assert stored[1] >= 5 * (bound[0] - 3)
+    assert judged is not None and judged[0] >= bound[0] - 3
     # A second start finds the registry populated and leaves it alone.
     again = subprocess.run(
         [sys.executable, "-m", "coldchain.cli", "run", "--duration", "0.2", "--no-simulate"],
