@@ -27,7 +27,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alarms.engine import new_link
@@ -35,6 +34,7 @@ from alarms.escalation import kind_of_key
 from alarms.messages import AlarmCard, signed_webhook, template_message, wecom_markdown, wecom_payload
 from alarms.messages import next_slot as robot_next_slot
 from alarms.rules import KIND_NAMES
+from coldchain.db import fetch_all
 from coldchain.settings import Settings
 
 log = logging.getLogger("coldchain.alarms.delivery")
@@ -64,12 +64,6 @@ class DeliveryStats:
     failures: int = 0
     postponed: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-def _rows(conn: psycopg.Connection, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
 
 
 _DESTINATIONS = """
@@ -129,7 +123,7 @@ def backoff(attempts: int) -> float:
 
 def deliver(conn: psycopg.Connection, settings: Settings, *, post: Post = http_post, limit: int = 200) -> DeliveryStats:
     stats = DeliveryStats()
-    destinations = _rows(conn, _DESTINATIONS, {"limit": limit})
+    destinations = fetch_all(conn, _DESTINATIONS, {"limit": limit})
     conn.commit()
     for dest in destinations:
         try:
@@ -147,7 +141,7 @@ def deliver(conn: psycopg.Connection, settings: Settings, *, post: Post = http_p
 def _cards(
     conn: psycopg.Connection, settings: Settings, rows: Sequence[dict[str, Any]], now: datetime
 ) -> list[AlarmCard]:
-    by_alarm = {r["id"]: r for r in _rows(conn, _CARDS, {"ids": sorted({row["alarm_id"] for row in rows})})}
+    by_alarm = {r["id"]: r for r in fetch_all(conn, _CARDS, {"ids": sorted({row["alarm_id"] for row in rows})})}
     cards: list[AlarmCard] = []
     for row in rows:
         a = by_alarm[row["alarm_id"]]
@@ -186,7 +180,7 @@ def _deliver_to(
     ).fetchone()
     if not locked or not locked[0]:
         return
-    rows = _rows(conn, _TAKE, {"channel": channel, "target": target})
+    rows = fetch_all(conn, _TAKE, {"channel": channel, "target": target})
     if not rows:
         return
     now_row = conn.execute("SELECT now()").fetchone()
@@ -290,7 +284,7 @@ def _deliver_wecom(
     stats: DeliveryStats,
     now: datetime,
 ) -> None:
-    recent = [r["sent_at"] for r in _rows(conn, _RECENT, {"target": target})]
+    recent = [r["sent_at"] for r in fetch_all(conn, _RECENT, {"target": target})]
     budget = WECOM_PER_MINUTE - len(recent)
     # Greedy packing: each message takes as many pending cards as fit in 4 096 bytes.
     groups: list[list[int]] = []
@@ -376,7 +370,7 @@ def _template_request(
     """A template message with a personal, single-use confirmation link (CM16: confirm from WeChat)."""
     if not (settings.wechat_appid and settings.wechat_secret and settings.wechat_template_id):
         return None
-    user = _rows(conn, _OPENID_USER, {"openid": openid})
+    user = fetch_all(conn, _OPENID_USER, {"openid": openid})
     if not user:
         return None
     token = new_link(conn, card.alarm_id, user[0]["id"], max(row["levels"]))

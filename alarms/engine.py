@@ -19,12 +19,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alarms import rules
 from alarms.escalation import AlarmTimeline, EscalationPolicy, policy_from
 from alarms.escalation import due_steps as escalation_due_steps
+from coldchain.db import fetch_all, fetch_one
 from coldchain.settings import Settings
 
 log = logging.getLogger("coldchain.alarms")
@@ -41,17 +41,6 @@ class PassStats:
     enqueued: int = 0
     skipped_locked: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-def _rows(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return cur.fetchall()
-
-
-def _row(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    rows = _rows(conn, query, params)
-    return rows[0] if rows else None
 
 
 def _now(conn: psycopg.Connection) -> datetime:
@@ -133,19 +122,19 @@ def _lock_state(
 ) -> dict[str, Any] | None:
     """The subject's state row, locked for this transaction; None if another scheduler holds it."""
     conn.execute(_ENSURE_STATES, {"subject": subject, "ids": [subject_id], "empty": Jsonb(empty)})
-    return _row(conn, _LOCK_ONE, {"s": subject, "id": subject_id})
+    return fetch_one(conn, _LOCK_ONE, {"s": subject, "id": subject_id})
 
 
 def evaluate_compartments(conn: psycopg.Connection, settings: Settings, *, limit: int = 5000) -> PassStats:
     """One pass over the compartments with new readings, in batches of one transaction each."""
-    ids = [r["compartment_id"] for r in _rows(conn, _FRESH, {"limit": limit})]
+    ids = [r["compartment_id"] for r in fetch_all(conn, _FRESH, {"limit": limit})]
     conn.commit()
     return _evaluate_batches(conn, settings, ids, silence_only=False)
 
 
 def check_silence(conn: psycopg.Connection, settings: Settings) -> PassStats:
     """No-data checks for every monitored compartment (a probe that says nothing has no new rows)."""
-    ids = [r["compartment_id"] for r in _rows(conn, _ACTIVE_COMPARTMENTS)]
+    ids = [r["compartment_id"] for r in fetch_all(conn, _ACTIVE_COMPARTMENTS)]
     conn.commit()
     return _evaluate_batches(conn, settings, ids, silence_only=True)
 
@@ -171,7 +160,7 @@ def _evaluate_batch(
     conn.execute(
         _ENSURE_STATES, {"subject": "compartment", "ids": ids, "empty": Jsonb(rules.CompartmentState().to_json())}
     )
-    subjects = _rows(conn, _SUBJECTS, {"ids": ids})
+    subjects = fetch_all(conn, _SUBJECTS, {"ids": ids})
     stats.skipped_locked += len(ids) - len(subjects)
     stats.subjects += len(subjects)
     now = _now(conn)
@@ -180,7 +169,7 @@ def _evaluate_batch(
     if not silence_only and subjects:
         after = [states[s["compartment_id"]].watermark or s["valid_from"] - timedelta(microseconds=1) for s in subjects]
         after = [max(a, s["valid_from"] - timedelta(microseconds=1)) for a, s in zip(after, subjects, strict=True)]
-        for r in _rows(
+        for r in fetch_all(
             conn,
             _READINGS,
             {"probes": [s["probe_id"] for s in subjects], "after": after, "limit": MAX_READINGS_PER_PASS},
@@ -249,7 +238,7 @@ def evaluate_gateways(conn: psycopg.Connection, settings: Settings) -> PassStats
     """Offline (status false, or silent), on battery, low battery, weak signal (CM12). A gateway is
     heard through its own status and through any reading of a probe behind it."""
     stats = PassStats()
-    for g in _rows(conn, _GATEWAYS):
+    for g in fetch_all(conn, _GATEWAYS):
         conn.commit()
         try:
             locked = _lock_state(conn, "gateway", g["id"], rules.GatewayState().to_json())
@@ -261,9 +250,9 @@ def evaluate_gateways(conn: psycopg.Connection, settings: Settings) -> PassStats
             state = rules.GatewayState.from_json(locked["state"])
             statuses = [
                 rules.GatewayStatus(r["ts"], r["online"], r["power"], r["battery"], r["rssi"], r["received_at"])
-                for r in _rows(conn, _GATEWAY_STATUSES, {"g": g["id"], "cursor": locked["cursor"]})
+                for r in fetch_all(conn, _GATEWAY_STATUSES, {"g": g["id"], "cursor": locked["cursor"]})
             ]
-            seen = _row(conn, _GATEWAY_SEEN, {"g": g["id"]}) or {}
+            seen = fetch_one(conn, _GATEWAY_SEEN, {"g": g["id"]}) or {}
             last_seen = seen.get("seen") or seen.get("watch_since")
             state, events = rules.evaluate_gateway(rules.GatewayParams(), state, statuses, last_seen, now)
             subject = {
@@ -322,7 +311,7 @@ def _apply_event(
 ) -> None:
     key = {"kind": event.kind, "compartment_id": subject["compartment_id"], "gateway_id": subject["gateway_id"]}
     if isinstance(event, rules.AlarmOpened):
-        row = _row(
+        row = fetch_one(
             conn,
             _OPEN,
             {
@@ -360,7 +349,7 @@ def _apply_event(
         if not event.suppressed:
             stats.enqueued += enqueue_due(conn, settings, row["id"], now)
         return
-    open_row = _row(conn, _OPEN_ALARM, key)
+    open_row = fetch_one(conn, _OPEN_ALARM, key)
     if open_row is None:
         return
     if isinstance(event, rules.AlarmCleared):
@@ -452,7 +441,7 @@ def enqueue_due(conn: psycopg.Connection, settings: Settings, alarm_id: int, now
     the escalation pass. Each step goes to each of the unit's WeCom robots / webhooks of the levels
     it names (else the province-wide WeCom fallback), and — when a template is configured — to the
     WeChat of each responsible person of those levels."""
-    alarm = _row(conn, _ALARM_FOR_STEPS, {"id": alarm_id})
+    alarm = fetch_one(conn, _ALARM_FOR_STEPS, {"id": alarm_id})
     if alarm is None or alarm["suppressed"]:
         return 0
     timeline = AlarmTimeline(
@@ -465,14 +454,14 @@ def enqueue_due(conn: psycopg.Connection, settings: Settings, alarm_id: int, now
     written = 0
     for step in steps:
         levels = sorted(step.levels)
-        routes = _rows(conn, _ROUTES, {"unit": alarm["unit_id"], "levels": levels})
+        routes = fetch_all(conn, _ROUTES, {"unit": alarm["unit_id"], "levels": levels})
         targets = [(r["channel"], r["target"]) for r in routes]
         if not any(c == "wecom" for c, _ in targets) and settings.wecom_webhook_url:
             targets.append(("wecom", settings.wecom_webhook_url))
         if settings.wechat_template_id:
             targets += [
                 ("wechat_template", r["target"])
-                for r in _rows(conn, _OPENIDS, {"unit": alarm["unit_id"], "levels": levels})
+                for r in fetch_all(conn, _OPENIDS, {"unit": alarm["unit_id"], "levels": levels})
             ]
         if not targets:
             targets.append(("wecom", "none:未配置通知去处"))  # recorded, so the gap shows in the alarm's history
@@ -496,7 +485,7 @@ def escalate(conn: psycopg.Connection, settings: Settings, *, limit: int = 1000)
     """One escalation pass: every alarm not closed, locked SKIP LOCKED so two schedulers split them."""
     stats = PassStats()
     now = _now(conn)
-    for row in _rows(conn, _ESCALATING, {"limit": limit}):
+    for row in fetch_all(conn, _ESCALATING, {"limit": limit}):
         stats.subjects += 1
         stats.enqueued += enqueue_due(conn, settings, row["id"], now)
     conn.commit()

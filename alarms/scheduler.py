@@ -66,6 +66,7 @@ def build(settings: Settings, database_url: str, intervals: Intervals) -> tuple[
         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30},
         timezone="Asia/Shanghai",
     )
+
     def then_deliver(conn: Any, stats: Any) -> Any:
         """A pass that queued notices delivers them at once instead of waiting for the outbox job:
         that wait was up to a whole interval of the reading-to-WeCom time."""

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import Depends, Request
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from api.errors import ApiError, forbidden
 from api.permissions import Actor, Role, UnitRef, may_write
+from coldchain.db import fetch_one
 
 SESSION_COOKIE = "cc_session"
 CSRF_COOKIE = "cc_csrf"
@@ -33,22 +33,6 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
 
 
 Conn = Annotated[psycopg.Connection, Depends(get_conn)]
-
-
-def fetch_all(
-    conn: psycopg.Connection, query: str | sql.Composable, params: Mapping[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)  # type: ignore[arg-type]  # queries are module constants
-        return cur.fetchall()
-
-
-def fetch_one(
-    conn: psycopg.Connection, query: str | sql.Composable, params: Mapping[str, Any] | None = None
-) -> dict[str, Any] | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)  # type: ignore[arg-type]
-        return cur.fetchone()
 
 
 def update_versioned(

@@ -28,7 +28,6 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, TypeAdapter
 
 from api.auth import SETUP_TOKEN_TTL, open_session, revoke_sessions
-from api.deps import fetch_all, fetch_one
 from api.errors import ApiError
 from api.permissions import (
     LEVEL_NAMES,
@@ -41,6 +40,7 @@ from api.permissions import (
     may_manage_user,
     role_allowed_at,
 )
+from coldchain.db import fetch_all, fetch_one
 
 # ---------------------------------------------------------------------------------------------
 # Payloads

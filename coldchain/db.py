@@ -8,12 +8,14 @@ where a day or month is meant, so the server's zone setting never changes a figu
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 StoragePath = Literal["timescaledb", "postgresql"]
@@ -51,6 +53,23 @@ def pool(url: str, *, application: str, min_size: int = 1, max_size: int = 10) -
         kwargs={"application_name": application, "options": "-c timezone=UTC"},
         open=False,
     )
+
+
+def fetch_all(
+    conn: psycopg.Connection, query: str | sql.Composable, params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Rows as dicts, for code that reads columns by name (the API, the scheduler)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)  # type: ignore[arg-type]  # queries are module constants or sql.Composed
+        return cur.fetchall()
+
+
+def fetch_one(
+    conn: psycopg.Connection, query: str | sql.Composable, params: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)  # type: ignore[arg-type]
+        return cur.fetchone()
 
 
 def with_database(url: str, dbname: str) -> str:

@@ -20,18 +20,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from alarms.escalation import policy_from
 from alarms.rules import drift_check, needs_vendor, params_for
 from api.auth import record_login
-from api.deps import (
-    Conn,
-    CurrentUser,
-    Principal,
-    fetch_all,
-    fetch_one,
-    require_unit_in_scope,
-    require_writer,
-    set_action,
-    token_hash,
-)
+from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action, token_hash
 from api.errors import ApiError, conflict, invalid, not_found
+from coldchain.db import fetch_all, fetch_one
 
 router = APIRouter(tags=["报警"])
 

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from api.deps import Conn, CurrentUser, fetch_all, require_unit_in_scope
+from api.deps import Conn, CurrentUser, require_unit_in_scope
 from api.errors import forbidden
+from coldchain.db import fetch_all
 
 router = APIRouter(tags=["审计日志"])
 

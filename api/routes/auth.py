@@ -19,9 +19,10 @@ from api.auth import (
     revoke_sessions,
     sign_in,
 )
-from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, fetch_one, set_action, token_hash
+from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, set_action, token_hash
 from api.errors import ApiError, invalid
 from api.wechat import openid_for_code
+from coldchain.db import fetch_one
 
 router = APIRouter(prefix="/auth", tags=["登录"])
 

@@ -26,8 +26,6 @@ from api.deps import (
     Conn,
     CurrentUser,
     Principal,
-    fetch_all,
-    fetch_one,
     require_unit_in_scope,
     require_writer,
     set_action,
@@ -58,6 +56,7 @@ from api.forms import (
     load_user_facts,
     stored_payload,
 )
+from coldchain.db import fetch_all, fetch_one
 
 router = APIRouter(tags=["表单"])
 

@@ -14,9 +14,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Conn, CurrentUser, fetch_all, fetch_one, require_unit_in_scope, require_writer, set_action
+from api.deps import Conn, CurrentUser, require_unit_in_scope, require_writer, set_action
 from api.errors import conflict, invalid, not_found
 from api.wechat import openid_for_code
+from coldchain.db import fetch_all, fetch_one
 
 router = APIRouter(tags=["用户"])
 
