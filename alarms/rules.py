@@ -186,8 +186,10 @@ CLOCK_SKEW = timedelta(minutes=5)
 """A reading stamped more than this after it was received has a clock running ahead: ignored."""
 
 _GW_OFFLINE_AFTER = timedelta(minutes=15)
-_GW_BATTERY_LOW = 20.0
-_GW_BATTERY_HYSTERESIS = 5.0
+# The device contract gives the gateway's backup battery in volts (a single Li-ion cell: 4.2 V full,
+# about 3.5 V at a fifth of its charge, 3.3 V cut-off), not in percent.
+_GW_BATTERY_LOW = 3.5
+_GW_BATTERY_HYSTERESIS = 0.1
 _GW_WEAK_RSSI = -100
 _GW_RSSI_HYSTERESIS = 5
 _GW_WEAK_FOR = timedelta(minutes=15)
@@ -370,10 +372,12 @@ def _default_table() -> Mapping[str, DefaultValue]:
         DefaultValue(
             "gateway.battery_low",
             _GW_BATTERY_LOW,
-            "20 %",
-            "网关电量低于 20 % 报警，回到 25 % 以上解除（CM12 电源稳定）。常见低电量提醒阈值；" + _OUR_CHOICE_ZH,
-            "Gateway battery below 20 % alarms, above 25 % clears (CM12 stable power). A common low-battery "
-            "threshold. " + _OUR_CHOICE_EN,
+            "3.5 V",
+            "网关备用电池电压低于 3.5 V 报警，回到 3.6 V 以上解除（CM12 电源稳定）。设备协议中 battery 为伏特；"
+            "单节锂电池满电 4.2 V、3.5 V 约剩两成、3.3 V 关机。" + _OUR_CHOICE_ZH,
+            "Gateway backup battery below 3.5 V alarms, above 3.6 V clears (CM12 stable power). The device "
+            "contract gives volts; a Li-ion cell is 4.2 V full, about a fifth left at 3.5 V, cut off at 3.3 V. "
+            + _OUR_CHOICE_EN,
         ),
         DefaultValue(
             "gateway.weak_rssi",
@@ -1186,7 +1190,7 @@ class GatewayParams:
         _non_negative(self.hold, "hold")
         _positive(self.max_gap, "max_gap")
         _finite(self.battery_low, "battery_low")
-        _require(0 <= self.battery_low <= 100, f"参数 battery_low 应在 0～100 之间（收到 {self.battery_low}）")
+        _require(0 <= self.battery_low <= 100, f"参数 battery_low（伏特）应在 0～100 之间（收到 {self.battery_low}）")
         _require(self.battery_hysteresis >= 0, f"参数 battery_hysteresis 不能为负（收到 {self.battery_hysteresis}）")
         _require(self.rssi_hysteresis >= 0, f"参数 rssi_hysteresis 不能为负（收到 {self.rssi_hysteresis}）")
 
@@ -1248,7 +1252,7 @@ def evaluate_gateway(
       (heard, and not reported offline) for ``hold``, from the first status or pass that saw it up.
     * gateway_power (major): on battery, at once (the fridge is probably without mains too); clears
       after ``hold`` on mains.
-    * gateway_battery_low (major): below ``battery_low`` %; clears at ``battery_low + 5`` for hold.
+    * gateway_battery_low (major): below ``battery_low`` V; clears at ``battery_low + battery_hysteresis`` for hold.
     * gateway_signal (minor): RSSI below ``weak_rssi`` for ``weak_for``; clears at ``weak_rssi + 5``
       for hold.
 

@@ -540,9 +540,9 @@ def test_gateway_power_on_battery_and_back() -> None:
 
 
 def test_gateway_battery_low_boundary_and_clearing_margin() -> None:
-    st, events = gw_run([status(0, battery=20.0)])
-    assert events == []  # 20 % is not below 20 %
-    st, events = gw_run([status(1, battery=19.9)], st)
+    st, events = gw_run([status(0, battery=3.5)])
+    assert events == []  # 3.5 V is not below 3.5 V
+    st, events = gw_run([status(1, battery=3.49)], st)
     assert events == [
         AlarmOpened(
             kind="gateway_battery_low",
@@ -552,12 +552,12 @@ def test_gateway_battery_low_boundary_and_clearing_margin() -> None:
             detected_at=at(1),
             value=None,
             found_late=False,
-            measure=19.9,
+            measure=3.49,
         )
     ]
-    st, events = gw_run([status(2, battery=24.9), status(10, battery=24.9)], st)
-    assert events == []  # inside the 5 % margin
-    st, events = gw_run([status(11, battery=25.0), status(16, battery=26.0)], st)
+    st, events = gw_run([status(2, battery=3.59), status(10, battery=3.59)], st)
+    assert events == []  # inside the 0.1 V margin
+    st, events = gw_run([status(11, battery=3.6), status(16, battery=4.1)], st)
     assert events == [AlarmCleared(kind="gateway_battery_low", at=at(16), back_since=at(11))]
 
 
@@ -573,7 +573,7 @@ def test_gateway_weak_signal_needs_15_minutes() -> None:
 
 
 def test_gateway_state_round_trips_through_json() -> None:
-    st, _ = gw_run([status(0, power="battery", battery=10.0, rssi=-110), status(1, online=False)])
+    st, _ = gw_run([status(0, power="battery", battery=3.4, rssi=-110), status(1, online=False)])
     assert GatewayState.from_json(json.loads(json.dumps(st.to_json()))) == st
     assert GatewayState.from_json({}) == GatewayState()
 
@@ -775,3 +775,10 @@ def test_a_kind_that_no_longer_applies_clears_instead_of_staying_open() -> None:
     # Form 1 turned the compartment into a freezer: freeze risk no longer applies.
     st, events = run(FRZ, series(6, [-20.0] * 6), st)
     assert events == [AlarmCleared(kind="freeze", at=at(11), back_since=at(6))]
+
+
+def test_a_healthy_gateway_as_the_contract_describes_it_raises_nothing() -> None:
+    """The README's example status (AC power, a 3.9 V battery, −67 dBm) and the simulator's
+    (4.12 V) are healthy: battery is in volts, not percent."""
+    _, events = gw_run([status(m, power="ac", battery=b, rssi=-67) for m, b in ((0, 3.9), (30, 4.12), (60, 4.12))])
+    assert events == []
