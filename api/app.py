@@ -16,6 +16,7 @@ from api.routes import alarms, audit, auth, forms, logins, registry, users
 from coldchain import db
 from coldchain.migrate import require_current
 from coldchain.settings import Settings
+from dashboards import confirm
 
 API_PREFIX = "/api/v1"
 
@@ -56,4 +57,5 @@ def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) ->
 
     for module in (auth, users, registry, forms, logins, audit, alarms):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(confirm.router)  # pages (issue #7 adds the rest of dashboards/)
     return app

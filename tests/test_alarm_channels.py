@@ -114,11 +114,19 @@ def test_template_message_to_each_responsible_with_a_personal_single_use_link(wo
         assert link.startswith("https://coldchain.example.org/alarm-confirm?token=")
         token = parse_qs(urlsplit(link).query)["token"][0]
         with api_client(world.url, env) as client:
+            # The page the link opens shows the alarm and does not spend the link (previews fetch it).
+            for _ in range(2):
+                page = client.get(f"/alarm-confirm?token={token}")
+                assert page.status_code == 200 and "电子城街道社区卫生服务中心" in page.text
+                assert "海尔双温冰箱 / 冷藏" in page.text and "我已到现场，确认报警" in page.text
+            assert client.get("/alarm-confirm?token=" + "x" * 43).status_code == 404
             r = client.post("/api/v1/alarm-links/confirm", json={"token": token})
             assert r.status_code == 200, r.text
             assert (r.json()["state"], r.json()["acknowledged_by"]) == ("acknowledged", "ba_T1")
             again = client.post("/api/v1/alarm-links/confirm", json={"token": token})
             assert (again.status_code, error_code(again)) == (401, "link_invalid")
+            spent = client.get(f"/alarm-confirm?token={token}")
+            assert "此链接已使用过" in spent.text and "我已到现场" not in spent.text
         with db.connect(world.url) as conn:
             ack = conn.execute("SELECT ack_channel, acknowledged_by FROM alarms").fetchone()
             expires = conn.execute("SELECT expires_at - created_at FROM alarm_links").fetchone()

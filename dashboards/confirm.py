@@ -1,0 +1,66 @@
+"""The page behind the link in a WeChat alarm message (CM16): shows the alarm and confirms it
+with one tap, without a password.
+
+Opening the page does not use the link up: WeChat and other apps fetch links to preview them, and
+a GET that confirmed would be spent by a robot. The button posts the token to
+``POST /api/v1/alarm-links/confirm``, which checks it (single use, 24 h) and records the
+acknowledgement through WeChat and the WeChat sign-in (CM14).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse
+
+from alarms.rules import KIND_NAMES
+from api.deps import Conn, token_hash
+from coldchain.db import fetch_one
+
+router = APIRouter(include_in_schema=False)
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True
+)
+_BEIJING = ZoneInfo("Asia/Shanghai")
+_STATES = {"active": "未处理", "acknowledged": "已确认", "resolved": "已恢复（待关闭）", "closed": "已关闭"}
+
+_LINK = """
+SELECT l.used_at, l.expires_at > now() AS fresh, a.kind, a.state, a.value, a.condition_since,
+       n.name AS unit_name, coalesce(e.name || ' / ' || c.name, '网关 ' || g.serial) AS place
+FROM alarm_links l
+JOIN alarms a ON a.id = l.alarm_id
+JOIN units n ON n.id = a.unit_id
+LEFT JOIN equipment e ON e.id = a.equipment_id
+LEFT JOIN compartments c ON c.id = a.compartment_id
+LEFT JOIN gateways g ON g.id = a.gateway_id
+WHERE l.token_hash = %(h)s
+"""
+
+
+@router.get("/alarm-confirm", response_class=HTMLResponse)
+def confirm_page(
+    conn: Conn, token: Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{20,100}$")]
+) -> HTMLResponse:
+    link = fetch_one(conn, _LINK, {"h": token_hash(token)})
+    context: dict[str, Any] = {"api": "/api/v1", "token": token, "alarm": None, "usable": False,
+                               "reason": "链接不存在或已失效，请登录平台处理报警。"}
+    if link is not None:
+        context["alarm"] = {
+            "kind_label": KIND_NAMES.get(link["kind"], link["kind"]), "unit_name": link["unit_name"],
+            "place": link["place"], "value": link["value"], "state_label": _STATES.get(link["state"], link["state"]),
+            "since": link["condition_since"].astimezone(_BEIJING).strftime("%m-%d %H:%M"),
+        }
+        if link["used_at"] is not None:
+            context["reason"] = "此链接已使用过。"
+        elif not link["fresh"]:
+            context["reason"] = "此链接已过期（24 小时），请登录平台处理报警。"
+        elif link["state"] == "closed":
+            context["reason"] = "报警已关闭。"
+        else:
+            context["usable"] = True
+    status = 200 if link is not None else 404
+    return HTMLResponse(_templates.get_template("alarm_confirm.html").render(**context), status_code=status)
