@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from apihelp import World, build_world
 from fakewechat import FakeWechat
 
 from coldchain import db, services
@@ -112,3 +113,9 @@ def wechat() -> Iterator[FakeWechat]:
     fake = FakeWechat()
     yield fake
     fake.close()
+
+
+@pytest.fixture
+def world(db_url: str) -> World:
+    """A fresh database holding the small province of tests/apihelp.py."""
+    return build_world(db_url)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from apihelp import World, api_client, bearer, build_world, error_code, web_session
+from apihelp import World, api_client, bearer, error_code, web_session
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -28,11 +28,6 @@ from coldchain.settings import load_settings
 API = "/api/v1"
 SETTINGS = load_settings({})
 CLOSURE = {"cause": "冰箱门未关好", "action": "关好冰箱门并复核温度", "vaccine_disposition": "未受影响继续使用"}
-
-
-@pytest.fixture
-def world(db_url: str) -> World:
-    return build_world(db_url)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from apihelp import World, api_client, build_world, error_code
+from apihelp import World, api_client, error_code
 from fakewechat import FakeWechat
 from fakewecom import FakeWecom
 from psycopg.types.json import Jsonb
@@ -22,11 +22,6 @@ from coldchain import db
 from coldchain.settings import load_settings
 
 SECRET = "webhook-secret-of-the-county"
-
-
-@pytest.fixture
-def world(db_url: str) -> World:
-    return build_world(db_url)
 
 
 @pytest.fixture

@@ -10,15 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from apihelp import World, api_client, bearer, build_world, error_code
+from apihelp import World, api_client, bearer, error_code
 from fastapi.testclient import TestClient
 
 from coldchain import db
-
-
-@pytest.fixture
-def world(db_url: str) -> World:
-    return build_world(db_url)
 
 
 @pytest.fixture

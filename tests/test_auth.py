@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from apihelp import PASSWORD, World, api_client, bearer, build_world, error_code, web_session
+from apihelp import PASSWORD, World, api_client, bearer, error_code, web_session
 from fakewechat import FakeWechat
 from fastapi.testclient import TestClient
 
@@ -32,11 +32,6 @@ WECHAT = f"{API}/users/me/wechat"
 WRONG = "Wrong#Pass2026"
 NEW_PASSWORD = "Fresh#Cold2026"
 BAD_CREDENTIALS = {"error": {"code": "bad_credentials", "message": "用户名或密码错误", "details": None}}
-
-
-@pytest.fixture
-def world(db_url: str) -> World:
-    return build_world(db_url)
 
 
 @pytest.fixture

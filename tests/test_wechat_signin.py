@@ -9,16 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from apihelp import World, api_client, bearer, build_world, error_code
+from apihelp import World, api_client, bearer, error_code
 from fakewechat import APPID, FakeWechat
 from fastapi.testclient import TestClient
 
 from coldchain import db, services
-
-
-@pytest.fixture
-def world(db_url: str) -> World:
-    return build_world(db_url)
 
 
 @pytest.fixture
