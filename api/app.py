@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import alarms, audit, auth, forms, logins, registry, users
+from api.routes import alarms, audit, auth, catalogue, forms, logins, plans, registry, stock, trace, users
 from coldchain import db
 from coldchain.migrate import require_current
 from coldchain.settings import Settings
@@ -55,7 +55,7 @@ def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) ->
             conn.execute("SELECT 1")
         return {"status": "ok"}
 
-    for module in (auth, users, registry, forms, logins, audit, alarms):
+    for module in (auth, users, registry, forms, logins, audit, alarms, catalogue, stock, plans, trace):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(confirm.router)  # pages (issue #7 adds the rest of dashboards/)
     return app

@@ -17,6 +17,9 @@ from fastapi.responses import JSONResponse
 from psycopg import errors as pg_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from inventory.ledger import LedgerError
+from inventory.rules import RuleError
+
 log = logging.getLogger("coldchain.api")
 
 
@@ -126,6 +129,8 @@ def _database_error(exc: psycopg.Error) -> tuple[int, str, str]:
     Our own triggers raise Chinese messages, which are passed on; the rest get a generic one."""
     primary = exc.diag.message_primary or ""
     ours = any("\u4e00" <= ch <= "\u9fff" for ch in primary)
+    if exc.sqlstate == "CC001":  # cc_post_movement / cc_reserve: not enough stock (migration 0006)
+        return 409, "insufficient_stock", primary
     if isinstance(exc, pg_errors.UniqueViolation):
         return (
             409,
@@ -147,6 +152,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(LedgerError)
+    async def _ledger(request: Request, exc: LedgerError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status)
+
+    @app.exception_handler(RuleError)
+    async def _rule(request: Request, exc: RuleError) -> JSONResponse:
+        return JSONResponse(error_body("rule_violation", str(exc)), status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,0 +1,444 @@
+"""Traceability (VT1, CM2): for a lot or a code, who held it from when to when, the temperatures of
+the compartments it sat in during each interval, the minutes out of range, and the vaccinations it
+went into; for a lot, everyone holding it now (the recall list).
+
+Custody is derived from the ledger, never stored twice: a unit holds a lot while its running
+balance of that lot is above zero, and a transfer is in transit from its issue to its receipt. A
+reversed movement and its reversal are left out — a corrected mistake never happened.
+
+The temperatures come from the daily aggregate (one row per probe and Beijing day), so a lot held by
+500 units for a year reads ~180 000 aggregate rows, not 50 million readings. Minutes out of range
+need the readings themselves, but only where an aggregate shows the limits were crossed: days whose
+min/max cross a limit → hours whose min/max do → the readings of those hours.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from coldchain.db import fetch_all, fetch_one
+from inventory.ledger import CHINA
+
+MAX_GAP = timedelta(minutes=30)
+"""A reading stands for the time until the next one, but for no more than this: beyond it the
+probe was silent (a no-data alarm's business), not out of range."""
+
+
+@dataclass(frozen=True)
+class Movement:
+    id: int
+    kind: str
+    unit_id: int
+    quantity: int
+    occurred_at: datetime
+    transfer_id: int | None = None
+    compartment_id: int | None = None
+
+
+@dataclass
+class Interval:
+    """One stretch of custody: a unit, or a transfer in transit (``unit_id`` None)."""
+
+    unit_id: int | None
+    start: datetime
+    end: datetime | None
+    transfer_id: int | None = None
+    compartments: set[int] = field(default_factory=set)
+
+
+def lot_custody(movements: Sequence[Movement]) -> list[Interval]:
+    """Per unit, the stretches during which its running balance of the lot was above zero."""
+    balance: dict[int, int] = defaultdict(int)
+    open_: dict[int, Interval] = {}
+    out: list[Interval] = []
+    for m in sorted(movements, key=lambda m: (m.occurred_at, m.id)):
+        before = balance[m.unit_id]
+        balance[m.unit_id] = after = before + m.quantity
+        if before <= 0 < after:
+            iv = Interval(m.unit_id, m.occurred_at, None)
+            open_[m.unit_id] = iv
+            out.append(iv)
+        if m.quantity > 0 and m.compartment_id is not None and m.unit_id in open_:
+            open_[m.unit_id].compartments.add(m.compartment_id)
+        if before > 0 >= after:
+            open_.pop(m.unit_id).end = m.occurred_at
+    return out
+
+
+_TO_TRANSIT = {"issue", "return"}
+_FROM_TRANSIT = {"transfer_receipt", "transfer_rejection"}
+
+
+def code_custody(movements: Sequence[Movement], used_at: datetime | None) -> list[Interval]:
+    """The path of one package, from the movements that scanned it (or a package containing it)."""
+    out: list[Interval] = []
+    current: Interval | None = None
+    for m in sorted(movements, key=lambda m: (m.occurred_at, m.id)):
+        if current is not None:
+            current.end = m.occurred_at
+        if m.kind in _TO_TRANSIT:
+            current = Interval(None, m.occurred_at, None, transfer_id=m.transfer_id)
+        else:
+            current = Interval(m.unit_id, m.occurred_at, None)
+            if m.compartment_id is not None:
+                current.compartments.add(m.compartment_id)
+        out.append(current)
+    if current is not None and used_at is not None:
+        current.end = used_at
+    return out
+
+
+def out_of_range_minutes(
+    readings: Sequence[tuple[datetime, float]],
+    t_min: float | None,
+    t_max: float,
+    start: datetime,
+    end: datetime,
+    max_gap: timedelta = MAX_GAP,
+) -> float:
+    """Minutes within [start, end) during which the last reading was outside [t_min, t_max].
+
+    Each reading holds until the next one (last observation carried forward), capped at
+    ``max_gap``; exactly on a limit is in range, as for the alarm rules."""
+    total = timedelta()
+    ordered = sorted(readings)
+    for i, (ts, t) in enumerate(ordered):
+        if (t_min is not None and t < t_min) or t > t_max:
+            until = ts + max_gap
+            if i + 1 < len(ordered):
+                until = min(until, ordered[i + 1][0])
+            lo, hi = max(ts, start), min(until, end)
+            if hi > lo:
+                total += hi - lo
+    return total.total_seconds() / 60
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the ledger
+
+_LOT_MOVES = """
+SELECT m.id, m.kind, m.unit_id, m.quantity, m.occurred_at, m.transfer_id, m.compartment_id
+FROM stock_movements m
+WHERE m.lot_id = %(lot)s AND m.kind <> 'reversal'
+  AND NOT EXISTS (SELECT 1 FROM stock_movements r WHERE r.reverses_id = m.id)
+"""
+
+_TRANSFERS = """
+SELECT id, from_unit_id, to_unit_id, shipped_at, received_at, vehicle_compartment_id, state
+FROM stock_transfers WHERE lot_id = %(lot)s AND state <> 'cancelled'
+"""
+
+_CODE_MOVES = """
+WITH RECURSIVE up AS (
+    SELECT code, parent_code FROM package_codes WHERE code = %(code)s
+    UNION ALL
+    SELECT p.code, p.parent_code FROM package_codes p JOIN up ON p.code = up.parent_code
+)
+SELECT DISTINCT m.id, m.kind, m.unit_id, m.quantity, m.occurred_at, m.transfer_id, m.compartment_id
+FROM up JOIN movement_codes mc ON mc.code = up.code JOIN stock_movements m ON m.id = mc.movement_id
+WHERE m.kind <> 'reversal' AND NOT EXISTS (SELECT 1 FROM stock_movements r WHERE r.reverses_id = m.id)
+"""
+
+
+def _movements(rows: Iterable[dict[str, Any]]) -> list[Movement]:
+    return [Movement(**r) for r in rows]
+
+
+def _transit_intervals(conn: psycopg.Connection, lot_id: int) -> list[Interval]:
+    return [
+        Interval(
+            None,
+            t["shipped_at"],
+            t["received_at"],
+            transfer_id=t["id"],
+            compartments={t["vehicle_compartment_id"]} if t["vehicle_compartment_id"] else set(),
+        )
+        for t in fetch_all(conn, _TRANSFERS, {"lot": lot_id})
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Temperatures of the compartments behind each interval
+
+_DEFAULT_COMPARTMENTS = """
+SELECT c.id FROM compartments c JOIN equipment e ON e.id = c.equipment_id
+WHERE e.unit_id = %(unit)s AND c.mode = %(mode)s AND e.kind <> 'vehicle'
+  AND c.created_at < coalesce(%(end)s, 'infinity') AND coalesce(c.decommissioned_at, 'infinity') > %(start)s
+"""
+
+# One pass over the daily aggregate for every (interval, compartment) segment: the probes bound to
+# the compartment during the interval, their days, the limits to compare with.
+_DAILY = """
+WITH seg AS (
+    SELECT * FROM unnest(%(keys)s::int[], %(comps)s::bigint[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
+        AS s(key, compartment_id, start_at, end_at)
+), bound AS (
+    SELECT seg.key, b.probe_id, greatest(seg.start_at, lower(b.valid)) AS lo,
+           least(seg.end_at, coalesce(upper(b.valid), 'infinity')) AS hi
+    FROM seg JOIN probe_bindings b
+      ON b.compartment_id = seg.compartment_id AND b.valid && tstzrange(seg.start_at, seg.end_at)
+)
+SELECT bound.key, bound.probe_id, d.bucket, d.n, d.min_t, d.max_t, d.sum_t, bound.lo, bound.hi
+FROM bound JOIN probe_readings_daily d
+  ON d.probe_id = bound.probe_id
+ AND d.bucket >= time_bucket(INTERVAL '1 day', bound.lo, 'Asia/Shanghai')
+ AND d.bucket < bound.hi
+ORDER BY bound.key, d.bucket
+"""
+
+_HOURS = """
+SELECT h.probe_id, h.bucket FROM probe_readings_hourly h
+WHERE h.probe_id = %(probe)s AND h.bucket >= %(lo)s AND h.bucket < %(hi)s
+  AND (h.max_t > %(t_max)s OR h.min_t < %(t_min)s)
+ORDER BY h.bucket
+"""
+
+_RAW = """
+SELECT ts, t FROM probe_readings
+WHERE probe_id = %(probe)s AND ts >= %(lo)s AND ts < %(hi)s
+UNION ALL
+(SELECT ts, t FROM probe_readings WHERE probe_id = %(probe)s AND ts >= %(hi)s ORDER BY ts LIMIT 1)
+"""
+
+
+@dataclass
+class Segment:
+    key: int
+    interval: Interval
+    compartment_id: int
+    start: datetime
+    end: datetime
+
+
+def _segments(conn: psycopg.Connection, intervals: Sequence[Interval], mode: str, now: datetime) -> list[Segment]:
+    out: list[Segment] = []
+    for iv in intervals:
+        end = iv.end or now
+        comps = sorted(iv.compartments)
+        if not comps and iv.unit_id is not None:
+            comps = [
+                r["id"]
+                for r in fetch_all(
+                    conn, _DEFAULT_COMPARTMENTS, {"unit": iv.unit_id, "mode": mode, "start": iv.start, "end": end}
+                )
+            ]
+        for c in comps:
+            out.append(Segment(len(out), iv, c, iv.start, end))
+    return out
+
+
+def temperatures(
+    conn: psycopg.Connection, segments: Sequence[Segment], limits: dict[int, tuple[float | None, float]]
+) -> dict[int, dict[str, Any]]:
+    """Per segment: the daily series, min/max/mean, reading count and minutes out of range."""
+    result: dict[int, dict[str, Any]] = {
+        s.key: {"days": [], "min_t": None, "max_t": None, "mean_t": None, "readings": 0, "minutes_out_of_range": 0.0}
+        for s in segments
+    }
+    if not segments:
+        return result
+    rows = fetch_all(
+        conn,
+        _DAILY,
+        {
+            "keys": [s.key for s in segments],
+            "comps": [s.compartment_id for s in segments],
+            "starts": [s.start for s in segments],
+            "ends": [s.end for s in segments],
+        },
+    )
+    by_key = {s.key: s for s in segments}
+    sums: dict[int, float] = defaultdict(float)
+    suspects: dict[tuple[int, int], list[tuple[datetime, datetime, datetime]]] = defaultdict(list)
+    for r in rows:
+        seg, agg = by_key[r["key"]], result[r["key"]]
+        agg["days"].append(
+            {
+                "day": r["bucket"].astimezone(CHINA).date(),
+                "min_t": r["min_t"],
+                "max_t": r["max_t"],
+                "mean_t": r["sum_t"] / r["n"],
+            }
+        )
+        agg["readings"] += r["n"]
+        sums[r["key"]] += r["sum_t"]
+        agg["min_t"] = r["min_t"] if agg["min_t"] is None else min(agg["min_t"], r["min_t"])
+        agg["max_t"] = r["max_t"] if agg["max_t"] is None else max(agg["max_t"], r["max_t"])
+        t_min, t_max = limits[seg.compartment_id]
+        if r["max_t"] > t_max or (t_min is not None and r["min_t"] < t_min):
+            suspects[(r["key"], r["probe_id"])].append((r["bucket"], r["lo"], r["hi"]))
+    for key, agg in result.items():
+        if agg["readings"]:
+            agg["mean_t"] = sums[key] / agg["readings"]
+    for (key, probe), days in suspects.items():
+        seg = by_key[key]
+        t_min, t_max = limits[seg.compartment_id]
+        minutes = 0.0
+        for day_start, lo, hi in days:
+            window_lo, window_hi = max(day_start, lo), min(day_start + timedelta(days=1), hi)
+            hours = fetch_all(
+                conn,
+                _HOURS,
+                {
+                    "probe": probe,
+                    "lo": window_lo - timedelta(hours=1),
+                    "hi": window_hi,
+                    "t_max": t_max,
+                    "t_min": -1000.0 if t_min is None else t_min,
+                },
+            )
+            for h in hours:
+                raw = fetch_all(conn, _RAW, {"probe": probe, "lo": h["bucket"], "hi": h["bucket"] + timedelta(hours=1)})
+                minutes += out_of_range_minutes(
+                    [(x["ts"], x["t"]) for x in raw],
+                    t_min,
+                    t_max,
+                    max(window_lo, h["bucket"]),
+                    min(window_hi, h["bucket"] + timedelta(hours=1)),
+                )
+        result[key]["minutes_out_of_range"] += minutes
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole trace
+
+_UNITS = "SELECT id, name, code, level, phone FROM units WHERE id = ANY(%(ids)s)"
+_COMPARTMENTS = """
+SELECT c.id, c.name, c.t_min::float8 AS t_min, c.t_max::float8 AS t_max, e.name AS equipment_name, e.unit_id
+FROM compartments c JOIN equipment e ON e.id = c.equipment_id WHERE c.id = ANY(%(ids)s)
+"""
+_VACCINATIONS = """
+SELECT v.id, v.unit_id, u.name AS unit_name, v.code, v.vaccinated_at, v.vaccinee_ref, v.dose_no
+FROM vaccinations v JOIN units u ON u.id = v.unit_id
+WHERE v.lot_id = %(lot)s AND (%(code)s::text IS NULL OR v.code = %(code)s)
+  AND v.unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(scope)s)
+ORDER BY v.vaccinated_at, v.id
+LIMIT %(limit)s
+"""
+_HOLDERS = """
+SELECT b.unit_id, u.name AS unit_name, u.code AS unit_code, u.phone, b.on_hand, b.reserved, NULL::bigint AS transfer_id
+FROM stock_balances b JOIN units u ON u.id = b.unit_id
+WHERE b.lot_id = %(lot)s AND b.on_hand > 0
+  AND b.unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(scope)s)
+UNION ALL
+SELECT t.to_unit_id, u.name, u.code, u.phone, t.quantity, 0, t.id
+FROM stock_transfers t JOIN units u ON u.id = t.to_unit_id
+WHERE t.lot_id = %(lot)s AND t.state = 'in_transit'
+  AND (t.to_unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(scope)s)
+       OR t.from_unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(scope)s))
+ORDER BY 2
+"""
+
+
+def recall_list(conn: psycopg.Connection, lot_id: int, scope_unit: int) -> list[dict[str, Any]]:
+    """Everyone who holds the lot now, in transit included (as the receiving unit)."""
+    return fetch_all(conn, _HOLDERS, {"lot": lot_id, "scope": scope_unit})
+
+
+def build_trace(
+    conn: psycopg.Connection,
+    lot: dict[str, Any],
+    intervals: list[Interval],
+    scope_unit: int,
+    now: datetime,
+    *,
+    code: str | None = None,
+    vaccination_limit: int = 1000,
+) -> dict[str, Any]:
+    segments = _segments(conn, intervals, lot["storage_mode"], now)
+    comp_rows = {
+        r["id"]: r for r in fetch_all(conn, _COMPARTMENTS, {"ids": sorted({s.compartment_id for s in segments})})
+    }
+    limits = {cid: (r["t_min"], r["t_max"]) for cid, r in comp_rows.items()}
+    temps = temperatures(conn, segments, limits)
+    unit_ids = sorted({iv.unit_id for iv in intervals if iv.unit_id is not None})
+    units = {r["id"]: r for r in fetch_all(conn, _UNITS, {"ids": unit_ids})}
+    transfers = {t["id"]: t for t in fetch_all(conn, _TRANSFERS, {"lot": lot["id"]})}
+    by_interval: dict[int, list[Segment]] = defaultdict(list)
+    for s in segments:
+        by_interval[id(s.interval)].append(s)
+    chain = []
+    for iv in sorted(intervals, key=lambda iv: (iv.start, iv.unit_id or 0)):
+        t = transfers.get(iv.transfer_id) if iv.transfer_id else None
+        stores = []
+        for s in by_interval[id(iv)]:
+            c = comp_rows[s.compartment_id]
+            stores.append(
+                {
+                    "compartment_id": s.compartment_id,
+                    "compartment_name": c["name"],
+                    "equipment_name": c["equipment_name"],
+                    "t_min": c["t_min"],
+                    "t_max": c["t_max"],
+                    "assumed": s.compartment_id not in iv.compartments,
+                    **temps[s.key],
+                }
+            )
+        chain.append(
+            {
+                "state": "in_transit" if iv.unit_id is None else "held",
+                "unit_id": iv.unit_id,
+                "unit_name": units[iv.unit_id]["name"] if iv.unit_id is not None else None,
+                "transfer_id": iv.transfer_id,
+                "from_unit_id": t["from_unit_id"] if t else None,
+                "to_unit_id": t["to_unit_id"] if t else None,
+                "start": iv.start,
+                "end": iv.end,
+                "minutes_out_of_range": sum(s["minutes_out_of_range"] for s in stores),
+                "storage": stores,
+            }
+        )
+    vaccinations = fetch_all(
+        conn, _VACCINATIONS, {"lot": lot["id"], "code": code, "scope": scope_unit, "limit": vaccination_limit + 1}
+    )
+    total = fetch_one(
+        conn,
+        """SELECT count(*) AS n FROM vaccinations WHERE lot_id = %(lot)s AND (%(code)s::text IS NULL OR code = %(code)s)
+           AND unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(scope)s)""",
+        {"lot": lot["id"], "code": code, "scope": scope_unit},
+    )
+    return {
+        "custody": chain,
+        "minutes_out_of_range": sum(c["minutes_out_of_range"] for c in chain),
+        "vaccinations": vaccinations[:vaccination_limit],
+        "vaccinations_total": total["n"] if total else 0,
+    }
+
+
+def trace_lot(conn: psycopg.Connection, lot: dict[str, Any], scope_unit: int, now: datetime) -> dict[str, Any]:
+    intervals = lot_custody(_movements(fetch_all(conn, _LOT_MOVES, {"lot": lot["id"]})))
+    intervals += _transit_intervals(conn, lot["id"])
+    out = build_trace(conn, lot, intervals, scope_unit, now)
+    out["holders"] = recall_list(conn, lot["id"], scope_unit)
+    return out
+
+
+def trace_code(
+    conn: psycopg.Connection, lot: dict[str, Any], code: dict[str, Any], scope_unit: int, now: datetime
+) -> dict[str, Any]:
+    moves = _movements(fetch_all(conn, _CODE_MOVES, {"code": code["code"]}))
+    intervals = code_custody(moves, code["used_at"])
+    vehicles = {t["id"]: t["vehicle_compartment_id"] for t in fetch_all(conn, _TRANSFERS, {"lot": lot["id"]})}
+    for iv in intervals:
+        if iv.transfer_id is not None and vehicles.get(iv.transfer_id):
+            iv.compartments.add(vehicles[iv.transfer_id])
+    return build_trace(conn, lot, intervals, scope_unit, now, code=code["code"])
+
+
+def access_allowed(conn: psycopg.Connection, lot_id: int, scope_unit: int) -> bool:
+    """A lot's whole chain is shown to anyone whose jurisdiction held it: its quality depends on
+    every link, upstream included (VT1). Vaccinations and holders stay scoped."""
+    row = fetch_one(
+        conn,
+        """SELECT 1 FROM stock_balances WHERE lot_id = %(lot)s
+             AND unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(scope)s) LIMIT 1""",
+        {"lot": lot_id, "scope": scope_unit},
+    )
+    return row is not None
