@@ -172,9 +172,10 @@ WHERE e.unit_id = %(unit)s AND c.mode = %(mode)s AND e.kind <> 'vehicle'
   AND c.created_at < coalesce(%(end)s, 'infinity') AND coalesce(c.decommissioned_at, 'infinity') > %(start)s
 """
 
-# One pass over the daily aggregate for every (interval, compartment) segment: the probes bound to
-# the compartment during the interval, their days, the limits to compare with.
-_DAILY = """
+# One pass for every (interval, compartment) segment, exact at its edges: the probes bound to the
+# compartment during the interval; whole Beijing days inside from the daily aggregate, whole hours of
+# the partial edge days from the hourly aggregate, and the readings of the partial edge hours.
+_PIECES = """
 WITH seg AS (
     SELECT * FROM unnest(%(keys)s::int[], %(comps)s::bigint[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
         AS s(key, compartment_id, start_at, end_at)
@@ -183,17 +184,33 @@ WITH seg AS (
            least(seg.end_at, coalesce(upper(b.valid), 'infinity')) AS hi
     FROM seg JOIN probe_bindings b
       ON b.compartment_id = seg.compartment_id AND b.valid && tstzrange(seg.start_at, seg.end_at)
+), edges AS (
+    SELECT key, probe_id, lo, hi,
+           time_bucket(INTERVAL '1 day', lo - INTERVAL '1 microsecond', 'Asia/Shanghai') + INTERVAL '1 day' AS day_lo,
+           time_bucket(INTERVAL '1 day', hi, 'Asia/Shanghai') AS day_hi,
+           time_bucket(INTERVAL '1 hour', lo - INTERVAL '1 microsecond') + INTERVAL '1 hour' AS hour_lo,
+           time_bucket(INTERVAL '1 hour', hi) AS hour_hi
+    FROM bound WHERE hi > lo
 )
-SELECT bound.key, bound.probe_id, d.bucket, d.n, d.min_t, d.max_t, d.sum_t, bound.lo, bound.hi
-FROM bound JOIN probe_readings_daily d
-  ON d.probe_id = bound.probe_id
- AND d.bucket >= time_bucket(INTERVAL '1 day', bound.lo, 'Asia/Shanghai')
- AND d.bucket < bound.hi
-ORDER BY bound.key, d.bucket
+SELECT e.key, e.probe_id, 'day' AS grain, d.bucket AS p_lo, d.bucket + INTERVAL '1 day' AS p_hi,
+       d.n, d.min_t, d.max_t, d.sum_t
+FROM edges e JOIN probe_readings_daily d
+  ON d.probe_id = e.probe_id AND d.bucket >= e.day_lo AND d.bucket < e.day_hi
+UNION ALL
+SELECT e.key, e.probe_id, 'hour', h.bucket, h.bucket + INTERVAL '1 hour', h.n, h.min_t, h.max_t, h.sum_t
+FROM edges e JOIN probe_readings_hourly h
+  ON h.probe_id = e.probe_id AND h.bucket >= e.hour_lo AND h.bucket < e.hour_hi
+ AND NOT (h.bucket >= e.day_lo AND h.bucket < e.day_hi)
+UNION ALL
+SELECT e.key, e.probe_id, 'raw', min(r.ts), max(r.ts), count(*), min(r.t), max(r.t), sum(r.t)
+FROM edges e JOIN probe_readings r
+  ON r.probe_id = e.probe_id AND r.ts >= e.lo AND r.ts < e.hi
+ AND (r.ts < e.hour_lo OR r.ts >= e.hour_hi)
+GROUP BY e.key, e.probe_id, r.ts < e.hour_lo
 """
 
 _HOURS = """
-SELECT h.probe_id, h.bucket FROM probe_readings_hourly h
+SELECT h.bucket FROM probe_readings_hourly h
 WHERE h.probe_id = %(probe)s AND h.bucket >= %(lo)s AND h.bucket < %(hi)s
   AND (h.max_t > %(t_max)s OR h.min_t < %(t_min)s)
 ORDER BY h.bucket
@@ -245,7 +262,7 @@ def temperatures(
         return result
     rows = fetch_all(
         conn,
-        _DAILY,
+        _PIECES,
         {
             "keys": [s.key for s in segments],
             "comps": [s.compartment_id for s in segments],
@@ -254,56 +271,61 @@ def temperatures(
         },
     )
     by_key = {s.key: s for s in segments}
-    sums: dict[int, float] = defaultdict(float)
-    suspects: dict[tuple[int, int], list[tuple[datetime, datetime, datetime]]] = defaultdict(list)
+    days: dict[int, dict[Any, list[float]]] = defaultdict(dict)  # key → day → [n, min, max, sum]
     for r in rows:
-        seg, agg = by_key[r["key"]], result[r["key"]]
-        agg["days"].append(
-            {
-                "day": r["bucket"].astimezone(CHINA).date(),
-                "min_t": r["min_t"],
-                "max_t": r["max_t"],
-                "mean_t": r["sum_t"] / r["n"],
-            }
-        )
-        agg["readings"] += r["n"]
-        sums[r["key"]] += r["sum_t"]
-        agg["min_t"] = r["min_t"] if agg["min_t"] is None else min(agg["min_t"], r["min_t"])
-        agg["max_t"] = r["max_t"] if agg["max_t"] is None else max(agg["max_t"], r["max_t"])
+        seg = by_key[r["key"]]
+        day = r["p_lo"].astimezone(CHINA).date()
+        acc = days[r["key"]].setdefault(day, [0, r["min_t"], r["max_t"], 0.0])
+        acc[0] += r["n"]
+        acc[1], acc[2], acc[3] = min(acc[1], r["min_t"]), max(acc[2], r["max_t"]), acc[3] + r["sum_t"]
         t_min, t_max = limits[seg.compartment_id]
         if r["max_t"] > t_max or (t_min is not None and r["min_t"] < t_min):
-            suspects[(r["key"], r["probe_id"])].append((r["bucket"], r["lo"], r["hi"]))
-    for key, agg in result.items():
-        if agg["readings"]:
-            agg["mean_t"] = sums[key] / agg["readings"]
-    for (key, probe), days in suspects.items():
-        seg = by_key[key]
-        t_min, t_max = limits[seg.compartment_id]
-        minutes = 0.0
-        for day_start, lo, hi in days:
-            window_lo, window_hi = max(day_start, lo), min(day_start + timedelta(days=1), hi)
-            hours = fetch_all(
-                conn,
-                _HOURS,
-                {
-                    "probe": probe,
-                    "lo": window_lo - timedelta(hours=1),
-                    "hi": window_hi,
-                    "t_max": t_max,
-                    "t_min": -1000.0 if t_min is None else t_min,
-                },
-            )
-            for h in hours:
-                raw = fetch_all(conn, _RAW, {"probe": probe, "lo": h["bucket"], "hi": h["bucket"] + timedelta(hours=1)})
-                minutes += out_of_range_minutes(
-                    [(x["ts"], x["t"]) for x in raw],
-                    t_min,
-                    t_max,
-                    max(window_lo, h["bucket"]),
-                    min(window_hi, h["bucket"] + timedelta(hours=1)),
-                )
-        result[key]["minutes_out_of_range"] += minutes
+            result[r["key"]]["minutes_out_of_range"] += _minutes_in_piece(conn, seg, r, t_min, t_max)
+    for key, per_day in days.items():
+        agg = result[key]
+        agg["days"] = [
+            {"day": d, "min_t": lo, "max_t": hi, "mean_t": total / n}
+            for d, (n, lo, hi, total) in sorted(per_day.items())
+        ]
+        agg["readings"] = int(sum(v[0] for v in per_day.values()))
+        agg["min_t"] = min(v[1] for v in per_day.values())
+        agg["max_t"] = max(v[2] for v in per_day.values())
+        agg["mean_t"] = sum(v[3] for v in per_day.values()) / agg["readings"]
     return result
+
+
+def _minutes_in_piece(
+    conn: psycopg.Connection, seg: Segment, piece: dict[str, Any], t_min: float | None, t_max: float
+) -> float:
+    """Out-of-range minutes inside one piece that crossed a limit: a day is narrowed to its hours
+    that crossed, and only their readings are read."""
+    lo, hi = max(piece["p_lo"], seg.start), min(piece["p_hi"], seg.end)
+    if piece["grain"] == "raw":
+        # Edge readings lie within one partial hour; each holds until the next reading, which may
+        # be after the piece, so the window is that whole hour, clipped to the segment.
+        hour = piece["p_lo"].replace(minute=0, second=0, microsecond=0)
+        lo, hi = max(hour, seg.start), min(hour + timedelta(hours=1), seg.end)
+        windows = [(hour, hour + timedelta(hours=1))]
+    elif piece["grain"] == "hour":
+        windows = [(piece["p_lo"], piece["p_hi"])]
+    else:
+        hours = fetch_all(
+            conn,
+            _HOURS,
+            {
+                "probe": piece["probe_id"],
+                "lo": piece["p_lo"],
+                "hi": piece["p_hi"],
+                "t_max": t_max,
+                "t_min": -1000.0 if t_min is None else t_min,
+            },
+        )
+        windows = [(h["bucket"], h["bucket"] + timedelta(hours=1)) for h in hours]
+    minutes = 0.0
+    for w_lo, w_hi in windows:
+        raw = fetch_all(conn, _RAW, {"probe": piece["probe_id"], "lo": w_lo, "hi": w_hi})
+        minutes += out_of_range_minutes([(x["ts"], x["t"]) for x in raw], t_min, t_max, max(lo, w_lo), min(hi, w_hi))
+    return minutes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,7 +49,17 @@ def build_catalogue(world: World) -> Catalogue:
 
         manufacturer = one("INSERT INTO manufacturers (name) VALUES ('华北制药') RETURNING id", ())
         for key, category, name, programme, spec, doses, ref, prefix, gtin in (
-            ("hepb", "乙肝疫苗", "重组乙型肝炎疫苗（酿酒酵母）", True, "10μg/0.5mL/支", 1, 1.05, HEPB_PREFIX, HEPB_GTIN),
+            (
+                "hepb",
+                "乙肝疫苗",
+                "重组乙型肝炎疫苗（酿酒酵母）",
+                True,
+                "10μg/0.5mL/支",
+                1,
+                1.05,
+                HEPB_PREFIX,
+                HEPB_GTIN,
+            ),
             ("opv", "脊灰疫苗", "二价脊灰减毒活疫苗", True, "1.0mL/瓶（10人份）", 10, 1.33, "8622222", None),
             ("flu", "流感疫苗", "四价流感病毒裂解疫苗", False, "0.5mL/支", 1, 1.05, FLU_PREFIX, None),
         ):
@@ -92,8 +102,9 @@ def receive(client: TestClient, headers: dict[str, str], lot: int, quantity: int
 
 
 def ship(client: TestClient, headers: dict[str, str], to: int, lot: int, quantity: int, **extra: Any) -> dict[str, Any]:
-    r = client.post(f"{API}/stock/transfers", json={"to_unit_id": to, "lot_id": lot, "quantity": quantity, **extra},
-                    headers=headers)
+    r = client.post(
+        f"{API}/stock/transfers", json={"to_unit_id": to, "lot_id": lot, "quantity": quantity, **extra}, headers=headers
+    )
     assert r.status_code == 201, r.text
     return dict(r.json())
 

@@ -64,8 +64,10 @@ def test_receipt_refusals(world: World, cat: Catalogue, client: TestClient, h: d
     future = {**body, "occurred_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()}
     r = client.post(f"{API}/stock/receipts", json=future, headers=h["P"])
     assert r.status_code == 422 and "晚于当前时间" in r.json()["error"]["message"]
-    wrong_zone = {"supplier": "x公司", "lines": [{"lot_id": cat.lots["hepb"], "quantity": 1,
-                                                 "compartment_id": world.compartments["T1/冷藏"]}]}
+    wrong_zone = {
+        "supplier": "x公司",
+        "lines": [{"lot_id": cat.lots["hepb"], "quantity": 1, "compartment_id": world.compartments["T1/冷藏"]}],
+    }
     r = client.post(f"{API}/stock/receipts", json=wrong_zone, headers=h["P"])
     assert r.status_code == 422 and "不属于本单位" in r.json()["error"]["message"]
     r = client.post(f"{API}/stock/receipts", json=body, headers=bearer(client, "sup_P"))
@@ -87,17 +89,16 @@ def test_issue_down_is_in_transit_until_received_with_rejections_going_back(
     # Only the receiving unit receives, and the quantities must add up.
     r = client.post(f"{API}/stock/transfers/{t['id']}/receive", json={"accepted": 200}, headers=h["C2"])
     assert r.status_code == 404
-    r = client.post(f"{API}/stock/transfers/{t['id']}/receive", json={"accepted": 150, "rejected": 40},
-                    headers=h["C1"])
+    r = client.post(f"{API}/stock/transfers/{t['id']}/receive", json={"accepted": 150, "rejected": 40}, headers=h["C1"])
     assert r.status_code == 422 and error_code(r) == "quantity_mismatch"
-    r = client.post(f"{API}/stock/transfers/{t['id']}/receive", json={"accepted": 190, "rejected": 10},
-                    headers=h["C1"])
+    r = client.post(f"{API}/stock/transfers/{t['id']}/receive", json={"accepted": 190, "rejected": 10}, headers=h["C1"])
     assert r.status_code == 422 and "原因" in r.json()["error"]["message"]
-    got = accept(client, h["C1"], t["id"], 190, rejected=10, reject_reason="外包装破损",
-                 compartment_id=None)
+    got = accept(client, h["C1"], t["id"], 190, rejected=10, reject_reason="外包装破损", compartment_id=None)
     assert got["transfer"]["state"] == "received"
     assert sorted((m["kind"], m["unit_id"], m["quantity"]) for m in got["movements"]) == [
-        ("transfer_receipt", world.units["C1"], 190), ("transfer_rejection", world.units["P"], 10)]
+        ("transfer_receipt", world.units["C1"], 190),
+        ("transfer_rejection", world.units["P"], 10),
+    ]
     assert balance(world, "P", lot) == (310, 0) and balance(world, "C1", lot) == (190, 0)
     r = client.post(f"{API}/stock/transfers/{t['id']}/receive", json={"accepted": 200}, headers=h["C1"])
     assert r.status_code == 409 and error_code(r) == "not_in_transit"
@@ -115,11 +116,13 @@ def test_same_level_issue_waits_for_the_level_above_and_reserves_the_stock(
     assert out["transfer"] is None and req["state"] == "pending" and req["approver_unit_id"] == world.units["P"]
     assert balance(world, "C1", lot) == (100, 60)
     # The reserved doses cannot be spent twice: neither by a second request nor by a direct issue.
-    r = client.post(f"{API}/stock/transfers", json={"to_unit_id": world.units["C2"], "lot_id": lot, "quantity": 50},
-                    headers=h["C1"])
+    r = client.post(
+        f"{API}/stock/transfers", json={"to_unit_id": world.units["C2"], "lot_id": lot, "quantity": 50}, headers=h["C1"]
+    )
     assert r.status_code == 409 and error_code(r) == "insufficient_stock" and "已预留 60" in r.text
-    r = client.post(f"{API}/stock/transfers", json={"to_unit_id": world.units["K1"], "lot_id": lot, "quantity": 41},
-                    headers=h["C1"])
+    r = client.post(
+        f"{API}/stock/transfers", json={"to_unit_id": world.units["K1"], "lot_id": lot, "quantity": 41}, headers=h["C1"]
+    )
     assert r.status_code == 409 and error_code(r) == "insufficient_stock"
     # Only the approving unit decides; the parties see the request but cannot decide it.
     r = client.post(f"{API}/stock/requests/{req['id']}/decision", json={"approve": True}, headers=h["C1"])
@@ -128,8 +131,9 @@ def test_same_level_issue_waits_for_the_level_above_and_reserves_the_stock(
     assert r.status_code == 404
     todo = client.get(f"{API}/stock/requests", params={"role": "to_approve", "state": "pending"}, headers=h["P"])
     assert [x["id"] for x in todo.json()] == [req["id"]]
-    r = client.post(f"{API}/stock/requests/{req['id']}/decision", json={"approve": True, "note": "同意"},
-                    headers=h["P"])
+    r = client.post(
+        f"{API}/stock/requests/{req['id']}/decision", json={"approve": True, "note": "同意"}, headers=h["P"]
+    )
     assert r.status_code == 200 and r.json()["state"] == "approved" and r.json()["transfer_id"]
     assert balance(world, "C1", lot) == (40, 0)
     r = client.post(f"{API}/stock/requests/{req['id']}/decision", json={"approve": True}, headers=h["P"])
@@ -156,8 +160,9 @@ def test_refusal_and_cancellation_release_the_reservation(
     assert first["approver_unit_id"] == world.units["P"]  # counties of two cities: the province decides
     r = client.post(f"{API}/stock/requests/{first['id']}/decision", json={"approve": False}, headers=h["P"])
     assert r.status_code == 422  # a refusal must say why
-    r = client.post(f"{API}/stock/requests/{first['id']}/decision", json={"approve": False, "note": "渭南库存充足"},
-                    headers=h["P"])
+    r = client.post(
+        f"{API}/stock/requests/{first['id']}/decision", json={"approve": False, "note": "渭南库存充足"}, headers=h["P"]
+    )
     assert r.json()["state"] == "refused" and balance(world, "K1", lot) == (100, 0)
     second = ship(client, h["K1"], world.units["C1"], lot, 30, reason="退回市级")["request"]
     assert second["kind"] == "return" and second["approver_unit_id"] == world.units["C1"]
@@ -181,8 +186,11 @@ def test_refusal_and_cancellation_release_the_reservation(
 def test_transfer_rules(
     world: World, cat: Catalogue, client: TestClient, h: dict[str, dict[str, str]], src: str, dst: str, message: str
 ) -> None:
-    r = client.post(f"{API}/stock/transfers", json={"to_unit_id": world.units[dst], "lot_id": cat.lots["hepb"],
-                                                    "quantity": 1}, headers=h[src])
+    r = client.post(
+        f"{API}/stock/transfers",
+        json={"to_unit_id": world.units[dst], "lot_id": cat.lots["hepb"], "quantity": 1},
+        headers=h[src],
+    )
     assert r.status_code == 422 and error_code(r) == "rule_violation" and message in r.json()["error"]["message"]
 
 
@@ -211,8 +219,11 @@ def test_return_up_and_scrap_need_the_level_above(
     # The province has no level above: its scrap is booked at once.
     r = client.post(f"{API}/stock/scrap", json={"lot_id": lot, "quantity": 1, "reason": "other"}, headers=h["P"])
     assert r.status_code == 422  # "other" must say what
-    r = client.post(f"{API}/stock/scrap", json={"lot_id": lot, "quantity": 1, "reason": "temperature",
-                                                 "note": "冷库停电"}, headers=h["P"])
+    r = client.post(
+        f"{API}/stock/scrap",
+        json={"lot_id": lot, "quantity": 1, "reason": "temperature", "note": "冷库停电"},
+        headers=h["P"],
+    )
     assert r.status_code == 201 and r.json()["request"] is None and r.json()["movement"]["quantity"] == -1
     books_agree(world, lot)
 
@@ -274,15 +285,29 @@ def test_backdated_issue_may_not_make_any_past_balance_negative(
     now = datetime.now(UTC).replace(microsecond=0)
     receive(client, h["P"], lot, 100, occurred_at=(now - timedelta(days=3)).isoformat())
     # Today there are 100, but five days ago there were none.
-    r = client.post(f"{API}/stock/transfers", json={"to_unit_id": world.units["C1"], "lot_id": lot, "quantity": 10,
-                                                    "occurred_at": (now - timedelta(days=5)).isoformat()},
-                    headers=h["P"])
+    r = client.post(
+        f"{API}/stock/transfers",
+        json={
+            "to_unit_id": world.units["C1"],
+            "lot_id": lot,
+            "quantity": 10,
+            "occurred_at": (now - timedelta(days=5)).isoformat(),
+        },
+        headers=h["P"],
+    )
     assert r.status_code == 409 and error_code(r) == "insufficient_stock" and "补录" in r.json()["error"]["message"]
     ship(client, h["P"], world.units["C1"], lot, 70, occurred_at=(now - timedelta(days=1)).isoformat())
     # Two days ago there were 100 and 70 left the day after: a backdated 40 would leave −10 then.
-    r = client.post(f"{API}/stock/transfers", json={"to_unit_id": world.units["K3"], "lot_id": lot, "quantity": 40,
-                                                    "occurred_at": (now - timedelta(days=2)).isoformat()},
-                    headers=h["P"])
+    r = client.post(
+        f"{API}/stock/transfers",
+        json={
+            "to_unit_id": world.units["K3"],
+            "lot_id": lot,
+            "quantity": 40,
+            "occurred_at": (now - timedelta(days=2)).isoformat(),
+        },
+        headers=h["P"],
+    )
     assert r.status_code == 409 and error_code(r) == "insufficient_stock"
     ship(client, h["P"], world.units["K3"], lot, 30, occurred_at=(now - timedelta(days=2)).isoformat())
     assert balance(world, "P", lot) == (0, 0)
@@ -305,10 +330,16 @@ def test_count_sets_the_balance_and_every_difference_needs_a_reason(
     r = client.post(f"{API}/stock/counts", json=counted, headers=h["P"])
     assert r.status_code == 422 and error_code(r) == "reason_required"
     assert sorted(d["lot_id"] for d in r.json()["error"]["details"]) == sorted([cat.lots["hepb"], cat.lots["flu"]])
-    r = client.post(f"{API}/stock/counts", json={"lines": [
-        {"lot_id": cat.lots["hepb"], "counted": 97, "reason": "breakage", "note": "搬运中摔碎 3 支"},
-        {"lot_id": cat.lots["flu"], "counted": 20},
-    ]}, headers=h["P"])
+    r = client.post(
+        f"{API}/stock/counts",
+        json={
+            "lines": [
+                {"lot_id": cat.lots["hepb"], "counted": 97, "reason": "breakage", "note": "搬运中摔碎 3 支"},
+                {"lot_id": cat.lots["flu"], "counted": 20},
+            ]
+        },
+        headers=h["P"],
+    )
     assert r.status_code == 201
     assert [(m["kind"], m["quantity"], m["reason"]) for m in r.json()] == [("adjustment", -3, "breakage")]
     assert balance(world, "P", cat.lots["hepb"]) == (97, 0) and balance(world, "P", cat.lots["flu"]) == (20, 0)
@@ -322,16 +353,24 @@ def test_day_usage_covers_the_recorded_vaccinations(
     accept(client, h["T1"], ship(client, h["P"], world.units["T1"], lot, 20)["transfer"]["id"], 20)
     today = datetime.now(UTC)
     for i in range(12):
-        r = client.post(f"{API}/vaccinations", json={"vaccinee_ref": f"HASH{i:08d}", "lot_id": lot,
-                                                      "vaccinated_at": today.isoformat(), "dose_no": 1},
-                        headers=h["T1"])
+        r = client.post(
+            f"{API}/vaccinations",
+            json={"vaccinee_ref": f"HASH{i:08d}", "lot_id": lot, "vaccinated_at": today.isoformat(), "dose_no": 1},
+            headers=h["T1"],
+        )
         assert r.status_code == 201, r.text
     for personal in ("610113199001011234", "61011319900101123X", "13800138000"):
-        r = client.post(f"{API}/vaccinations", json={"vaccinee_ref": personal, "lot_id": lot,
-                                                      "vaccinated_at": today.isoformat()}, headers=h["T1"])
+        r = client.post(
+            f"{API}/vaccinations",
+            json={"vaccinee_ref": personal, "lot_id": lot, "vaccinated_at": today.isoformat()},
+            headers=h["T1"],
+        )
         assert r.status_code == 422 and error_code(r) == "personal_data"
-    r = client.post(f"{API}/vaccinations", json={"vaccinee_ref": "HASH0000X", "lot_id": lot,
-                                                  "vaccinated_at": today.isoformat()}, headers=h["K1"])
+    r = client.post(
+        f"{API}/vaccinations",
+        json={"vaccinee_ref": "HASH0000X", "lot_id": lot, "vaccinated_at": today.isoformat()},
+        headers=h["K1"],
+    )
     assert r.status_code == 422 and error_code(r) == "rule_violation"  # only sites vaccinate
     day = today.astimezone(CHINA).date().isoformat()
     r = client.post(f"{API}/stock/usage", json={"day": day, "lines": [{"lot_id": lot, "vials": 1}]}, headers=h["T1"])
@@ -348,12 +387,15 @@ def test_day_usage_covers_the_recorded_vaccinations(
     assert total["coefficient"] == pytest.approx(20 / 12) and total["flag"] == "over_reference"
 
 
-def test_ledger_rows_cannot_be_edited_or_deleted(world: World, cat: Catalogue, client: TestClient,
-                                                   h: dict[str, dict[str, str]]) -> None:
+def test_ledger_rows_cannot_be_edited_or_deleted(
+    world: World, cat: Catalogue, client: TestClient, h: dict[str, dict[str, str]]
+) -> None:
     m = receive(client, h["P"], cat.lots["hepb"], 10)
     with db.connect(world.url) as conn:
-        for statement in ("UPDATE stock_movements SET quantity = 11 WHERE id = %s",
-                          "DELETE FROM stock_movements WHERE id = %s"):
+        for statement in (
+            "UPDATE stock_movements SET quantity = 11 WHERE id = %s",
+            "DELETE FROM stock_movements WHERE id = %s",
+        ):
             with pytest.raises(psycopg.errors.RestrictViolation):
                 conn.execute(statement, (m["id"],))
             conn.rollback()
