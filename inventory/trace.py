@@ -194,33 +194,54 @@ WITH seg AS (
 )
 SELECT e.key, e.probe_id, 'day' AS grain, d.bucket AS p_lo, d.bucket + INTERVAL '1 day' AS p_hi,
        d.n, d.min_t, d.max_t, d.sum_t
-FROM edges e JOIN probe_readings_daily d
-  ON d.probe_id = e.probe_id AND d.bucket >= e.day_lo AND d.bucket < e.day_hi
+FROM edges e CROSS JOIN LATERAL (
+    SELECT * FROM probe_readings_daily
+    WHERE probe_id = e.probe_id AND bucket >= e.day_lo AND bucket < e.day_hi
+) d
 UNION ALL
 SELECT e.key, e.probe_id, 'hour', h.bucket, h.bucket + INTERVAL '1 hour', h.n, h.min_t, h.max_t, h.sum_t
-FROM edges e JOIN probe_readings_hourly h
-  ON h.probe_id = e.probe_id AND h.bucket >= e.hour_lo AND h.bucket < e.hour_hi
- AND NOT (h.bucket >= e.day_lo AND h.bucket < e.day_hi)
+FROM edges e CROSS JOIN LATERAL (
+    -- the hours of the partial first day, then those of the partial last day
+    SELECT * FROM probe_readings_hourly
+    WHERE probe_id = e.probe_id AND bucket >= e.hour_lo AND bucket < least(e.hour_hi, e.day_lo)
+    UNION ALL
+    SELECT * FROM probe_readings_hourly
+    WHERE probe_id = e.probe_id AND bucket >= greatest(e.day_hi, e.day_lo, e.hour_lo) AND bucket < e.hour_hi
+) h
 UNION ALL
 SELECT e.key, e.probe_id, 'raw', min(r.ts), max(r.ts), count(*), min(r.t), max(r.t), sum(r.t)
-FROM edges e JOIN probe_readings r
-  ON r.probe_id = e.probe_id AND r.ts >= e.lo AND r.ts < e.hi
- AND (r.ts < e.hour_lo OR r.ts >= e.hour_hi)
-GROUP BY e.key, e.probe_id, r.ts < e.hour_lo
+FROM edges e CROSS JOIN LATERAL (
+    SELECT ts, t, true AS first_edge FROM probe_readings
+    WHERE probe_id = e.probe_id AND ts >= e.lo AND ts < least(e.hour_lo, e.hi)
+    UNION ALL
+    SELECT ts, t, false FROM probe_readings
+    WHERE probe_id = e.probe_id AND ts >= greatest(e.hour_hi, e.hour_lo) AND ts < e.hi
+) r
+GROUP BY e.key, e.probe_id, r.first_edge
 """
 
+# The hours of crossing days that crossed a limit themselves, for all such days at once.
 _HOURS = """
-SELECT h.bucket FROM probe_readings_hourly h
-WHERE h.probe_id = %(probe)s AND h.bucket >= %(lo)s AND h.bucket < %(hi)s
-  AND (h.max_t > %(t_max)s OR h.min_t < %(t_min)s)
-ORDER BY h.bucket
+SELECT w.i, h.bucket
+FROM unnest(%(i)s::int[], %(probe)s::bigint[], %(lo)s::timestamptz[], %(hi)s::timestamptz[],
+            %(t_min)s::float8[], %(t_max)s::float8[]) AS w(i, probe_id, lo, hi, t_min, t_max)
+JOIN probe_readings_hourly h ON h.probe_id = w.probe_id AND h.bucket >= w.lo AND h.bucket < w.hi
+ AND (h.max_t > w.t_max OR h.min_t < w.t_min)
 """
 
+# The readings of every window, with the reading just before it (the state the window opens in)
+# and the first one after it (until which its last reading holds).
 _RAW = """
-SELECT ts, t FROM probe_readings
-WHERE probe_id = %(probe)s AND ts >= %(lo)s AND ts < %(hi)s
-UNION ALL
-(SELECT ts, t FROM probe_readings WHERE probe_id = %(probe)s AND ts >= %(hi)s ORDER BY ts LIMIT 1)
+SELECT w.i, r.ts, r.t
+FROM unnest(%(i)s::int[], %(probe)s::bigint[], %(lo)s::timestamptz[], %(hi)s::timestamptz[])
+    AS w(i, probe_id, lo, hi)
+CROSS JOIN LATERAL (
+    (SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts < w.lo ORDER BY ts DESC LIMIT 1)
+    UNION ALL
+    SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.lo AND ts < w.hi
+    UNION ALL
+    (SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.hi ORDER BY ts LIMIT 1)
+) r
 """
 
 
@@ -260,6 +281,8 @@ def temperatures(
     }
     if not segments:
         return result
+    # Many small index look-ups: JIT compilation would cost more than the whole query.
+    conn.execute("SET LOCAL jit = off")
     rows = fetch_all(
         conn,
         _PIECES,
@@ -272,6 +295,7 @@ def temperatures(
     )
     by_key = {s.key: s for s in segments}
     days: dict[int, dict[Any, list[float]]] = defaultdict(dict)  # key → day → [n, min, max, sum]
+    crossing: list[dict[str, Any]] = []
     for r in rows:
         seg = by_key[r["key"]]
         day = r["p_lo"].astimezone(CHINA).date()
@@ -280,7 +304,7 @@ def temperatures(
         acc[1], acc[2], acc[3] = min(acc[1], r["min_t"]), max(acc[2], r["max_t"]), acc[3] + r["sum_t"]
         t_min, t_max = limits[seg.compartment_id]
         if r["max_t"] > t_max or (t_min is not None and r["min_t"] < t_min):
-            result[r["key"]]["minutes_out_of_range"] += _minutes_in_piece(conn, seg, r, t_min, t_max)
+            crossing.append(r)
     for key, per_day in days.items():
         agg = result[key]
         agg["days"] = [
@@ -291,41 +315,86 @@ def temperatures(
         agg["min_t"] = min(v[1] for v in per_day.values())
         agg["max_t"] = max(v[2] for v in per_day.values())
         agg["mean_t"] = sum(v[3] for v in per_day.values()) / agg["readings"]
+    bound = {(r["key"], r["probe_id"]) for r in rows}
+    for key, minutes in _excursion_minutes(conn, crossing, bound, by_key, limits).items():
+        result[key]["minutes_out_of_range"] = minutes
     return result
 
 
-def _minutes_in_piece(
-    conn: psycopg.Connection, seg: Segment, piece: dict[str, Any], t_min: float | None, t_max: float
-) -> float:
-    """Out-of-range minutes inside one piece that crossed a limit: a day is narrowed to its hours
-    that crossed, and only their readings are read."""
-    lo, hi = max(piece["p_lo"], seg.start), min(piece["p_hi"], seg.end)
-    if piece["grain"] == "raw":
-        # Edge readings lie within one partial hour; each holds until the next reading, which may
-        # be after the piece, so the window is that whole hour, clipped to the segment.
-        hour = piece["p_lo"].replace(minute=0, second=0, microsecond=0)
-        lo, hi = max(hour, seg.start), min(hour + timedelta(hours=1), seg.end)
-        windows = [(hour, hour + timedelta(hours=1))]
-    elif piece["grain"] == "hour":
-        windows = [(piece["p_lo"], piece["p_hi"])]
-    else:
-        hours = fetch_all(
+def _excursion_minutes(
+    conn: psycopg.Connection,
+    crossing: Sequence[dict[str, Any]],
+    bound: set[tuple[int, int]],
+    by_key: dict[int, Segment],
+    limits: dict[int, tuple[float | None, float]],
+) -> dict[int, float]:
+    """Out-of-range minutes per segment, from the readings of the hours an aggregate shows crossing
+    a limit — two queries whatever the number of excursions.
+
+    A reading holds for at most :data:`MAX_GAP` (under an hour), so an excursion starting in a
+    crossing hour can run into the next hour only: each window is a crossing hour plus the hour
+    after. The first hour of each segment is always read too, because the lot may arrive while the
+    last reading before it is out of range."""
+    spans: dict[tuple[int, int], list[tuple[datetime, datetime]]] = defaultdict(list)
+    days = [r for r in crossing if r["grain"] == "day"]
+    for r in crossing:
+        if r["grain"] != "day":
+            hour = _hour(r["p_lo"])
+            spans[(r["key"], r["probe_id"])].append((hour, _hour(r["p_hi"] - timedelta(microseconds=1))))
+    if days:
+        bounds = [limits[by_key[r["key"]].compartment_id] for r in days]
+        for h in fetch_all(
             conn,
             _HOURS,
             {
-                "probe": piece["probe_id"],
-                "lo": piece["p_lo"],
-                "hi": piece["p_hi"],
-                "t_max": t_max,
-                "t_min": -1000.0 if t_min is None else t_min,
+                "i": list(range(len(days))),
+                "probe": [r["probe_id"] for r in days],
+                "lo": [r["p_lo"] for r in days],
+                "hi": [r["p_hi"] for r in days],
+                "t_min": [-1000.0 if b[0] is None else b[0] for b in bounds],
+                "t_max": [b[1] for b in bounds],
             },
-        )
-        windows = [(h["bucket"], h["bucket"] + timedelta(hours=1)) for h in hours]
-    minutes = 0.0
-    for w_lo, w_hi in windows:
-        raw = fetch_all(conn, _RAW, {"probe": piece["probe_id"], "lo": w_lo, "hi": w_hi})
-        minutes += out_of_range_minutes([(x["ts"], x["t"]) for x in raw], t_min, t_max, max(lo, w_lo), min(hi, w_hi))
-    return minutes
+        ):
+            r = days[h["i"]]
+            spans[(r["key"], r["probe_id"])].append((h["bucket"], h["bucket"]))
+    for key, probe in bound:
+        start = _hour(by_key[key].start)
+        spans[(key, probe)].append((start, start))
+    # Windows: first hour … last hour + 1 h, merged where they touch.
+    windows: list[tuple[int, int, datetime, datetime]] = []
+    for (key, probe), hours in spans.items():
+        merged: list[list[datetime]] = []
+        for lo, last in sorted(hours):
+            hi = last + timedelta(hours=2)
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        windows += [(key, probe, lo, hi) for lo, hi in merged]
+    out: dict[int, float] = defaultdict(float)
+    if not windows:
+        return out
+    readings: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
+    for x in fetch_all(
+        conn,
+        _RAW,
+        {
+            "i": list(range(len(windows))),
+            "probe": [w[1] for w in windows],
+            "lo": [w[2] for w in windows],
+            "hi": [w[3] for w in windows],
+        },
+    ):
+        readings[x["i"]].append((x["ts"], x["t"]))
+    for i, (key, _, lo, hi) in enumerate(windows):
+        seg = by_key[key]
+        t_min, t_max = limits[seg.compartment_id]
+        out[key] += out_of_range_minutes(readings[i], t_min, t_max, max(lo, seg.start), min(hi, seg.end))
+    return out
+
+
+def _hour(ts: datetime) -> datetime:
+    return ts.replace(minute=0, second=0, microsecond=0)
 
 
 # ---------------------------------------------------------------------------------------------

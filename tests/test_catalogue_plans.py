@@ -98,13 +98,22 @@ def test_only_province_writers_maintain_the_catalogue(
     assert r.status_code == 201, r.text
     vaccine = r.json()
     assert (vaccine["category_name"], vaccine["programme"], vaccine["storage_mode"]) == (
-        "狂犬病疫苗", False, "refrigerated")
+        "狂犬病疫苗",
+        False,
+        "refrigerated",
+    )
 
     body13 = "0690123456801"
     good_gtin = body13 + str(gtin_check_digit(body13))
     spec_body: dict[str, Any] = {
-        "vaccine_id": vaccine["id"], "manufacturer_id": maker["id"], "spec": "0.5mL/支", "doses_per_vial": 1,
-        "ref_wastage": "1.05", "trace_prefix": "8677777", "gtin": good_gtin, "tender_year": 2026,
+        "vaccine_id": vaccine["id"],
+        "manufacturer_id": maker["id"],
+        "spec": "0.5mL/支",
+        "doses_per_vial": 1,
+        "ref_wastage": "1.05",
+        "trace_prefix": "8677777",
+        "gtin": good_gtin,
+        "tender_year": 2026,
     }
     assert client.post(f"{API}/catalogue/specs", json=spec_body, headers=h["K1"]).status_code == 403
     assert client.post(f"{API}/catalogue/specs", json=spec_body, headers=h["sup_P"]).status_code == 403
@@ -112,7 +121,12 @@ def test_only_province_writers_maintain_the_catalogue(
     assert r.status_code == 201, r.text
     spec = r.json()
     assert (spec["vaccine_name"], spec["manufacturer_name"], spec["gtin"], spec["ref_wastage"], spec["version"]) == (
-        "人用狂犬病疫苗（Vero细胞）", "成都康华生物", good_gtin, 1.05, 1)
+        "人用狂犬病疫苗（Vero细胞）",
+        "成都康华生物",
+        good_gtin,
+        1.05,
+        1,
+    )
 
     # Nothing the refused writers sent reached the database.
     names = [c["name"] for c in client.get(f"{API}/catalogue/categories", headers=h["T1"]).json()]
@@ -128,8 +142,14 @@ def test_spec_gtin_must_carry_a_valid_check_digit(
     maker = client.get(f"{API}/catalogue/manufacturers", headers=h["P"]).json()[0]
     body13 = "0690123456818"
     wrong = body13 + str((gtin_check_digit(body13) + 1) % 10)
-    spec_body = {"vaccine_id": vaccine["id"], "manufacturer_id": maker["id"], "spec": "20μg/1.0mL/支",
-                 "doses_per_vial": 1, "ref_wastage": "1.05", "gtin": wrong}
+    spec_body = {
+        "vaccine_id": vaccine["id"],
+        "manufacturer_id": maker["id"],
+        "spec": "20μg/1.0mL/支",
+        "doses_per_vial": 1,
+        "ref_wastage": "1.05",
+        "gtin": wrong,
+    }
     r = client.post(f"{API}/catalogue/specs", json=spec_body, headers=h["P"])
     assert r.status_code == 422 and error_code(r) == "invalid"
     assert "GTIN" in message(r) and "校验位" in message(r) and has_chinese(message(r))
@@ -179,8 +199,14 @@ def test_spec_list_filters(world: World, cat: Catalogue, client: TestClient, h: 
 
 
 def _lot_body(spec: int, lot_no: str, **extra: Any) -> dict[str, Any]:
-    return {"spec_id": spec, "lot_no": lot_no, "production_date": "2026-06-01", "expiry_date": "2028-05-31",
-            "release_no": f"SJ{lot_no}", **extra}
+    return {
+        "spec_id": spec,
+        "lot_no": lot_no,
+        "production_date": "2026-06-01",
+        "expiry_date": "2028-05-31",
+        "release_no": f"SJ{lot_no}",
+        **extra,
+    }
 
 
 def test_lot_is_entered_once_and_then_shared(
@@ -192,7 +218,11 @@ def test_lot_is_entered_once_and_then_shared(
     assert r.status_code == 201, r.text
     lot = r.json()
     assert (lot["unit_id"], lot["entered_by"], lot["version"], lot["has_certificate"]) == (
-        world.units["T1"], world.users["ba_T1"], 1, False)
+        world.units["T1"],
+        world.users["ba_T1"],
+        1,
+        False,
+    )
     r = client.post(f"{API}/lots", json=_lot_body(cat.specs["hepb"], "202611T01"), headers=h["K2"])
     assert r.status_code == 409 and error_code(r) == "lot_exists"
     assert r.json()["error"]["details"] == {"lot_id": lot["id"]}
@@ -200,15 +230,18 @@ def test_lot_is_entered_once_and_then_shared(
     r = client.post(f"{API}/lots", json=_lot_body(cat.specs["flu"], "202611T01"), headers=h["K2"])
     assert r.status_code == 201 and r.json()["id"] != lot["id"]
     # Everyone in the province finds it.
-    found = client.get(f"{API}/lots", params={"lot_no": "202611T01", "spec_id": cat.specs["hepb"]},
-                       headers=h["T3"]).json()
+    found = client.get(
+        f"{API}/lots", params={"lot_no": "202611T01", "spec_id": cat.specs["hepb"]}, headers=h["T3"]
+    ).json()
     assert [x["id"] for x in found] == [lot["id"]]
 
-    r = client.post(f"{API}/lots", json=_lot_body(cat.specs["hepb"], "202611T02", expiry_date="2026-05-31"),
-                    headers=h["K1"])
+    r = client.post(
+        f"{API}/lots", json=_lot_body(cat.specs["hepb"], "202611T02", expiry_date="2026-05-31"), headers=h["K1"]
+    )
     assert r.status_code == 422 and message(r) == "失效日期必须晚于生产日期"
-    r = client.post(f"{API}/lots", json=_lot_body(cat.specs["hepb"], "202611T02", expiry_date="2026-06-01"),
-                    headers=h["K1"])
+    r = client.post(
+        f"{API}/lots", json=_lot_body(cat.specs["hepb"], "202611T02", expiry_date="2026-06-01"), headers=h["K1"]
+    )
     assert r.status_code == 422
     r = client.post(f"{API}/lots", json=_lot_body(cat.specs["hepb"], "202611T02"), headers=h["sup_P"])
     assert r.status_code == 403
@@ -252,7 +285,9 @@ def test_lot_correction_keeps_every_version(
     assert r.json()["error"]["details"]["current_version"] == 3
     revisions = client.get(url, headers=h["K1"]).json()["revisions"]
     assert [(x["version"], x["changed_by"]) for x in revisions][1:] == [
-        (2, world.users["ba_K1"]), (3, world.users["ba_P"])]
+        (2, world.users["ba_K1"]),
+        (3, world.users["ba_P"]),
+    ]
     # The province's own lots are corrected by the province alone.
     r = client.patch(f"{API}/lots/{cat.lots['hepb']}", json=fix, headers=h["K1"])
     assert r.status_code == 403
@@ -266,8 +301,11 @@ def test_lot_correction_cannot_blank_a_field(
     for field in ("expiry_date", "production_date", "lot_no", "release_no"):
         r = client.patch(url, json={"version": 1, "reason": "清空字段", field: None}, headers=h["P"])
         assert r.status_code == 422, (field, r.status_code, r.text)
-        assert has_chinese(message(r))
+        assert error_code(r) == "invalid" and "不能清空" in message(r) and field in message(r)
     assert client.get(url, headers=h["P"]).json()["version"] == 1
+    # A spec's required fields likewise: the schema's NOT NULL refuses it (422, not 500).
+    r = client.patch(f"{API}/catalogue/specs/{cat.specs['hepb']}", json={"version": 1, "spec": None}, headers=h["P"])
+    assert r.status_code == 422
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +406,11 @@ def test_error_reports_go_to_the_province_queue(
     assert r.status_code == 201, r.text
     from_t1 = r.json()
     assert (from_t1["unit_id"], from_t1["reported_by"], from_t1["state"], from_t1["lot_no"]) == (
-        world.units["T1"], world.users["ba_T1"], "open", "202605A01")
+        world.units["T1"],
+        world.users["ba_T1"],
+        "open",
+        "202605A01",
+    )
     r = client.post(url, json={"message": "督导检查发现批签发号与证明不符"}, headers=h["sup_P"])
     assert r.status_code == 201 and r.json()["unit_id"] == world.units["P"]
     from_sup = r.json()
@@ -398,7 +440,11 @@ def test_error_reports_go_to_the_province_queue(
     assert r.status_code == 200, r.text
     done = r.json()
     assert (done["state"], done["resolution"], done["resolved_by"], done["version"]) == (
-        "resolved", "已核对说明书并更正失效日期", world.users["ba_P"], 2)
+        "resolved",
+        "已核对说明书并更正失效日期",
+        world.users["ba_P"],
+        2,
+    )
     assert done["resolved_at"] is not None
     r = client.post(decide, json={"version": 2, "state": "dismissed", "resolution": "重复处理"}, headers=h["P"])
     assert r.status_code == 409 and error_code(r) == "already_decided"
@@ -426,7 +472,11 @@ def test_resolve_names_the_product_of_unregistered_codes(
     assert r.status_code == 200, r.text
     out = r.json()
     assert (out["kind"], out["product_key"], out["serial"], out["spec"]["id"]) == (
-        "cn20", HEPB_PREFIX, f"{42:013d}", cat.specs["hepb"])
+        "cn20",
+        HEPB_PREFIX,
+        f"{42:013d}",
+        cat.specs["hepb"],
+    )
     assert out["registered"] is False and out["lot"] is None and out["holder_unit_id"] is None
     assert out["pack_level"] is None and out["units"] is None
 
@@ -434,7 +484,12 @@ def test_resolve_names_the_product_of_unregistered_codes(
     assert r.status_code == 200, r.text
     out = r.json()
     assert (out["kind"], out["code"], out["lot_no"], out["expiry"], out["serial"]) == (
-        "gs1", f"01{HEPB_GTIN}21SN0001", "202605A01", "2028-05-31", "SN0001")
+        "gs1",
+        f"01{HEPB_GTIN}21SN0001",
+        "202605A01",
+        "2028-05-31",
+        "SN0001",
+    )
     assert out["spec"]["id"] == cat.specs["hepb"] and out["lot"]["id"] == cat.lots["hepb"]
     assert out["registered"] is False
 
@@ -452,8 +507,8 @@ def test_resolve_names_the_product_of_unregistered_codes(
     other = "0690123456900"
     r = resolve(client, h["T1"], f"(01){other}{gtin_check_digit(other)}(21)X1")
     assert r.status_code == 422 and error_code(r) == "unknown_product"
-    for bad in ("12345", "8612345ABC0000000001", f"(01){HEPB_GTIN[:-1]}0(21)X1"
-                if HEPB_GTIN[-1] != "0" else f"(01){HEPB_GTIN[:-1]}1(21)X1"):
+    bad_check = HEPB_GTIN[:-1] + str((int(HEPB_GTIN[-1]) + 1) % 10)
+    for bad in ("12345", "8612345ABC0000000001", f"(01){bad_check}(21)X1", f"(01){HEPB_GTIN}(99)X"):
         r = resolve(client, h["T1"], bad)
         assert r.status_code == 422 and error_code(r) == "invalid_code" and has_chinese(message(r)), bad
 
@@ -464,8 +519,11 @@ def test_resolve_shows_the_holder_only_within_jurisdiction(
     """Codes registered at receipt carry their packaging level and holder; where a package sits is
     stock information, so a unit outside the holder's jurisdiction is not told."""
     box, vial1, vial2 = cn20(1000), cn20(1001), cn20(1002)
-    line = {"lot_id": cat.lots["hepb"], "quantity": 2,
-            "packages": [{"code": box, "contents": [{"code": vial1}, {"code": vial2}]}]}
+    line = {
+        "lot_id": cat.lots["hepb"],
+        "quantity": 2,
+        "packages": [{"code": box, "contents": [{"code": vial1}, {"code": vial2}]}],
+    }
     r = client.post(f"{API}/stock/receipts", json={"supplier": "华北制药配送中心", "lines": [line]}, headers=h["P"])
     assert r.status_code == 201, r.text
 
@@ -512,28 +570,38 @@ def at(day: date, hour: int) -> str:
 
 
 def book_history(world: World, cat: Catalogue, client: TestClient, h: dict[str, Headers]) -> None:
-    """Last month: the province receives 100 hepb on the 3rd and issues 40 to T1 on the 4th, T1
-    accepts on the 5th, vaccinates 3 children on the 10th and books 4 vials used that day. Today T1
-    vaccinates once more and books 1 vial, which must count in the stock but not in last month."""
+    """History in which every pre-filled number differs from the others and from zero, so a query
+    that mixed them up, or counted the wrong month, could not pass. Last month the province receives
+    100 hepb (3rd) and issues 40 to T1 (4th, accepted 5th); T1 vaccinates 3 and books 4 vials on the
+    10th. Today's extra dose and vial must count in the stock but not in last month."""
     lot = cat.lots["hepb"]
     receive(client, h["P"], lot, 100, occurred_at=at(previous_month_day(3), 9))
     t = ship(client, h["P"], world.units["T1"], lot, 40, occurred_at=at(previous_month_day(4), 9))["transfer"]
     accept(client, h["T1"], t["id"], 40, occurred_at=at(previous_month_day(5), 9))
     day = previous_month_day(10)
     for i in range(3):
-        r = client.post(f"{API}/vaccinations", json={"vaccinee_ref": f"CHILD{i:06d}", "lot_id": lot,
-                                                      "vaccinated_at": at(day, 9 + i), "dose_no": 1},
-                        headers=h["T1"])
+        r = client.post(
+            f"{API}/vaccinations",
+            json={"vaccinee_ref": f"CHILD{i:06d}", "lot_id": lot, "vaccinated_at": at(day, 9 + i), "dose_no": 1},
+            headers=h["T1"],
+        )
         assert r.status_code == 201, r.text
-    r = client.post(f"{API}/stock/usage", json={"day": day.isoformat(), "lines": [{"lot_id": lot, "vials": 4}]},
-                    headers=h["T1"])
+    r = client.post(
+        f"{API}/stock/usage", json={"day": day.isoformat(), "lines": [{"lot_id": lot, "vials": 4}]}, headers=h["T1"]
+    )
     assert r.status_code == 201, r.text
     now = datetime.now(CHINA)
-    r = client.post(f"{API}/vaccinations", json={"vaccinee_ref": "CHILD999999", "lot_id": lot,
-                                                  "vaccinated_at": now.isoformat()}, headers=h["T1"])
+    r = client.post(
+        f"{API}/vaccinations",
+        json={"vaccinee_ref": "CHILD999999", "lot_id": lot, "vaccinated_at": now.isoformat()},
+        headers=h["T1"],
+    )
     assert r.status_code == 201, r.text
-    r = client.post(f"{API}/stock/usage", json={"day": now.date().isoformat(),
-                                                 "lines": [{"lot_id": lot, "vials": 1}]}, headers=h["T1"])
+    r = client.post(
+        f"{API}/stock/usage",
+        json={"day": now.date().isoformat(), "lines": [{"lot_id": lot, "vials": 1}]},
+        headers=h["T1"],
+    )
     assert r.status_code == 201, r.text
 
 
@@ -565,11 +633,56 @@ def test_prefill_reads_last_month_from_the_ledger(
     assert r.status_code == 422
 
 
+def next_month() -> str:
+    first = china_today().replace(day=1)
+    return month_of((first + timedelta(days=32)).replace(day=1))
+
+
+def test_prefill_nets_corrections_into_the_month_they_correct(
+    world: World, cat: Catalogue, client: TestClient, h: dict[str, Headers]
+) -> None:
+    """A reversal is booked today but undoes last month's usage, and vials a township refused went
+    back to the county: counting either in the month it was booked would overstate last month and
+    leave this month negative, which the plan table refuses (prev_usage >= 0), blocking next
+    month's plan altogether."""
+    lot, other = cat.lots["hepb"], cat.lots["hepb2"]  # two lots of the same spec
+    for each, quantity in ((lot, 50), (other, 20)):
+        receive(client, h["P"], each, quantity, occurred_at=at(previous_month_day(3), 9))
+        t = ship(client, h["P"], world.units["K1"], each, quantity, occurred_at=at(previous_month_day(4), 9))
+        accept(client, h["K1"], t["transfer"]["id"], quantity, occurred_at=at(previous_month_day(5), 9))
+    t = ship(client, h["K1"], world.units["T1"], lot, 30, occurred_at=at(previous_month_day(6), 9))
+    accept(client, h["T1"], t["transfer"]["id"], 30, occurred_at=at(previous_month_day(7), 9))
+    t = ship(client, h["K1"], world.units["T1"], other, 10, occurred_at=at(previous_month_day(8), 9))
+    accept(client, h["T1"], t["transfer"]["id"], 6, rejected=4, reject_reason="外包装破损")  # received today
+    day = previous_month_day(10).isoformat()
+    r = client.post(f"{API}/stock/usage", json={"day": day, "lines": [{"lot_id": lot, "vials": 4}]}, headers=h["T1"])
+    assert r.status_code == 201, r.text
+    wrong = r.json()[0]["id"]
+    r = client.post(f"{API}/stock/movements/{wrong}/reverse", json={"reason": "数量录错"}, headers=h["T1"])
+    assert r.status_code == 201, r.text
+    r = client.post(f"{API}/stock/usage", json={"day": day, "lines": [{"lot_id": lot, "vials": 3}]}, headers=h["T1"])
+    assert r.status_code == 201, r.text
+
+    hepb = cat.specs["hepb"]
+    this = month_of(china_today())
+    # T1: 4 booked, reversed, 3 booked. K1: 30 + 10 issued, 4 of them refused and back.
+    assert prefill_of(client, h["T1"], this) == {hepb: (3, 0, 30 - 3 + 6)}
+    assert prefill_of(client, h["K1"], this) == {hepb: (36, 0, 20 + 10 + 4)}
+    assert prefill_of(client, h["T1"], next_month()) == {hepb: (0, 0, 33)}
+    assert prefill_of(client, h["K1"], next_month()) == {hepb: (0, 0, 34)}
+    lines = [{"spec_id": hepb, "planned": 20}]
+    for who in ("T1", "K1"):
+        r = client.post(f"{API}/usage-plans", json={"month": next_month(), "lines": lines}, headers=h[who])
+        assert r.status_code == 201, (who, r.text)
+        assert lines_of(r.json())[hepb][0] == 0
+
+
 def test_township_plan_is_reviewed_by_its_county(
     world: World, cat: Catalogue, client: TestClient, h: dict[str, Headers]
 ) -> None:
-    """The full VT5 path: draft with server-computed numbers, submit, return with a reason, edit,
-    resubmit, approve, and then frozen."""
+    """The county's approval is what the township is supplied against, so the numbers it approves
+    must be the ledger's, a return must tell the township why, only the county may decide, and an
+    approved plan must not change underneath it."""
     book_history(world, cat, client, h)
     month = month_of(china_today())
     hepb, opv = cat.specs["hepb"], cat.specs["opv"]
@@ -588,7 +701,12 @@ def test_township_plan_is_reviewed_by_its_county(
     assert r.status_code == 201, r.text
     plan = r.json()
     assert (plan["state"], plan["unit_id"], plan["reviewer_unit_id"], plan["month"], plan["version"]) == (
-        "draft", world.units["T1"], world.units["K1"], f"{month}-01", 1)
+        "draft",
+        world.units["T1"],
+        world.units["K1"],
+        f"{month}-01",
+        1,
+    )
     assert lines_of(plan) == {hepb: (4, 3, 35, 40), opv: (0, 0, 0, 5)}
     assert next(x["note"] for x in plan["lines"] if x["spec_id"] == hepb) == "含补种"
     r = client.post(f"{API}/usage-plans", json={"month": month, "lines": lines}, headers=h["T1"])
@@ -599,9 +717,11 @@ def test_township_plan_is_reviewed_by_its_county(
     base = f"{API}/usage-plans/{pid}"
 
     # A usage booked late for last month is in the numbers the reviewer sees: submission refreshes them.
-    r = client.post(f"{API}/stock/usage", json={"day": previous_month_day(11).isoformat(),
-                                                 "lines": [{"lot_id": cat.lots["hepb"], "vials": 1}]},
-                    headers=h["T1"])
+    r = client.post(
+        f"{API}/stock/usage",
+        json={"day": previous_month_day(11).isoformat(), "lines": [{"lot_id": cat.lots["hepb"], "vials": 1}]},
+        headers=h["T1"],
+    )
     assert r.status_code == 201, r.text
     r = client.post(f"{base}/submit", json={"version": 1}, headers=h["T1"])
     assert r.status_code == 200, r.text
@@ -612,8 +732,7 @@ def test_township_plan_is_reviewed_by_its_county(
     todo = client.get(f"{API}/usage-plans", params={"role": "to_review", "month": month}, headers=h["K1"]).json()
     assert [x["id"] for x in todo] == [pid]
     assert client.get(f"{API}/usage-plans", params={"role": "to_review"}, headers=h["C1"]).json() == []
-    assert [x["id"] for x in client.get(f"{API}/usage-plans", params={"role": "mine"}, headers=h["T1"]).json()] \
-        == [pid]
+    assert [x["id"] for x in client.get(f"{API}/usage-plans", params={"role": "mine"}, headers=h["T1"]).json()] == [pid]
     # C1 is in charge of K1's area and so may read T1's plan, but the decision is K1's: 403, not 404.
     assert client.get(base, headers=h["C1"]).status_code == 200
     r = client.post(f"{base}/decision", json={"version": 2, "approve": True}, headers=h["C1"])
@@ -634,7 +753,11 @@ def test_township_plan_is_reviewed_by_its_county(
     assert r.status_code == 200, r.text
     plan = r.json()
     assert (plan["state"], plan["return_reason"], plan["decided_by"], plan["version"]) == (
-        "returned", reason, world.users["ba_K1"], 3)
+        "returned",
+        reason,
+        world.users["ba_K1"],
+        3,
+    )
 
     new_lines = [{"spec_id": hepb, "planned": 30}, {"spec_id": opv, "planned": 5}]
     r = client.put(f"{base}/lines", json={"version": 3, "lines": new_lines}, headers=h["K1"])

@@ -245,3 +245,51 @@ def test_recall_list_includes_stock_in_transit_and_unassigned_storage_is_marked_
 
 def _ts(value: str) -> datetime:
     return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def test_piecewise_temperatures_equal_the_raw_readings_for_any_boundaries(world: World) -> None:
+    """Whole days from the daily aggregate, edge hours from the hourly one, edge minutes from the
+    readings: for random custody boundaries the result must equal a plain scan of the readings,
+    with the aggregates partly materialised and partly live."""
+    import random
+
+    from coldchain.aggregates import refresh_aggregates
+    from inventory.trace import Interval, Segment, out_of_range_minutes, temperatures
+
+    rng = random.Random(24)
+    probe, fridge = world.probes["208601"], world.compartments["T2/冷藏"]
+    t0 = datetime(2026, 3, 1, 15, 2, 11, tzinfo=UTC)
+    points = [
+        (t0 + timedelta(minutes=5 * i + rng.choice([0, 0, 1])), rng.choice([4.0, 5.5, 7.9, 8.0, 8.4, 1.2]))
+        for i in range(12 * 24 * 4)
+    ]
+    add_readings(world, probe, points)
+    refresh_aggregates(world.url, until=t0 + timedelta(days=2, hours=7))
+    limits = {fridge: (2.0, 8.0)}
+    segments = []
+    for key in range(25):
+        lo = t0 + timedelta(minutes=rng.randint(-60, 3 * 24 * 60))
+        hi = lo + timedelta(minutes=rng.choice([7, 55, 61, 600, 1440, 1500, 2900, 4000]))
+        segments.append(Segment(key, Interval(world.units["T2"], lo, hi), fridge, lo, hi))
+    segments.append(
+        Segment(
+            25,
+            Interval(world.units["T2"], t0, t0),
+            fridge,
+            datetime(2026, 3, 2, 16, tzinfo=UTC),
+            datetime(2026, 3, 3, 16, tzinfo=UTC),
+        )
+    )
+    with db.connect(world.url) as conn:
+        got = temperatures(conn, segments, limits)
+    for s in segments:
+        inside = sorted((ts, t) for ts, t in points if s.start <= ts < s.end)
+        g = got[s.key]
+        assert g["readings"] == len(inside), s
+        if inside:
+            assert (g["min_t"], g["max_t"]) == (min(t for _, t in inside), max(t for _, t in inside))
+            assert g["mean_t"] == pytest.approx(sum(t for _, t in inside) / len(inside))
+        following = [(ts, t) for ts, t in sorted(points) if ts >= s.end][:1]
+        before = [(ts, t) for ts, t in sorted(points) if ts < s.start][-1:]
+        expected = out_of_range_minutes(before + inside + following, 2.0, 8.0, s.start, s.end)
+        assert g["minutes_out_of_range"] == pytest.approx(expected), s

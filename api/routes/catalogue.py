@@ -417,6 +417,10 @@ def correct_lot(lot_id: Id, body: LotPatch, principal: CurrentUser, conn: Conn) 
     if principal.actor.unit.level != "province" and lot["entered_by"] != principal.user_id:
         raise forbidden("批号信息只能由省级或录入人更正；发现错误请使用“报错”")
     changes = body.model_dump(exclude_unset=True, exclude={"version", "reason"})
+    blank = sorted(k for k, v in changes.items() if v is None)
+    if blank:
+        # Every field of a lot is required: an explicit null is a refusal, not a crash in _check_dates.
+        raise invalid(f"批号信息不能清空：{'、'.join(blank)}", {"fields": blank})
     _check_dates(changes.get("production_date", lot["production_date"]), changes.get("expiry_date", lot["expiry_date"]))
     set_action(conn, "lot.correct")
     conn.execute("SELECT set_config('coldchain.reason', %s, true)", (body.reason,))

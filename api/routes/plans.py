@@ -36,14 +36,24 @@ def previous_month(first: date) -> date:
 
 
 # What left the unit for use in a month (vials): its vaccination usage and its issues to other units,
-# net of their reversals; doses given in its jurisdiction; its stock now. Per spec.
+# net of their reversals and of the vials the receiving unit refused (which came back); doses given in
+# its jurisdiction; its stock now. Per spec. A reversal is booked when it is made and a refusal when
+# the goods arrive, often the next month; both count in the month of what they correct (the original
+# movement's time, the issue's shipping time), else last month is overstated and this month goes
+# negative, which usage_plan_lines refuses (prev_usage >= 0).
 _PREFILL = """
 WITH outflow AS (
     SELECT l.spec_id, -sum(m.quantity)::int AS vials
-    FROM stock_movements m LEFT JOIN stock_movements o ON o.id = m.reverses_id JOIN lots l ON l.id = m.lot_id
-    WHERE m.unit_id = %(unit)s AND coalesce(o.kind, m.kind) IN ('usage', 'issue')
-      AND m.occurred_at >= %(from)s::date::timestamp AT TIME ZONE 'Asia/Shanghai'
-      AND m.occurred_at < %(to)s::date::timestamp AT TIME ZONE 'Asia/Shanghai'
+    FROM stock_movements m LEFT JOIN stock_movements o ON o.id = m.reverses_id
+    LEFT JOIN stock_transfers t ON t.id = coalesce(o.transfer_id, m.transfer_id)
+    JOIN lots l ON l.id = m.lot_id
+    WHERE m.unit_id = %(unit)s
+      AND (coalesce(o.kind, m.kind) IN ('usage', 'issue')
+           OR (coalesce(o.kind, m.kind) = 'transfer_rejection' AND t.kind = 'issue'))
+      AND coalesce(t.shipped_at, o.occurred_at, m.occurred_at)
+          >= %(from)s::date::timestamp AT TIME ZONE 'Asia/Shanghai'
+      AND coalesce(t.shipped_at, o.occurred_at, m.occurred_at)
+          < %(to)s::date::timestamp AT TIME ZONE 'Asia/Shanghai'
     GROUP BY l.spec_id
 ), given AS (
     SELECT l.spec_id, count(*)::int AS doses
