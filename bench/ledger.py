@@ -62,11 +62,11 @@ def build_tree(url: str, holders: int, days: int, interval: int) -> tuple[list[i
         )
         conn.execute(
             """INSERT INTO units (code, name, level, parent_id)
-               SELECT substr(c.code, 1, 6) || lpad((n / %(per)s + 1)::text, 4, '0'), c.name || '乡' || n, 'township', c.id
+               SELECT substr(c.code, 1, 6) || lpad((n + 1)::text, 4, '0'), c.name || '乡' || n, 'township', c.id
                FROM (SELECT id, code, name, row_number() OVER (ORDER BY id) - 1 AS rn FROM units
                      WHERE level = 'county') c
                JOIN generate_series(0, %(n)s - 1) n ON n %% %(counties)s = c.rn""",
-            {"per": 1, "n": townships, "counties": CITIES * COUNTIES_PER_CITY},
+            {"n": townships, "counties": CITIES * COUNTIES_PER_CITY},
         )
         conn.execute(
             """INSERT INTO users (username, real_name, unit_id, role)
@@ -97,7 +97,7 @@ def build_tree(url: str, holders: int, days: int, interval: int) -> tuple[list[i
             {"start": start, "end": datetime.now(UTC) - timedelta(minutes=1), "step": timedelta(minutes=interval)},
         )
         units = [r[0] for r in conn.execute("SELECT id FROM units ORDER BY cc_unit_level_rank(level), id").fetchall()]
-        comps = dict(
+        comps: dict[int, int] = dict(
             conn.execute(
                 "SELECT e.unit_id, c.id FROM compartments c JOIN equipment e ON e.id = c.equipment_id"
             ).fetchall()
@@ -109,13 +109,14 @@ def build_tree(url: str, holders: int, days: int, interval: int) -> tuple[list[i
 def flow_lot(url: str, lot: int, units: list[int], comps: dict[int, int], start: datetime) -> None:
     """The lot goes down the whole tree within the first half of the period and stays everywhere."""
     with db.connect(url) as conn:
-        level = dict(conn.execute("SELECT id, level FROM units").fetchall())
-        parent = dict(conn.execute("SELECT id, parent_id FROM units").fetchall())
+        level: dict[int, str] = dict(conn.execute("SELECT id, level FROM units").fetchall())
+        parent: dict[int, int | None] = dict(conn.execute("SELECT id, parent_id FROM units").fetchall())
         user: dict[int, int] = dict(conn.execute("SELECT unit_id, id FROM users").fetchall())
         children: dict[int, list[int]] = {}
         for u in units:
-            if parent[u] is not None:
-                children.setdefault(parent[u], []).append(u)
+            up = parent[u]
+            if up is not None:
+                children.setdefault(up, []).append(u)
         total = 10 * len(units) * 4
         ledger.receive(
             conn,
@@ -335,7 +336,8 @@ def main() -> None:
             print(f"  查询层 trace_lot（聚合 + 边界读数）  {statistics.median(q):7.0f} / {max(q):7.0f}  目标 < 1000")
             print(f"  API GET /trace/lots/{{id}}（含 JSON）  {statistics.median(a):7.0f} / {max(a):7.0f}")
             print(
-                f"  基线 同样区间直接扫原始读数          {b[0]:7.0f}          = 查询层 × {b[0] / statistics.median(q):.1f}"
+                f"  基线 同样区间直接扫原始读数          {b[0]:7.0f}"
+                f"          = 查询层 × {b[0] / statistics.median(q):.1f}"
             )
         finally:
             db.drop_database(pg.url, name)

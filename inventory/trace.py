@@ -15,7 +15,7 @@ min/max cross a limit → hours whose min/max do → the readings of those hours
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -272,7 +272,7 @@ def _segments(conn: psycopg.Connection, intervals: Sequence[Interval], mode: str
 
 
 def temperatures(
-    conn: psycopg.Connection, segments: Sequence[Segment], limits: dict[int, tuple[float | None, float]]
+    conn: psycopg.Connection, segments: Sequence[Segment], limits: Mapping[int, tuple[float | None, float]]
 ) -> dict[int, dict[str, Any]]:
     """Per segment: the daily series, min/max/mean, reading count and minutes out of range."""
     result: dict[int, dict[str, Any]] = {
@@ -326,7 +326,7 @@ def _excursion_minutes(
     crossing: Sequence[dict[str, Any]],
     bound: set[tuple[int, int]],
     by_key: dict[int, Segment],
-    limits: dict[int, tuple[float | None, float]],
+    limits: Mapping[int, tuple[float | None, float]],
 ) -> dict[int, float]:
     """Out-of-range minutes per segment, from the readings of the hours an aggregate shows crossing
     a limit — two queries whatever the number of excursions.
