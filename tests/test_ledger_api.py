@@ -401,3 +401,43 @@ def test_ledger_rows_cannot_be_edited_or_deleted(
             conn.rollback()
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE stock_balances SET on_hand = -1 WHERE lot_id = %s", (cat.lots["hepb"],))
+
+
+@pytest.mark.parametrize("who", ["ba_K2", "ba_T1", "ba_C1", "ana_K1", "sup_P"])
+def test_ledger_is_visible_exactly_within_the_jurisdiction(
+    world: World, cat: Catalogue, client: TestClient, h: dict[str, dict[str, str]], who: str
+) -> None:
+    lot = cat.lots["hepb"]
+    receive(client, h["P"], lot, 100)
+    for site in ("T1", "T2", "T3"):
+        accept(client, h[site], ship(client, h["P"], world.units[site], lot, 20)["transfer"]["id"], 20)
+        r = client.post(
+            f"{API}/vaccinations",
+            json={"vaccinee_ref": f"REF{site}00001", "lot_id": lot, "vaccinated_at": datetime.now(UTC).isoformat()},
+            headers=h[site],
+        )
+        assert r.status_code == 201
+    ship(client, h["P"], world.units["K2"], lot, 5)
+    with db.connect(world.url) as conn:
+        scope = {
+            r[0]
+            for r in conn.execute(
+                "SELECT descendant_id FROM unit_tree WHERE ancestor_id = %s", (world.units[who.split("_", 1)[1]],)
+            ).fetchall()
+        }
+        owners: dict[int, int] = dict(conn.execute("SELECT id, unit_id FROM stock_movements").fetchall())
+    headers = bearer(client, who)
+    visible = {m for m in owners if client.get(f"{API}/stock/movements/{m}", headers=headers).status_code == 200}
+    assert visible == {m for m, unit in owners.items() if unit in scope}
+    lists = {
+        "movements": {x["unit_id"] for x in client.get(f"{API}/stock/movements", headers=headers).json()},
+        "balances": {x["unit_id"] for x in client.get(f"{API}/stock/balances", headers=headers).json()},
+        "vaccinations": {x["unit_id"] for x in client.get(f"{API}/vaccinations", headers=headers).json()},
+    }
+    for name, units in lists.items():
+        assert units and units <= scope, name
+    transfers = client.get(f"{API}/stock/transfers", headers=headers).json()
+    assert all(t["from_unit_id"] in scope or t["to_unit_id"] in scope for t in transfers)
+    assert client.get(f"{API}/stock/movements", params={"unit_id": world.units["P"]}, headers=headers).status_code == (
+        200 if world.units["P"] in scope else 404
+    )

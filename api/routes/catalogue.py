@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, update_versioned
 from api.errors import ApiError, conflict, forbidden, invalid, not_found
@@ -443,10 +444,9 @@ def correct_lot(lot_id: Id, body: LotPatch, principal: CurrentUser, conn: Conn) 
     },
 )
 async def put_certificate(lot_id: Id, request: Request, principal: CurrentUser, conn: Conn) -> Response:
-    lot = lot_row(conn, lot_id)
-    require_writer(principal)
-    if principal.actor.unit.level != "province" and lot["entered_by"] != principal.user_id:
-        raise forbidden("批签发证明只能由省级或录入人上传")
+    # Async only to read the body in chunks and stop at the limit; the database work runs in the
+    # thread pool like every other route, never on the event loop.
+    await run_in_threadpool(_may_upload, conn, principal, lot_id)
     declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > CERTIFICATE_MAX_BYTES:
@@ -463,13 +463,26 @@ async def put_certificate(lot_id: Id, request: Request, principal: CurrentUser, 
         raise ApiError(415, "unsupported_type", "批签发证明只接受 JPEG、PNG 图片或 PDF 文件")
     if declared != actual:
         raise ApiError(415, "unsupported_type", f"文件内容是 {actual}，与声明的类型 {declared or '（无）'} 不符")
+    await run_in_threadpool(_store_certificate, conn, principal, lot_id, actual, bytes(body))
+    return Response(status_code=204)
+
+
+def _may_upload(conn: psycopg.Connection, principal: Principal, lot_id: int) -> None:
+    lot = lot_row(conn, lot_id)
+    require_writer(principal)
+    if principal.actor.unit.level != "province" and lot["entered_by"] != principal.user_id:
+        raise forbidden("批签发证明只能由省级或录入人上传")
+
+
+def _store_certificate(
+    conn: psycopg.Connection, principal: Principal, lot_id: int, content_type: str, body: bytes
+) -> None:
     set_action(conn, "lot.certificate")
     conn.execute(
         """INSERT INTO lot_certificates (lot_id, content_type, size, sha256, content, uploaded_by)
            VALUES (%s, %s, %s, %s, %s, %s)""",
-        (lot_id, actual, len(body), hashlib.sha256(body).digest(), bytes(body), principal.user_id),
+        (lot_id, content_type, len(body), hashlib.sha256(body).digest(), body, principal.user_id),
     )
-    return Response(status_code=204)
 
 
 @router.get(
@@ -489,7 +502,7 @@ def get_certificate(lot_id: Id, principal: CurrentUser, conn: Conn) -> Response:
     return Response(
         bytes(row["content"]),
         media_type=row["content_type"],
-        headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"},
+        headers={"Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"},
     )
 
 

@@ -200,9 +200,11 @@ def _plan(conn: psycopg.Connection, principal: Principal, plan_id: int) -> dict[
 
 
 def _write_lines(conn: psycopg.Connection, plan: dict[str, Any], lines: list[PlanLineIn]) -> None:
-    known = fetch_all(conn, "SELECT id FROM vaccine_specs WHERE id = ANY(%(ids)s)", {"ids": [x.spec_id for x in lines]})
+    known = fetch_all(
+        conn, "SELECT id FROM vaccine_specs WHERE id = ANY(%(ids)s) AND active", {"ids": [x.spec_id for x in lines]}
+    )
     if len(known) != len({x.spec_id for x in lines}):
-        raise invalid("计划中有不存在的疫苗品规")
+        raise invalid("计划中有不存在或已停用的疫苗品规")
     filled = {r["spec_id"]: r for r in prefill(conn, plan["unit_id"], plan["month"], [x.spec_id for x in lines])}
     conn.execute("DELETE FROM usage_plan_lines WHERE plan_id = %s", (plan["id"],))
     with conn.cursor() as cur:
@@ -309,7 +311,12 @@ def submit_plan(plan_id: Id, body: VersionIn, principal: CurrentUser, conn: Conn
         "usage_plans",
         plan_id,
         body.version,
-        {"state": "submitted", "submitted_by": principal.user_id, "submitted_at": datetime.now().astimezone()},
+        {
+            "state": "submitted",
+            "submitted_by": principal.user_id,
+            "submitted_at": datetime.now().astimezone(),
+            "return_reason": None,  # the reviewer's earlier reason has been answered by this version
+        },
         "使用计划",
     )
     return _plan(conn, principal, plan_id)

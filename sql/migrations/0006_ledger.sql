@@ -55,6 +55,9 @@ CREATE TABLE vaccine_specs (
     version         integer NOT NULL DEFAULT 1,
     UNIQUE (vaccine_id, manufacturer_id, spec)
 );
+-- A case or box carries its own GTIN-14 (another indicator digit, another check digit): digits 2–13
+-- identify the product at every packing level, so they must be unique too.
+CREATE UNIQUE INDEX vaccine_specs_gtin_item_idx ON vaccine_specs (substr(gtin, 2, 12));
 COMMENT ON TABLE vaccine_specs IS '疫苗品规：疫苗 × 生产企业 × 规格；库存与台账的数量单位为“支/瓶”';
 COMMENT ON COLUMN vaccine_specs.doses_per_vial IS '每支（瓶）人份数';
 COMMENT ON COLUMN vaccine_specs.ref_wastage IS '国家推荐损耗系数（使用人份 ÷ 接种人次的上限）';
