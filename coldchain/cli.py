@@ -27,6 +27,7 @@ from coldchain.aggregates import refresh_aggregates
 from coldchain.migrate import MigrationError, migrate, require_current, status
 from coldchain.runtime import run_until_signalled
 from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE, load_demo, plan_demo
+from coldchain.seed.vaccines import load_vaccines
 from coldchain.settings import Settings, SettingsError, load_settings
 from ingest.simulate import configure_parser as configure_simulator
 
@@ -96,6 +97,7 @@ def cmd_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
         migrate(url, timescaledb=settings.timescaledb)
         plan = plan_demo(args.probes, args.seed)
         load_demo(url, plan)
+        load_vaccines(url, args.seed)
         print(
             f"已载入演示省份：单位 {len(plan.units)}，设备 {len(plan.equipment)}，温区 {len(plan.compartments)}，"
             f"网关 {len(plan.gateways)}，探头 {len(plan.probes)}，用户 {len(plan.users)}（演示密码 {DEMO_PASSWORD}）"
@@ -237,7 +239,11 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         if empty:
             plan = plan_demo(args.probes, args.seed)
             load_demo(url, plan)
-            print(f"已载入演示省份：{len(plan.units)} 个单位，{len(plan.probes)} 个探头")
+            booked = load_vaccines(url, args.seed)
+            print(
+                f"已载入演示省份：{len(plan.units)} 个单位，{len(plan.probes)} 个探头；"
+                f"疫苗台账 {booked['lots']} 个批号，{booked['movements']} 条出入库，{booked['vaccinations']} 人次接种"
+            )
         broker = services.find_mqtt(settings.mqtt_url, settings.state_dir, prefer_docker=False)
         started.append(broker)
         print(f"MQTT 代理：{broker.url}（{broker.source}）")

@@ -94,3 +94,24 @@ def test_cli_reports_bad_settings_in_chinese(empty_db: str) -> None:
     bad = _cli("db", "migrate", url="mysql://nope")
     assert bad.returncode == 2
     assert "COLDCHAIN_DATABASE_URL" in bad.stderr and "错误" in bad.stderr
+
+
+def test_demo_ledger_is_booked_through_the_ledger_and_consistent(db_url: str) -> None:
+    from coldchain.seed.vaccines import load_vaccines
+
+    load_demo(db_url, plan_demo(40, seed=3))
+    counts = load_vaccines(db_url, seed=3)
+    assert counts["lots"] == 7 and counts["movements"] > 7 and counts["vaccinations"] > 0
+    with db.connect(db_url) as conn:
+        bad = conn.execute(
+            """SELECT count(*) FROM stock_balances b
+               WHERE b.on_hand < 0 OR b.on_hand <> (SELECT coalesce(sum(quantity), 0) FROM stock_movements m
+                                                   WHERE m.unit_id = b.unit_id AND m.lot_id = b.lot_id)"""
+        ).fetchone()
+        sites = conn.execute(
+            """SELECT count(DISTINCT unit_id) FROM stock_movements WHERE kind = 'usage'"""
+        ).fetchone()
+        in_transit = conn.execute("SELECT count(*) FROM stock_transfers WHERE state = 'in_transit'").fetchone()
+    assert bad == (0,) and sites is not None and sites[0] > 0 and in_transit == (0,)
+    with pytest.raises(RuntimeError, match="已有数据"):
+        load_vaccines(db_url)
