@@ -315,6 +315,8 @@ def main() -> None:
                         ).fetchone()
 
             q = timed(query_layer, args.runs)
+            print("整批追溯用时（中位数 / 最大，毫秒）：")
+            print(f"  查询层 trace_lot（聚合 + 边界读数）  {statistics.median(q):7.0f} / {max(q):7.0f}  目标 < 1000")
             with api_client(url) as client:
                 with db.connect(url) as conn:
                     conn.execute(
@@ -332,8 +334,6 @@ def main() -> None:
 
                 a = timed(http, args.runs)
             b = timed(raw_baseline, 1)
-            print("整批追溯用时（中位数 / 最大，毫秒）：")
-            print(f"  查询层 trace_lot（聚合 + 边界读数）  {statistics.median(q):7.0f} / {max(q):7.0f}  目标 < 1000")
             print(f"  API GET /trace/lots/{{id}}（含 JSON）  {statistics.median(a):7.0f} / {max(a):7.0f}")
             print(
                 f"  基线 同样区间直接扫原始读数          {b[0]:7.0f}"
