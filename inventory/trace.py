@@ -191,13 +191,15 @@ WITH seg AS (
            time_bucket(INTERVAL '1 hour', lo - INTERVAL '1 microsecond') + INTERVAL '1 hour' AS hour_lo,
            time_bucket(INTERVAL '1 hour', hi) AS hour_hi
     FROM bound WHERE hi > lo
+), days AS MATERIALIZED (
+    -- One scan of the daily aggregate with constant bounds, which reach into both halves of the
+    -- plain-path view (a join condition would not, and would rescan it per edge).
+    SELECT * FROM probe_readings_daily
+    WHERE probe_id = ANY(%(probes)s) AND bucket >= %(from)s AND bucket < %(to)s
 )
 SELECT e.key, e.probe_id, 'day' AS grain, d.bucket AS p_lo, d.bucket + INTERVAL '1 day' AS p_hi,
        d.n, d.min_t, d.max_t, d.sum_t
-FROM edges e CROSS JOIN LATERAL (
-    SELECT * FROM probe_readings_daily
-    WHERE probe_id = e.probe_id AND bucket >= e.day_lo AND bucket < e.day_hi
-) d
+FROM edges e JOIN days d ON d.probe_id = e.probe_id AND d.bucket >= e.day_lo AND d.bucket < e.day_hi
 UNION ALL
 SELECT e.key, e.probe_id, 'hour', h.bucket, h.bucket + INTERVAL '1 hour', h.n, h.min_t, h.max_t, h.sum_t
 FROM edges e CROSS JOIN LATERAL (
@@ -222,10 +224,16 @@ GROUP BY e.key, e.probe_id, r.first_edge
 
 # The hours of crossing days that crossed a limit themselves, for all such days at once.
 _HOURS = """
+WITH crossing AS MATERIALIZED (
+    -- One scan with constant bounds (see _PIECES), then matched to the days in memory.
+    SELECT probe_id, bucket, min_t, max_t FROM probe_readings_hourly
+    WHERE probe_id = ANY(%(probes)s) AND bucket >= %(from)s AND bucket < %(to)s
+      AND (max_t > %(lowest_max)s OR min_t < %(highest_min)s)
+)
 SELECT w.i, h.bucket
 FROM unnest(%(i)s::int[], %(probe)s::bigint[], %(lo)s::timestamptz[], %(hi)s::timestamptz[],
             %(t_min)s::float8[], %(t_max)s::float8[]) AS w(i, probe_id, lo, hi, t_min, t_max)
-JOIN probe_readings_hourly h ON h.probe_id = w.probe_id AND h.bucket >= w.lo AND h.bucket < w.hi
+JOIN crossing h ON h.probe_id = w.probe_id AND h.bucket >= w.lo AND h.bucket < w.hi
  AND (h.max_t > w.t_max OR h.min_t < w.t_min)
 """
 
@@ -281,12 +289,21 @@ def temperatures(
     }
     if not segments:
         return result
-    # Many small index look-ups: JIT compilation would cost more than the whole query.
+    # Many small index look-ups: JIT compilation or parallel workers would cost more than the work.
     conn.execute("SET LOCAL jit = off")
+    conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+    probes = fetch_all(
+        conn,
+        "SELECT DISTINCT probe_id FROM probe_bindings WHERE compartment_id = ANY(%(comps)s)",
+        {"comps": sorted({s.compartment_id for s in segments})},
+    )
     rows = fetch_all(
         conn,
         _PIECES,
         {
+            "probes": [r["probe_id"] for r in probes],
+            "from": min(s.start for s in segments) - timedelta(days=1),
+            "to": max(s.end for s in segments),
             "keys": [s.key for s in segments],
             "comps": [s.compartment_id for s in segments],
             "starts": [s.start for s in segments],
@@ -353,6 +370,11 @@ def _excursion_minutes(
                 "hi": [r["p_hi"] for r in days],
                 "t_min": [-1000.0 if b[0] is None else b[0] for b in bounds],
                 "t_max": [b[1] for b in bounds],
+                "probes": sorted({r["probe_id"] for r in days}),
+                "from": min(r["p_lo"] for r in days),
+                "to": max(r["p_hi"] for r in days),
+                "lowest_max": min(b[1] for b in bounds),
+                "highest_min": max(-1000.0 if b[0] is None else b[0] for b in bounds),
             },
         ):
             r = days[h["i"]]
