@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, update_versioned
+from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, unit_in_scope, update_versioned
 from api.errors import ApiError, conflict, forbidden, invalid, not_found
 from coldchain.db import fetch_all, fetch_one
 from inventory.codes import CodeError, parse_code
@@ -665,7 +665,7 @@ def resolve_code(body: ScanIn, principal: CurrentUser, conn: Conn) -> dict[str, 
             conn, "SELECT id FROM lots WHERE spec_id = %(s)s AND lot_no = %(l)s", {"s": spec["id"], "l": parsed.lot_no}
         )
         lot = lot_row(conn, found["id"]) if found else None
-    visible = registered is not None and _holder_visible(conn, principal, registered["holder_unit_id"])
+    visible = registered is not None and unit_in_scope(conn, principal, registered["holder_unit_id"])
     return {
         "kind": parsed.kind,
         "code": parsed.code,
@@ -683,14 +683,3 @@ def resolve_code(body: ScanIn, principal: CurrentUser, conn: Conn) -> dict[str, 
         "pack_level": registered["pack_level"] if registered else None,
         "units": registered["units"] if registered else None,
     }
-
-
-def _holder_visible(conn: psycopg.Connection, principal: Principal, unit_id: int) -> bool:
-    return (
-        fetch_one(
-            conn,
-            "SELECT 1 FROM unit_tree WHERE ancestor_id = %(a)s AND descendant_id = %(d)s",
-            {"a": principal.unit_id, "d": unit_id},
-        )
-        is not None
-    )

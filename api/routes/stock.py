@@ -14,7 +14,7 @@ import psycopg
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action
+from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action, unit_in_scope
 from api.errors import forbidden, invalid, not_found
 from coldchain.db import fetch_all, fetch_one
 from inventory import ledger
@@ -409,7 +409,7 @@ class DecisionIn(BaseModel):
 )
 def decide_request(request_id: Id, body: DecisionIn, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
     r = fetch_one(conn, "SELECT approver_unit_id, unit_id FROM stock_requests WHERE id = %(id)s", {"id": request_id})
-    if r is None or (r["approver_unit_id"] != principal.unit_id and not _in_scope(conn, principal, r["unit_id"])):
+    if r is None or (r["approver_unit_id"] != principal.unit_id and not unit_in_scope(conn, principal, r["unit_id"])):
         raise not_found("申请")
     require_writer(principal)
     if r["approver_unit_id"] != principal.unit_id:
@@ -422,7 +422,7 @@ def decide_request(request_id: Id, body: DecisionIn, principal: CurrentUser, con
 @router.post("/stock/requests/{request_id}/cancel", response_model=RequestOut, summary="撤回待审申请（释放预留）")
 def cancel_request(request_id: Id, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
     r = fetch_one(conn, "SELECT unit_id FROM stock_requests WHERE id = %(id)s", {"id": request_id})
-    if r is None or not _in_scope(conn, principal, r["unit_id"]):
+    if r is None or not unit_in_scope(conn, principal, r["unit_id"]):
         raise not_found("申请")
     require_writer(principal)
     if r["unit_id"] != principal.unit_id:
@@ -430,17 +430,6 @@ def cancel_request(request_id: Id, principal: CurrentUser, conn: Conn) -> dict[s
     set_action(conn, "stock.request_cancel")
     ledger.cancel_request(conn, principal.user_id, request_id)
     return _request(conn, request_id)
-
-
-def _in_scope(conn: psycopg.Connection, principal: Principal, unit_id: int) -> bool:
-    return (
-        fetch_one(
-            conn,
-            "SELECT 1 FROM unit_tree WHERE ancestor_id = %(a)s AND descendant_id = %(d)s",
-            {"a": principal.unit_id, "d": unit_id},
-        )
-        is not None
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -658,7 +647,7 @@ class ReverseIn(BaseModel):
 )
 def reverse_movement(movement_id: Id, body: ReverseIn, principal: CurrentUser, conn: Conn) -> list[dict[str, Any]]:
     m = fetch_one(conn, "SELECT unit_id FROM stock_movements WHERE id = %(id)s", {"id": movement_id})
-    if m is None or not _in_scope(conn, principal, m["unit_id"]):
+    if m is None or not unit_in_scope(conn, principal, m["unit_id"]):
         raise not_found("台账记录")
     require_writer(principal)
     if m["unit_id"] != principal.unit_id:
