@@ -372,7 +372,8 @@ def ship(
     lot = load_lot(conn, lot_id)
     if kind == "issue":
         check_not_expired("issue", lot["expiry_date"], _day(occurred_at))
-    moving = _codes_for_move(conn, codes, lot_id, src, None, quantity) if codes else []
+    scanned = sorted({parse_scanned(c).code for c in codes})
+    moving = _codes_for_move(conn, scanned, lot_id, src, None, quantity) if codes else []
     transfer = fetch_one(
         conn,
         """INSERT INTO stock_transfers (kind, from_unit_id, to_unit_id, lot_id, quantity, shipped_at,
@@ -407,7 +408,7 @@ def ship(
         conn.execute("UPDATE package_codes SET transfer_id = %s WHERE code = ANY(%s)", (transfer["id"], moving))
         conn.execute(
             "INSERT INTO movement_codes (movement_id, code) SELECT %s, unnest(%s::text[])",
-            (m["id"], sorted({parse_scanned(c).code for c in codes})),
+            (m["id"], scanned),
         )
     transfer["movement"] = m
     return transfer

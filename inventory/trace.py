@@ -150,7 +150,7 @@ def _movements(rows: Iterable[dict[str, Any]]) -> list[Movement]:
     return [Movement(**r) for r in rows]
 
 
-def _transit_intervals(conn: psycopg.Connection, lot_id: int) -> list[Interval]:
+def _transit_intervals(transfers: Iterable[dict[str, Any]]) -> list[Interval]:
     return [
         Interval(
             None,
@@ -159,7 +159,7 @@ def _transit_intervals(conn: psycopg.Connection, lot_id: int) -> list[Interval]:
             transfer_id=t["id"],
             compartments={t["vehicle_compartment_id"]} if t["vehicle_compartment_id"] else set(),
         )
-        for t in fetch_all(conn, _TRANSFERS, {"lot": lot_id})
+        for t in transfers
     ]
 
 
@@ -459,6 +459,7 @@ def build_trace(
     conn: psycopg.Connection,
     lot: dict[str, Any],
     intervals: list[Interval],
+    transfers: dict[int, dict[str, Any]],
     scope_unit: int,
     now: datetime,
     *,
@@ -473,7 +474,6 @@ def build_trace(
     temps = temperatures(conn, segments, limits)
     unit_ids = sorted({iv.unit_id for iv in intervals if iv.unit_id is not None})
     units = {r["id"]: r for r in fetch_all(conn, _UNITS, {"ids": unit_ids})}
-    transfers = {t["id"]: t for t in fetch_all(conn, _TRANSFERS, {"lot": lot["id"]})}
     by_interval: dict[int, list[Segment]] = defaultdict(list)
     for s in segments:
         by_interval[id(s.interval)].append(s)
@@ -526,9 +526,10 @@ def build_trace(
 
 
 def trace_lot(conn: psycopg.Connection, lot: dict[str, Any], scope_unit: int, now: datetime) -> dict[str, Any]:
+    transfers = _transfers(conn, lot["id"])
     intervals = lot_custody(_movements(fetch_all(conn, _LOT_MOVES, {"lot": lot["id"]})))
-    intervals += _transit_intervals(conn, lot["id"])
-    out = build_trace(conn, lot, intervals, scope_unit, now)
+    intervals += _transit_intervals(transfers.values())
+    out = build_trace(conn, lot, intervals, transfers, scope_unit, now)
     out["holders"] = recall_list(conn, lot["id"], scope_unit)
     return out
 
@@ -538,11 +539,17 @@ def trace_code(
 ) -> dict[str, Any]:
     moves = _movements(fetch_all(conn, _CODE_MOVES, {"code": code["code"]}))
     intervals = code_custody(moves, code["used_at"])
-    vehicles = {t["id"]: t["vehicle_compartment_id"] for t in fetch_all(conn, _TRANSFERS, {"lot": lot["id"]})}
+    transfers = _transfers(conn, lot["id"])
     for iv in intervals:
-        if iv.transfer_id is not None and vehicles.get(iv.transfer_id):
-            iv.compartments.add(vehicles[iv.transfer_id])
-    return build_trace(conn, lot, intervals, scope_unit, now, code=code["code"])
+        vehicle = transfers[iv.transfer_id]["vehicle_compartment_id"] if iv.transfer_id in transfers else None
+        if vehicle:
+            iv.compartments.add(vehicle)
+    return build_trace(conn, lot, intervals, transfers, scope_unit, now, code=code["code"])
+
+
+def _transfers(conn: psycopg.Connection, lot_id: int) -> dict[int, dict[str, Any]]:
+    """The lot's transfers (cancelled ones left out), read once per trace."""
+    return {t["id"]: t for t in fetch_all(conn, _TRANSFERS, {"lot": lot_id})}
 
 
 def access_allowed(conn: psycopg.Connection, lot_id: int, scope_unit: int) -> bool:
