@@ -12,11 +12,24 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import alarms, audit, auth, catalogue, forms, logins, plans, registry, stock, trace, users
+from api.routes import (
+    alarms,
+    audit,
+    auth,
+    board,
+    catalogue,
+    forms,
+    logins,
+    plans,
+    registry,
+    stock,
+    trace,
+    users,
+)
 from coldchain import db
 from coldchain.migrate import require_current
 from coldchain.settings import Settings
-from dashboards import confirm
+from dashboards import PAGES, web
 
 API_PREFIX = "/api/v1"
 
@@ -55,7 +68,20 @@ def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) ->
             conn.execute("SELECT 1")
         return {"status": "ok"}
 
-    for module in (auth, users, registry, forms, logins, audit, alarms, catalogue, stock, plans, trace):
+    for module in (
+        auth,
+        users,
+        registry,
+        forms,
+        logins,
+        audit,
+        alarms,
+        catalogue,
+        stock,
+        plans,
+        trace,
+        board,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(confirm.router)  # pages (issue #7 adds the rest of dashboards/)
+    web.install(app, PAGES)
     return app

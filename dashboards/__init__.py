@@ -1,1 +1,10 @@
-"""Server-rendered pages: live board, device pages, reports (issue #7)."""
+"""Server-rendered pages: live board, device pages, reports, stock (issue #7).
+
+Each page module has a ``router``; :data:`PAGES` lists them and :func:`dashboards.web.install`
+mounts them with the shell (sign-in redirect, error page, Plotly bundle)."""
+
+from __future__ import annotations
+
+from dashboards import board, confirm
+
+PAGES = (confirm, board)

@@ -9,23 +9,17 @@ acknowledgement through WeChat and the WeChat sign-in (CM14).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
-import jinja2
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
 from alarms.rules import KIND_NAMES
 from api.deps import Conn, token_hash
 from coldchain.db import fetch_one
+from dashboards.web import BEIJING, templates
 
 router = APIRouter(include_in_schema=False)
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True
-)
-_BEIJING = ZoneInfo("Asia/Shanghai")
 _STATES = {"active": "未处理", "acknowledged": "已确认", "resolved": "已恢复（待关闭）", "closed": "已关闭"}
 
 _LINK = """
@@ -52,7 +46,7 @@ def confirm_page(
         context["alarm"] = {
             "kind_label": KIND_NAMES.get(link["kind"], link["kind"]), "unit_name": link["unit_name"],
             "place": link["place"], "value": link["value"], "state_label": _STATES.get(link["state"], link["state"]),
-            "since": link["condition_since"].astimezone(_BEIJING).strftime("%m-%d %H:%M"),
+            "since": link["condition_since"].astimezone(BEIJING).strftime("%m-%d %H:%M"),
         }
         if link["used_at"] is not None:
             context["reason"] = "此链接已使用过。"
@@ -63,4 +57,4 @@ def confirm_page(
         else:
             context["usable"] = True
     status = 200 if link is not None else 404
-    return HTMLResponse(_templates.get_template("alarm_confirm.html").render(**context), status_code=status)
+    return HTMLResponse(templates.get_template("alarm_confirm.html").render(**context), status_code=status)

@@ -1,0 +1,132 @@
+"""The page shell shared by every server-rendered page: templates, sign-in for pages, the error page
+and the Plotly bundle served from the package (nothing may be fetched from a CDN at run time, and
+WeChat's browser in a township clinic may not reach one anyway).
+
+Pages authenticate with the same session cookie as the API (``api.deps.current_principal``); a
+page opened without a session is redirected to ``/login`` instead of getting the API's JSON 401,
+because a person, not a program, is on the other end.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import jinja2
+import plotly
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from api.deps import Conn, Principal, current_principal
+from api.errors import ApiError
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+PLOTLY_PATH = "/static/plotly.min.js"
+API = "/api/v1"
+
+templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _beijing(value: Any, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    return "" if value is None else str(value.astimezone(BEIJING).strftime(fmt))
+
+
+templates.filters["beijing"] = _beijing
+
+router = APIRouter(include_in_schema=False)
+
+
+class LoginRequired(Exception):
+    def __init__(self, next_path: str) -> None:
+        self.next_path = next_path
+
+
+class PageError(Exception):
+    """A page that cannot be shown, with the reason in Chinese (the HTML twin of ``ApiError``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+def page_principal(request: Request, conn: Conn) -> Principal:
+    try:
+        return current_principal(request, conn)
+    except ApiError as exc:
+        if exc.status == 401:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise LoginRequired(target) from exc
+        raise
+
+
+PageUser = Annotated[Principal, Depends(page_principal)]
+
+
+def render(request: Request, name: str, user: Principal | None, *, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render a page with what every page needs: the signed-in user for the header, the API prefix
+    for the page's own fetches, and whether to load Plotly (``plotly=True``)."""
+    context.setdefault("plotly", False)
+    html = templates.get_template(name).render(
+        request_path=request.url.path, user=user, api=API, plotly_src=PLOTLY_PATH, **context
+    )
+    return HTMLResponse(html, status_code=status)
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: ``//evil.example`` or ``https://…`` would make the login page an
+    open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/board"
+    return target
+
+
+@router.get("/", response_class=RedirectResponse)
+def home() -> RedirectResponse:
+    return RedirectResponse("/board", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str | None = None) -> HTMLResponse:
+    return render(request, "login.html", None, next_path=safe_next(next))
+
+
+@cache
+def _plotly_bundle() -> tuple[bytes, bytes, str]:
+    raw = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+    return raw, gzip.compress(raw, 6), hashlib.sha256(raw).hexdigest()[:16]
+
+
+@router.get(PLOTLY_PATH)
+def plotly_js(request: Request) -> Response:
+    """4.8 MB plain, ~1.4 MB gzipped: compressed once per process and cached by the browser, which
+    matters on a clinic's mobile connection."""
+    raw, packed, etag = _plotly_bundle()
+    headers = {"Cache-Control": "public, max-age=604800", "ETag": f'"{etag}"', "Vary": "Accept-Encoding"}
+    if request.headers.get("if-none-match") == f'"{etag}"':
+        return Response(status_code=304, headers=headers)
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(packed, media_type="text/javascript", headers={**headers, "Content-Encoding": "gzip"})
+    return Response(raw, media_type="text/javascript", headers=headers)
+
+
+def install(app: FastAPI, pages: tuple[Any, ...]) -> None:
+    app.include_router(router)
+    for module in pages:
+        app.include_router(module.router)
+
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, exc: LoginRequired) -> RedirectResponse:
+        return RedirectResponse(f"/login?next={quote(exc.next_path, safe='')}", status_code=303)
+
+    @app.exception_handler(PageError)
+    async def _page_error(request: Request, exc: PageError) -> HTMLResponse:
+        return render(request, "error.html", None, status=exc.status, message=exc.message)
