@@ -5,6 +5,14 @@ mounts them with the shell (sign-in redirect, error page, Plotly bundle)."""
 
 from __future__ import annotations
 
-from dashboards import board, confirm
+from dashboards import (
+    board,
+    confirm,
+    stock,
+)
 
-PAGES = (confirm, board)
+PAGES = (
+    confirm,
+    board,
+    stock,
+)

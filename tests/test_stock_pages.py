@@ -1,0 +1,64 @@
+"""Stock pages: the by-level pivot (pure) and the page over a real ledger."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from apihelp import World, api_client, bearer, web_session
+from ledgerhelp import accept, build_catalogue, receive, ship
+
+from coldchain import db
+from dashboards.stock import by_level
+
+
+def test_by_level_pivots_doses_and_totals() -> None:
+    rows = [
+        {"level": "township", "vaccine_name": "乙肝", "spec": "10μg", "vials": 5, "doses": 5},
+        {"level": "province", "vaccine_name": "乙肝", "spec": "10μg", "vials": 70, "doses": 70},
+        {"level": "province", "vaccine_name": "脊灰", "spec": "10人份", "vials": 3, "doses": 30},
+    ]
+    frame = by_level(rows)
+    assert frame.columns == ["疫苗", "规格", "省级", "接种单位", "合计"]  # no city or county stock: no column
+    assert frame.rows() == [("乙肝", "10μg", 70, 5, 75), ("脊灰", "10人份", 30, 0, 30)]
+    assert by_level([]).columns == ["疫苗", "规格", "合计"]
+
+
+def test_stock_page_shows_levels_expiry_and_findings(world: World) -> None:
+    cat = build_catalogue(world)
+    soon = date.today() + timedelta(days=40)
+    with db.connect(world.url) as conn:
+        row = conn.execute(
+            """INSERT INTO lots (spec_id, lot_no, production_date, expiry_date, release_no, unit_id, entered_by)
+               VALUES (%s, 'NEAR0001', '2024-01-01', %s, 'SJNEAR', %s, %s) RETURNING id""",
+            (cat.specs["hepb"], soon, world.units["P"], world.users["ba_P"]),
+        ).fetchone()
+        conn.commit()
+    assert row
+    near_lot = row[0]
+    with api_client(world.url) as client:
+        p = bearer(client, "ba_P")
+        receive(client, p, cat.lots["hepb"], 100)
+        receive(client, p, near_lot, 20)
+        transfer = ship(client, p, world.units["C1"], cat.lots["hepb"], 30)
+        accept(client, bearer(client, "ba_C1"), transfer["transfer"]["id"], 30)
+
+        web_session(client, "ba_P")
+        page = client.get("/stock")
+        assert page.status_code == 200, page.text
+        html = page.text
+        by_level_table = html[html.index('id="by-level"') : html.index('id="near-expiry"')]
+        # Province 70 + 20 doses of 乙肝, city 30; one dose per vial.
+        assert "省级" in by_level_table and "市级" in by_level_table
+        assert ">90<" in by_level_table and ">30<" in by_level_table and ">120<" in by_level_table
+        near_table = html[html.index('id="near-expiry"') : html.index('id="stock-findings"')]
+        assert "NEAR0001" in near_table and ">40<" in near_table and "202605A01" not in near_table
+        findings = html[html.index('id="stock-findings"') : html.index('id="wastage"')]
+        # The province issued 30 in three months (10 a month) and holds 90: overstock; the city has no outflow.
+        assert "积压" in findings and "无出库（闲置）" in findings and ">9.0<" in findings
+        assert "本月没有使用或接种记录" in html
+
+    with api_client(world.url) as client:
+        web_session(client, "ba_K1")
+        outside = client.get("/stock", params={"unit_id": world.units["C1"]})
+        assert outside.status_code == 404 and "不在您的辖区内" in outside.text
+        assert client.get("/stock", params={"month": "2026-13"}).status_code == 422
