@@ -94,6 +94,12 @@ def home() -> RedirectResponse:
     return RedirectResponse("/board", status_code=303)
 
 
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    """No icon, but no 404 either: browsers ask on every page, and a 404 is a console error."""
+    return Response(status_code=204, headers={"Cache-Control": "public, max-age=604800"})
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str | None = None) -> HTMLResponse:
     return render(request, "login.html", None, next_path=safe_next(next))

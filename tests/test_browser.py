@@ -10,6 +10,7 @@ from alarmhelp import add_readings
 from apihelp import World
 from browserhelp import browser_page, live_server, require_browser, sign_in
 
+from alarms.engine import new_link
 from coldchain import db
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,4 +37,38 @@ def test_board_renders_and_follows_new_readings(world: World) -> None:
             timeout=15000,
         )
         assert int(page.evaluate("document.body.dataset.updates")) >= 2
+        assert console.problems == [], console.problems
+
+
+def test_wechat_confirmation_button_acknowledges_the_alarm(world: World) -> None:
+    """The page behind the link in a WeChat message: one tap, no password; the board then shows
+    the compartment as acknowledged."""
+    require_browser()
+    comp = world.compartments["T1/冷藏"]
+    with db.connect(world.url) as conn:
+        add_readings(conn, world.probes["108601"], [(datetime.now(UTC) - timedelta(minutes=1), 9.8)])
+        row = conn.execute(
+            """INSERT INTO alarms (kind, severity, unit_id, equipment_id, compartment_id, condition_since, value)
+               VALUES ('high', 'critical', %s, %s, %s, now() - interval '15 minutes', 9.8) RETURNING id""",
+            (world.units["T1"], world.equipment["T1"], comp),
+        ).fetchone()
+        assert row
+        conn.commit()
+        token = new_link(conn, row[0], world.users["ba_T1"], 1)
+        conn.commit()
+    with live_server(world.url) as base, browser_page(base) as (page, console):
+        page.goto(f"/alarm-confirm?token={token}")
+        assert "温度超上限" in page.inner_text("h1")
+        page.fill("#comment", "已转移疫苗")
+        page.click("#confirm")
+        page.wait_for_function("document.getElementById('msg').textContent.includes('已确认')")
+        with db.connect(world.url) as conn:
+            state = conn.execute(
+                "SELECT state, ack_channel, ack_comment FROM alarms WHERE id = %s", (row[0],)
+            ).fetchone()
+        assert state == ("acknowledged", "wechat", "已转移疫苗")
+
+        sign_in(page, "ba_T1", "/board")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.get_attribute(f"a.tile[data-compartment='{comp}']", "data-state") == "acknowledged"
         assert console.problems == [], console.problems
