@@ -6,12 +6,14 @@ mounts them with the shell (sign-in redirect, error page, Plotly bundle)."""
 from __future__ import annotations
 
 from dashboards import (
+    alarms,
     board,
     confirm,
     stock,
 )
 
 PAGES = (
+    alarms,
     confirm,
     board,
     stock,

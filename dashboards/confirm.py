@@ -20,7 +20,7 @@ from coldchain.db import fetch_one
 from dashboards.web import BEIJING, templates
 
 router = APIRouter(include_in_schema=False)
-_STATES = {"active": "未处理", "acknowledged": "已确认", "resolved": "已恢复（待关闭）", "closed": "已关闭"}
+STATES = {"active": "未处理", "acknowledged": "已确认", "resolved": "已恢复（待关闭）", "closed": "已关闭"}
 
 _LINK = """
 SELECT l.used_at, l.expires_at > now() AS fresh, a.kind, a.state, a.value, a.condition_since,
@@ -45,7 +45,7 @@ def confirm_page(
     if link is not None:
         context["alarm"] = {
             "kind_label": KIND_NAMES.get(link["kind"], link["kind"]), "unit_name": link["unit_name"],
-            "place": link["place"], "value": link["value"], "state_label": _STATES.get(link["state"], link["state"]),
+            "place": link["place"], "value": link["value"], "state_label": STATES.get(link["state"], link["state"]),
             "since": link["condition_since"].astimezone(BEIJING).strftime("%m-%d %H:%M"),
         }
         if link["used_at"] is not None:

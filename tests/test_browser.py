@@ -72,3 +72,48 @@ def test_wechat_confirmation_button_acknowledges_the_alarm(world: World) -> None
         page.wait_for_selector("body[data-ready='1']")
         assert page.get_attribute(f"a.tile[data-compartment='{comp}']", "data-state") == "acknowledged"
         assert console.problems == [], console.problems
+
+
+def test_alarm_page_acknowledges_and_closes(world: World) -> None:
+    """The page a WeChat group message links to: acknowledge, then — once the temperature is back —
+    close with cause, action and vaccine disposition; a sibling county's user cannot open it."""
+    require_browser()
+    with db.connect(world.url) as conn:
+        row = conn.execute(
+            """INSERT INTO alarms (kind, severity, unit_id, equipment_id, compartment_id, condition_since, value)
+               VALUES ('high', 'critical', %s, %s, %s, now() - interval '40 minutes', 9.1) RETURNING id""",
+            (world.units["T1"], world.equipment["T1"], world.compartments["T1/冷藏"]),
+        ).fetchone()
+        assert row
+        conn.commit()
+    alarm = row[0]
+    with live_server(world.url) as base, browser_page(base) as (page, console):
+        sign_in(page, "ba_T1", f"/alarms/{alarm}")
+        page.wait_for_selector("body[data-ready='1']")
+        assert "温度超上限 · 未处理" in page.inner_text("h1")
+        page.fill("#ack-comment", "已到现场")
+        page.click("#ack")
+        page.wait_for_function("document.querySelector('h1').textContent.includes('已确认')")
+        assert page.locator("#close").count() == 0  # still out of range: cannot be closed yet
+
+        with db.connect(world.url) as conn:
+            conn.execute("UPDATE alarms SET state = 'resolved', resolved_at = now() WHERE id = %s", (alarm,))
+            conn.commit()
+        page.reload()
+        page.fill("input[name=cause]", "门未关好")
+        page.fill("input[name=action]", "关门，复测正常")
+        page.fill("input[name=vaccine_disposition]", "未受影响继续使用")
+        page.click("#close button[type=submit]")
+        page.wait_for_function("document.querySelector('h1').textContent.includes('已关闭')")
+        with db.connect(world.url) as conn:
+            stored = conn.execute(
+                "SELECT ack_comment, closure->>'cause' FROM alarms WHERE id = %s", (alarm,)
+            ).fetchone()
+        assert stored == ("已到现场", "门未关好")
+        assert console.problems == [], console.problems
+
+    with live_server(world.url) as base, browser_page(base) as (page, _):
+        sign_in(page, "ba_K2", "/board")
+        response = page.goto(f"/alarms/{alarm}")
+        assert response is not None and response.status == 404
+        assert "报警" in page.inner_text("main")
