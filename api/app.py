@@ -22,6 +22,7 @@ from api.routes import (
     logins,
     plans,
     registry,
+    series,
     stock,
     trace,
     users,
@@ -81,6 +82,7 @@ def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) ->
         plans,
         trace,
         board,
+        series,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     web.install(app, PAGES)

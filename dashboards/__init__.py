@@ -9,6 +9,7 @@ from dashboards import (
     alarms,
     board,
     confirm,
+    devices,
     stock,
 )
 
@@ -17,4 +18,5 @@ PAGES = (
     confirm,
     board,
     stock,
+    devices,
 )
