@@ -12,6 +12,8 @@ from browserhelp import browser_page, live_server, require_browser, sign_in
 
 from alarms.engine import new_link
 from coldchain import db
+from coldchain.aggregates import refresh_aggregates
+from dashboards.web import BEIJING
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +119,36 @@ def test_alarm_page_acknowledges_and_closes(world: World) -> None:
         response = page.goto(f"/alarms/{alarm}")
         assert response is not None and response.status == 404
         assert "报警" in page.inner_text("main")
+
+
+def test_device_page_draws_30_days_and_zoom_fetches_raw_readings(world: World) -> None:
+    """30 days come from the hourly aggregate; zooming into six hours fetches the readings."""
+    require_browser()
+    comp = world.compartments["T1/冷藏"]
+    with db.connect(world.url) as conn:
+        conn.execute(
+            """INSERT INTO probe_readings (probe_id, ts, t)
+               SELECT %s, ts, 5 + 2 * sin(extract(epoch FROM ts) / 7200.0)
+               FROM generate_series(now() - interval '30 days', now() - interval '1 hour', interval '5 minutes') ts
+               ON CONFLICT DO NOTHING""",
+            (world.probes["108601"],),
+        )
+        conn.commit()
+    refresh_aggregates(world.url)
+    with live_server(world.url) as base, browser_page(base) as (page, console):
+        sign_in(page, "ba_K1", f"/devices/{world.equipment['T1']}?range=30d")
+        page.wait_for_selector("body[data-ready='1']")
+        traces = page.evaluate(f"document.getElementById('chart-{comp}').data.map((t) => t.x.length)")
+        assert traces and max(traces) <= 2000 and max(traces) >= 700  # ~720 hourly buckets
+
+        beijing = datetime.now(UTC).astimezone(BEIJING)
+        lo = (beijing - timedelta(days=3)).strftime("%Y-%m-%d %H:%M")
+        hi = (beijing - timedelta(days=3) + timedelta(hours=6)).strftime("%Y-%m-%d %H:%M")
+        with page.expect_response(lambda r: f"/compartments/{comp}/series?" in r.url) as finer:
+            page.evaluate(
+                f"Plotly.relayout(document.getElementById('chart-{comp}'), {{'xaxis.range': ['{lo}', '{hi}']}})"
+            )
+        body = finer.value.json()
+        assert body["source"] == "raw" and 70 <= body["total"] <= 74  # six hours at 5 minutes
+        page.wait_for_function("Number(document.body.dataset.loads || 0) >= 1")
+        assert console.problems == [], console.problems
