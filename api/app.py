@@ -22,6 +22,7 @@ from api.routes import (
     logins,
     plans,
     registry,
+    reports,
     series,
     stock,
     trace,
@@ -83,6 +84,7 @@ def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) ->
         trace,
         board,
         series,
+        reports,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     web.install(app, PAGES)

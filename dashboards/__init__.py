@@ -10,6 +10,7 @@ from dashboards import (
     board,
     confirm,
     devices,
+    reports,
     stock,
 )
 
@@ -19,4 +20,5 @@ PAGES = (
     board,
     stock,
     devices,
+    reports,
 )

@@ -1,0 +1,309 @@
+"""The facts of one report: what the SQL gathers for a unit's subtree and a month, as frames.
+
+Nothing here decides a figure; :mod:`analytics.report.maths` does. Reading cost is kept down the
+way the lot trace does it (``inventory/trace.py``): the hourly aggregate is read once with
+constant bounds (a join condition would not reach through the plain path's materialised ∪ live
+view), and raw readings only for the hours an aggregate shows crossing a limit and for partial
+edge hours.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import polars as pl
+import psycopg
+
+from alarms.rules import params_for
+from analytics.logins import BEIJING, monthly_table
+from analytics.report import maths
+from analytics.report.maths import Period, Piece, PieceFigures
+from coldchain.db import fetch_all, fetch_one
+from inventory.trace import MAX_GAP as HOLD_MAX
+
+_UNIT = "SELECT id, code, name, level FROM units WHERE id = %(unit)s"
+
+# Each unit at or below the report unit with its area: the unit directly below the report unit
+# that it sits under (or itself), or the report unit for its own devices.
+_UNITS = """
+SELECT u.id AS unit_id, u.code, u.name, u.level, coalesce(a.area_id, t.ancestor_id) AS area_id
+FROM unit_tree t
+JOIN units u ON u.id = t.descendant_id
+LEFT JOIN LATERAL (
+    SELECT y.ancestor_id AS area_id
+    FROM unit_tree y JOIN unit_tree x ON x.descendant_id = y.ancestor_id
+    WHERE y.descendant_id = u.id AND x.ancestor_id = t.ancestor_id AND x.depth = 1
+) a ON true
+WHERE t.ancestor_id = %(unit)s
+"""
+
+# Devices in use during the month: not decommissioned before it, not commissioned after it, or
+# monitored in it whatever the registry's dates say.
+_DEVICES = """
+SELECT e.id AS equipment_id, e.unit_id, e.kind, e.name
+FROM unit_tree t JOIN equipment e ON e.unit_id = t.descendant_id
+WHERE t.ancestor_id = %(unit)s
+  AND ((coalesce(e.decommissioned_at, 'infinity') > %(start)s
+        AND coalesce(e.commissioned_on, '-infinity') < %(end_day)s)
+       OR EXISTS (SELECT 1 FROM compartments c JOIN probe_bindings b ON b.compartment_id = c.id
+                  WHERE c.equipment_id = e.id AND b.valid && tstzrange(%(start)s, %(cut)s)))
+"""
+
+# Every binding of the subtree's compartments that overlaps [start, cut), cut to it.
+_BINDINGS = """
+SELECT b.probe_id, b.compartment_id, c.equipment_id, c.mode, c.t_min::float8 AS t_min, c.t_max::float8 AS t_max,
+       lower(b.valid) AS bound_from,
+       greatest(lower(b.valid), %(start)s) AS lo,
+       least(coalesce(upper(b.valid), 'infinity'), %(cut)s) AS hi
+FROM unit_tree t
+JOIN equipment e ON e.unit_id = t.descendant_id
+JOIN compartments c ON c.equipment_id = e.id
+JOIN probe_bindings b ON b.compartment_id = c.id
+WHERE t.ancestor_id = %(unit)s AND b.valid && tstzrange(%(start)s, %(cut)s)
+ORDER BY b.probe_id, lower(b.valid)
+"""
+
+# Per piece: readings and hours with data in its whole hours, and the hours crossing its limits
+# (including the hour before the piece, whose excursion may hold into it). One scan of the hourly
+# aggregate with constant bounds, matched to the pieces by a hash join.
+_HOURLY = """
+WITH p AS (
+    SELECT * FROM unnest(%(key)s::int[], %(probe)s::bigint[], %(hour_lo)s::timestamptz[], %(hour_hi)s::timestamptz[],
+                         %(t_min)s::float8[], %(t_max)s::float8[])
+        AS p(key, probe_id, hour_lo, hour_hi, t_min, t_max)
+), h AS (
+    SELECT probe_id, bucket, n, min_t, max_t FROM probe_readings_hourly
+    WHERE probe_id = ANY(%(probes)s) AND bucket >= %(from)s AND bucket < %(to)s
+)
+SELECT p.key,
+       coalesce(sum(h.n) FILTER (WHERE h.bucket >= p.hour_lo), 0)::bigint AS received,
+       count(h.bucket) FILTER (WHERE h.bucket >= p.hour_lo) AS hours_with_data,
+       coalesce(array_agg(h.bucket ORDER BY h.bucket) FILTER (WHERE h.max_t > p.t_max OR h.min_t < p.t_min),
+                '{}') AS crossing
+FROM p
+LEFT JOIN h ON h.probe_id = p.probe_id AND h.bucket >= p.hour_lo - INTERVAL '1 hour' AND h.bucket < p.hour_hi
+GROUP BY p.key
+"""
+
+# The readings of every window, with the last one before it (since the binding began, and recent
+# enough to still hold) and the first one after it (which ends the last one's hold).
+_RAW = """
+SELECT w.i, r.ts, r.t
+FROM unnest(%(i)s::int[], %(probe)s::bigint[], %(lo)s::timestamptz[], %(hi)s::timestamptz[],
+            %(since)s::timestamptz[]) AS w(i, probe_id, lo, hi, since)
+CROSS JOIN LATERAL (
+    (SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts < w.lo AND ts >= w.since
+     ORDER BY ts DESC LIMIT 1)
+    UNION ALL
+    SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.lo AND ts < w.hi
+    UNION ALL
+    (SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.hi ORDER BY ts LIMIT 1)
+) r
+ORDER BY w.i, r.ts
+"""
+
+# Alarms of the subtree open at any time in [start, cut); raised_in_period marks those raised in it.
+# Level 2 / 3 reached: the escalation pass wrote the step into the outbox (it writes a step only
+# when it fell due before the alarm was resolved).
+_ALARMS = """
+SELECT a.id, a.kind, a.unit_id, coalesce(a.equipment_id, c.equipment_id) AS equipment_id, a.gateway_id,
+       a.condition_since, a.raised_at, a.acknowledged_at, a.resolved_at, a.suppressed,
+       a.raised_at >= %(start)s AS raised_in_period,
+       EXISTS (SELECT 1 FROM notification_outbox o WHERE o.alarm_id = a.id AND o.step = 'level2') AS reached_level2,
+       EXISTS (SELECT 1 FROM notification_outbox o WHERE o.alarm_id = a.id AND starts_with(o.step, 'level3'))
+           AS reached_level3
+FROM unit_tree t
+JOIN alarms a ON a.unit_id = t.descendant_id
+LEFT JOIN compartments c ON c.id = a.compartment_id
+WHERE t.ancestor_id = %(unit)s AND a.raised_at < %(cut)s AND coalesce(a.resolved_at, 'infinity') > %(start)s
+"""
+
+# Drift findings (CM10) by the time the thermometer was read.
+_DRIFTS = """
+SELECT f.id, c.equipment_id
+FROM unit_tree t
+JOIN equipment e ON e.unit_id = t.descendant_id
+JOIN compartments c ON c.equipment_id = e.id
+JOIN drift_findings f ON f.compartment_id = c.id AND f.finding
+JOIN thermometer_readings r ON r.id = f.thermometer_reading_id
+WHERE t.ancestor_id = %(unit)s AND r.ts >= %(start)s AND r.ts < %(cut)s
+"""
+
+_GATEWAYS = """
+SELECT g.id AS gateway_id, g.serial, g.unit_id, g.vendor, g.model
+FROM unit_tree t JOIN gateways g ON g.unit_id = t.descendant_id
+WHERE t.ancestor_id = %(unit)s AND (g.status = 'active' OR g.id = ANY(%(bound)s))
+"""
+
+# Status reports in the month, counted against the alarm rules' default thresholds.
+_GATEWAY_STATUS = """
+SELECT gateway_id, count(*) AS statuses,
+       count(power) AS power_reports, count(*) FILTER (WHERE power = 'battery') AS on_battery,
+       count(battery) AS battery_reports, count(*) FILTER (WHERE battery < %(battery_low)s) AS battery_low,
+       count(rssi) AS rssi_reports, count(*) FILTER (WHERE rssi < %(weak_rssi)s) AS weak_signal,
+       min(battery)::float8 AS min_battery, min(rssi)::int AS min_rssi
+FROM gateway_status
+WHERE gateway_id = ANY(%(gateways)s) AND ts >= %(start)s AND ts < %(cut)s
+GROUP BY gateway_id
+"""
+
+_HARDWARE = """
+SELECT 'gateway' AS hardware, g.serial, g.unit_id, g.vendor, g.model, g.warranty_end, g.status
+FROM unit_tree t JOIN gateways g ON g.unit_id = t.descendant_id
+WHERE t.ancestor_id = %(unit)s AND g.warranty_end BETWEEN %(from)s AND %(to)s
+UNION ALL
+SELECT 'probe', p.serial, p.unit_id, p.vendor, p.model, p.warranty_end, p.status
+FROM unit_tree t JOIN probes p ON p.unit_id = t.descendant_id
+WHERE t.ancestor_id = %(unit)s AND p.warranty_end BETWEEN %(from)s AND %(to)s
+"""
+
+
+@dataclass(frozen=True)
+class Facts:
+    period: Period
+    unit: dict[str, Any]
+    units: pl.DataFrame
+    devices: pl.DataFrame
+    pieces: pl.DataFrame
+    alarms: pl.DataFrame
+    drifts: pl.DataFrame
+    gateways: pl.DataFrame
+    gateway_status: pl.DataFrame
+    logins: pl.DataFrame
+    hardware: pl.DataFrame
+
+
+def report_unit(conn: psycopg.Connection, unit_id: int) -> dict[str, Any] | None:
+    return fetch_one(conn, _UNIT, {"unit": unit_id})
+
+
+def gather(conn: psycopg.Connection, unit_id: int, period: Period, now: datetime) -> Facts:
+    """Everything the report of ``unit_id`` for ``period`` is computed from."""
+    unit = report_unit(conn, unit_id)
+    if unit is None:
+        raise LookupError(f"单位 {unit_id} 不存在")
+    # Many small index look-ups: JIT compilation would cost more than the work.
+    conn.execute("SET LOCAL jit = off")
+    span = {"unit": unit_id, "start": period.start, "cut": period.cut, "end_day": period.last_day + timedelta(days=1)}
+    pieces = _pieces(conn, span)
+    bound = sorted({int(r["gateway_id"]) for r in fetch_all(conn, _BINDING_GATEWAYS, span)})
+    gateways = fetch_all(conn, _GATEWAYS, {**span, "bound": bound})
+    status = fetch_all(
+        conn,
+        _GATEWAY_STATUS,
+        {
+            **span,
+            "gateways": [g["gateway_id"] for g in gateways],
+            "battery_low": maths.GATEWAY_THRESHOLDS.battery_low,
+            "weak_rssi": maths.GATEWAY_THRESHOLDS.weak_rssi,
+        },
+    )
+    today = now.astimezone(BEIJING).date()
+    logins = [asdict(r) for r in monthly_table(conn, unit_id, period.month, today)]
+    hardware = fetch_all(
+        conn,
+        _HARDWARE,
+        {"unit": unit_id, "from": period.month,
+         "to": period.last_day + timedelta(days=maths.WARRANTY_HORIZON_DAYS)},
+    )
+    return Facts(
+        period=period,
+        unit=unit,
+        units=maths.frame(fetch_all(conn, _UNITS, span), maths.UNITS_SCHEMA),
+        devices=maths.frame(fetch_all(conn, _DEVICES, span), maths.DEVICES_SCHEMA),
+        pieces=maths.frame([asdict(p) for p in pieces], maths.PIECES_SCHEMA),
+        alarms=maths.frame(fetch_all(conn, _ALARMS, span), maths.ALARMS_SCHEMA),
+        drifts=maths.frame(fetch_all(conn, _DRIFTS, span), maths.DRIFTS_SCHEMA),
+        gateways=maths.frame(gateways, maths.GATEWAYS_SCHEMA),
+        gateway_status=maths.frame(status, maths.GATEWAY_STATUS_SCHEMA),
+        logins=maths.frame(logins, maths.LOGINS_SCHEMA),
+        hardware=maths.frame(hardware, maths.HARDWARE_SCHEMA),
+    )
+
+
+_BINDING_GATEWAYS = """
+SELECT DISTINCT b.gateway_id
+FROM unit_tree t
+JOIN equipment e ON e.unit_id = t.descendant_id
+JOIN compartments c ON c.equipment_id = e.id
+JOIN probe_bindings b ON b.compartment_id = c.id
+WHERE t.ancestor_id = %(unit)s AND b.valid && tstzrange(%(start)s, %(cut)s)
+"""
+
+
+def _pieces(conn: psycopg.Connection, span: dict[str, Any]) -> list[PieceFigures]:
+    pieces: list[Piece] = []
+    for i, b in enumerate(fetch_all(conn, _BINDINGS, span)):
+        if b["hi"] <= b["lo"]:
+            continue
+        limits = params_for(b["mode"], b["t_min"], b["t_max"])
+        pieces.append(
+            Piece(
+                key=i, probe_id=b["probe_id"], compartment_id=b["compartment_id"], equipment_id=b["equipment_id"],
+                bound_from=b["bound_from"], lo=b["lo"], hi=b["hi"], t_min=limits.t_min, t_max=limits.t_max,
+            )
+        )
+    if not pieces:
+        return []
+    hourly = {
+        r["key"]: r
+        for r in fetch_all(
+            conn,
+            _HOURLY,
+            {
+                "key": [p.key for p in pieces],
+                "probe": [p.probe_id for p in pieces],
+                "hour_lo": [p.hour_lo for p in pieces],
+                "hour_hi": [p.hour_hi for p in pieces],
+                # A frozen compartment has no lower limit: a bound nothing reaches.
+                "t_min": [-1000.0 if p.t_min is None else p.t_min for p in pieces],
+                "t_max": [p.t_max for p in pieces],
+                "probes": sorted({p.probe_id for p in pieces}),
+                "from": min(p.hour_lo for p in pieces) - timedelta(hours=1),
+                "to": max(p.hour_hi for p in pieces),
+            },
+        )
+    }
+    windows: list[tuple[Piece, datetime, datetime]] = []
+    for p in pieces:
+        crossing = hourly[p.key]["crossing"] if p.key in hourly else []
+        windows += [(p, lo, hi) for lo, hi in maths.excursion_windows(p, crossing)]
+    readings: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
+    if windows:
+        for r in fetch_all(
+            conn,
+            _RAW,
+            {
+                "i": list(range(len(windows))),
+                "probe": [p.probe_id for p, _, _ in windows],
+                "lo": [lo for _, lo, _ in windows],
+                "hi": [hi for _, _, hi in windows],
+                "since": [max(p.bound_from, lo - HOLD_MAX) for p, lo, _ in windows],
+            },
+        ):
+            readings[r["i"]].append((r["ts"], r["t"]))
+    per_piece: dict[int, list[tuple[tuple[datetime, datetime], list[tuple[datetime, float]]]]] = defaultdict(list)
+    for i, (p, lo, hi) in enumerate(windows):
+        per_piece[p.key].append(((lo, hi), readings[i]))
+    out = []
+    for p in pieces:
+        h = hourly.get(p.key)
+        out.append(
+            maths.piece_figures(
+                p,
+                int(h["received"]) if h else 0,
+                int(h["hours_with_data"]) if h else 0,
+                per_piece[p.key],
+            )
+        )
+    return out
+
+
+def first_data_month(conn: psycopg.Connection) -> date | None:
+    """The Beijing month of the earliest reading (the scheduler generates no report before it)."""
+    row = fetch_one(conn, "SELECT min(ts) AS first FROM probe_readings")
+    first: datetime | None = row["first"] if row else None
+    return None if first is None else first.astimezone(BEIJING).date().replace(day=1)

@@ -1,0 +1,105 @@
+"""The monthly cold-chain report page (CM17): the same report document the API serves (kept or
+live), laid out for reading on a phone and for printing, with the per-area chart and the workbook
+link. Nothing is computed here but the chart."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import plotly.graph_objects as go
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+
+from analytics.report.build import REPORT_LEVELS, ReportRefused, monthly_report
+from analytics.report.maths import current_month, parse_month
+from api.deps import Conn, unit_in_scope
+from api.routes.plans import MONTH_PATTERN
+from coldchain.db import fetch_all
+from dashboards.web import API, PageError, PageUser, render
+
+router = APIRouter(include_in_schema=False)
+
+# Headline cards, in reading order: (indicator key, how to show it).
+CARDS: tuple[tuple[str, str], ...] = (
+    ("devices", "int"),
+    ("problem_devices", "int"),
+    ("problem_share", "share"),
+    ("alarms", "int"),
+    ("ack_within_30_share", "share"),
+    ("level2_share", "share"),
+    ("out_of_range_hours", "float"),
+    ("offline_hours", "int"),
+    ("completeness", "share"),
+    ("drift_findings", "int"),
+    ("gateway_problems", "int"),
+    ("login_rate", "share"),
+    ("warranties_due", "int"),
+)
+
+_UNITS = """
+SELECT u.id, u.name, u.level FROM unit_tree t JOIN units u ON u.id = t.descendant_id
+WHERE t.ancestor_id = %(scope)s AND u.level = ANY(%(levels)s) AND u.active
+ORDER BY cc_unit_level_rank(u.level), u.code
+"""
+
+
+def area_figure(areas: dict[str, Any]) -> dict[str, Any] | None:
+    """Share of problem devices per area, as Plotly JSON (None when no area has devices)."""
+    rows = [r for r in areas["rows"] if r["problem_share"] is not None]
+    if not rows:
+        return None
+    fig = go.Figure(
+        go.Bar(
+            x=[r["area_name"] for r in rows],
+            y=[round(r["problem_share"] * 100, 1) for r in rows],
+            text=[f"{r['problem_devices']}/{r['devices']}" for r in rows],
+            textposition="outside",
+            marker_color=["#c0392b" if r["problem_share"] >= 0.5 else "#1f4e79" for r in rows],
+            hovertemplate="%{x}<br>问题设备占比 %{y}%<br>问题设备/设备 %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        margin={"l": 50, "r": 10, "t": 20, "b": 90},
+        height=340,
+        yaxis={"title": "问题设备占比（%）", "range": [0, 110]},
+        xaxis={"tickangle": -30},
+    )
+    # Through JSON, so the template embeds it with |tojson (which escapes "</script>" in names).
+    figure: dict[str, Any] = json.loads(fig.to_json())
+    return figure
+
+
+@router.get("/reports/monthly", response_class=HTMLResponse)
+def report_page(
+    request: Request,
+    user: PageUser,
+    conn: Conn,
+    unit_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None,
+) -> HTMLResponse:
+    unit = unit_id or user.unit_id
+    if not unit_in_scope(conn, user, unit):
+        raise PageError(404, "单位不存在或不在您的辖区内")
+    now = datetime.now(UTC)
+    try:
+        first = parse_month(month) if month else current_month(now)
+        report = monthly_report(conn, unit, first, now)
+    except ReportRefused as exc:
+        raise PageError(422, str(exc)) from exc
+    query = f"unit_id={unit}&month={report['month']}"
+    return render(
+        request,
+        "report_monthly.html",
+        user,
+        plotly=True,
+        report=report,
+        cards=CARDS,
+        changes={c["key"]: c for c in report["changes"]},
+        area_figure=area_figure(report["tables"]["areas"]),
+        units=fetch_all(conn, _UNITS, {"scope": user.unit_id, "levels": list(REPORT_LEVELS)}),
+        unit_id=unit,
+        xlsx_url=f"{API}/reports/monthly.xlsx?{query}",
+        json_url=f"{API}/reports/monthly?{query}",
+    )
