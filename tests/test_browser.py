@@ -152,3 +152,19 @@ def test_device_page_draws_30_days_and_zoom_fetches_raw_readings(world: World) -
         assert body["source"] == "raw" and 70 <= body["total"] <= 74  # six hours at 5 minutes
         page.wait_for_function("Number(document.body.dataset.loads || 0) >= 1")
         assert console.problems == [], console.problems
+
+
+def test_monthly_report_page_draws_its_chart(world: World) -> None:
+    """A county's report for this month: the share-of-problem-devices chart draws, the XLSX link is
+    there, and the print stylesheet hides the navigation."""
+    require_browser()
+    with db.connect(world.url) as conn:
+        add_readings(conn, world.probes["108601"], [(datetime.now(UTC) - timedelta(minutes=5), 9.9)])
+    with live_server(world.url) as base, browser_page(base) as (page, console):
+        sign_in(page, "ba_C1", "/reports/monthly")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.evaluate("document.querySelectorAll('#area-chart .main-svg').length") >= 1
+        assert page.locator("#xlsx-link").count() == 1
+        page.emulate_media(media="print")
+        assert page.evaluate("getComputedStyle(document.querySelector('header.top')).display") == "none"
+        assert console.problems == [], console.problems
