@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from analytics.board import filter_units
-from api.deps import Conn, unit_in_scope
+from api.deps import Conn
 from api.routes.board import BoardOut, board_data
-from dashboards.web import PageError, PageUser, render
+from dashboards.web import PageUser, render, scoped_unit
 
 router = APIRouter(include_in_schema=False)
 
@@ -24,9 +24,7 @@ def board_page(
     unit_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     every: Annotated[int, Query(ge=2, le=300, description="刷新间隔（秒）")] = 15,
 ) -> HTMLResponse:
-    unit = unit_id or user.unit_id
-    if not unit_in_scope(conn, user, unit):
-        raise PageError(404, "单位不存在或不在您的辖区内")
+    unit = scoped_unit(conn, user, unit_id)
     data = BoardOut.model_validate(board_data(conn, unit)).model_dump(mode="json")
     return render(
         request, "board.html", user, board=data, units=filter_units(conn, user.unit_id), unit_id=unit, every=every

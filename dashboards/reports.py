@@ -4,7 +4,6 @@ link. Nothing is computed here but the chart."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -14,10 +13,10 @@ from fastapi.responses import HTMLResponse
 
 from analytics.report.build import REPORT_LEVELS, ReportRefused, monthly_report
 from analytics.report.maths import current_month, parse_month
-from api.deps import Conn, unit_in_scope
+from api.deps import Conn
 from api.routes.plans import MONTH_PATTERN
 from coldchain.db import fetch_all
-from dashboards.web import API, PageError, PageUser, render
+from dashboards.web import API, PageError, PageUser, figure_json, render, scoped_unit
 
 router = APIRouter(include_in_schema=False)
 
@@ -66,9 +65,7 @@ def area_figure(areas: dict[str, Any]) -> dict[str, Any] | None:
         yaxis={"title": "问题设备占比（%）", "range": [0, 110]},
         xaxis={"tickangle": -30},
     )
-    # Through JSON, so the template embeds it with |tojson (which escapes "</script>" in names).
-    figure: dict[str, Any] = json.loads(fig.to_json())
-    return figure
+    return figure_json(fig)
 
 
 @router.get("/reports/monthly", response_class=HTMLResponse)
@@ -79,9 +76,7 @@ def report_page(
     unit_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None,
 ) -> HTMLResponse:
-    unit = unit_id or user.unit_id
-    if not unit_in_scope(conn, user, unit):
-        raise PageError(404, "单位不存在或不在您的辖区内")
+    unit = scoped_unit(conn, user, unit_id)
     now = datetime.now(UTC)
     try:
         first = parse_month(month) if month else current_month(now)

@@ -7,7 +7,6 @@ by-level pivot is the page's own, done in polars.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -16,12 +15,12 @@ import polars as pl
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from api.deps import Conn, unit_in_scope
+from api.deps import Conn
 from api.routes.plans import MONTH_PATTERN, previous_month
 from api.routes.stock import list_balances
 from api.routes.trace import stock_levels, wastage_analysis
 from coldchain.db import fetch_all, fetch_one
-from dashboards.web import BEIJING, PageError, PageUser, render
+from dashboards.web import BEIJING, PageUser, figure_json, render, scoped_unit
 from inventory.analysis import OVERSTOCK_MONTHS, SHORTAGE_MONTHS
 
 router = APIRouter(include_in_schema=False)
@@ -94,9 +93,7 @@ def wastage_figure(rows: list[dict[str, Any]], area_id: int) -> dict[str, Any] |
         legend={"orientation": "h", "y": 1.1},
         yaxis={"title": "损耗系数", "rangemode": "tozero"},
     )
-    # Through JSON, so the template can embed it with |tojson (which escapes "</script>" in names).
-    figure: dict[str, Any] = json.loads(fig.to_json())
-    return figure
+    return figure_json(fig)
 
 
 @router.get("/stock", response_class=HTMLResponse)
@@ -107,9 +104,7 @@ def stock_page(
     unit_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None,
 ) -> HTMLResponse:
-    unit = unit_id or user.unit_id
-    if not unit_in_scope(conn, user, unit):
-        raise PageError(404, "单位不存在或不在您的辖区内")
+    unit = scoped_unit(conn, user, unit_id)
     today = datetime.now(BEIJING).date()
     month = month or previous_month(today.replace(day=1)).strftime("%Y-%m")
     name = fetch_one(conn, "SELECT name FROM units WHERE id = %(id)s", {"id": unit})

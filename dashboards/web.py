@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,10 +20,11 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 import plotly
+import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api.deps import Conn, Principal, current_principal
+from api.deps import Conn, Principal, current_principal, unit_in_scope
 from api.errors import ApiError
 
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -69,6 +71,22 @@ def page_principal(request: Request, conn: Conn) -> Principal:
 
 
 PageUser = Annotated[Principal, Depends(page_principal)]
+
+
+def scoped_unit(conn: psycopg.Connection, user: Principal, unit_id: int | None) -> int:
+    """The unit a page is about: the one asked for if it is in the user's jurisdiction, else the
+    user's own; outside the jurisdiction the page is "not found", as in the API."""
+    unit = unit_id or user.unit_id
+    if not unit_in_scope(conn, user, unit):
+        raise PageError(404, "单位不存在或不在您的辖区内")
+    return unit
+
+
+def figure_json(fig: Any) -> dict[str, Any]:
+    """A Plotly figure as plain data, for templates to embed with ``|tojson`` (which escapes
+    ``</script>`` inside user-entered names, where the figure's own JSON string would not)."""
+    data: dict[str, Any] = json.loads(fig.to_json())
+    return data
 
 
 def render(request: Request, name: str, user: Principal | None, *, status: int = 200, **context: Any) -> HTMLResponse:
