@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import psycopg
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
@@ -53,7 +54,7 @@ class BoardOut(BaseModel):
 QUnit = Annotated[int | None, Query(ge=1, le=2**62, description="只看此单位及其下级（默认本单位的全部辖区）")]
 
 
-def board_data(conn: Any, unit_id: int) -> dict[str, Any]:
+def board_data(conn: psycopg.Connection, unit_id: int) -> dict[str, Any]:
     now = datetime.now(UTC)
     board = tiles(conn, unit_id, now)
     return {
