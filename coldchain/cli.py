@@ -83,11 +83,11 @@ def cmd_db_refresh(settings: Settings, args: argparse.Namespace) -> int:
         until = datetime.fromisoformat(args.until) if args.until else None
         result = refresh_aggregates(url, until=until)
         if result.path == "timescaledb":
-            print("已刷新 TimescaleDB 连续聚合（策略窗口内）")
+            print(f"已刷新 TimescaleDB 连续聚合（策略窗口内），超温时段 {result.excursion_spans} 段")
         else:
             print(
                 f"已刷新聚合：小时 {result.hourly_rows} 行，日 {result.daily_rows} 行，"
-                f"物化至 {result.materialized_until}"
+                f"物化至 {result.materialized_until}；超温时段 {result.excursion_spans} 段"
             )
     return 0
 

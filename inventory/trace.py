@@ -7,9 +7,11 @@ balance of that lot is above zero, and a transfer is in transit from its issue t
 reversed movement and its reversal are left out — a corrected mistake never happened.
 
 The temperatures come from the daily aggregate (one row per probe and Beijing day), so a lot held by
-500 units for a year reads ~180 000 aggregate rows, not 50 million readings. Minutes out of range
-need the readings themselves, but only where an aggregate shows the limits were crossed: days whose
-min/max cross a limit → hours whose min/max do → the readings of those hours.
+500 units for a year reads ~180 000 aggregate rows, not 50 million readings; the partial edge days
+come from the hourly aggregate and the readings. Minutes out of range come from the excursion spans
+(sql/migrations/0009_excursions.sql): the out-of-range stretches, materialised at each aggregate
+refresh, plus those of the readings since, computed live. :func:`out_of_range_minutes` states the
+rule in Python; the spans must agree with it (tests/test_excursions.py).
 """
 
 from __future__ import annotations
@@ -222,34 +224,27 @@ FROM edges e CROSS JOIN LATERAL (
 GROUP BY e.key, e.probe_id, r.first_edge
 """
 
-# The hours of crossing days that crossed a limit themselves, for all such days at once.
-_HOURS = """
-WITH crossing AS MATERIALIZED (
-    -- One scan with constant bounds (see _PIECES), then matched to the days in memory.
-    SELECT probe_id, bucket, min_t, max_t FROM probe_readings_hourly
-    WHERE probe_id = ANY(%(probes)s) AND bucket >= %(from)s AND bucket < %(to)s
-      AND (max_t > %(lowest_max)s OR min_t < %(highest_min)s)
+# The excursion spans (0009) overlapping each segment, clipped to it: the materialised ones, and
+# those of the readings since, computed live — in one statement, so both halves see one snapshot.
+_EXCURSIONS = """
+WITH seg AS (
+    SELECT * FROM unnest(%(keys)s::int[], %(comps)s::bigint[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
+        AS s(key, compartment_id, start_at, end_at)
+), spans AS (
+    SELECT probe_id, compartment_id, started_at, ended_at, min_t, max_t FROM excursion_spans
+    WHERE compartment_id = ANY(%(comps)s) AND ended_at > %(from)s AND started_at < %(to)s
+    UNION ALL
+    SELECT probe_id, compartment_id, started_at, ended_at, min_t, max_t
+    FROM cc_excursion_spans(
+        %(probes)s::bigint[],
+        array_fill((SELECT materialized_until FROM excursion_state), ARRAY[cardinality(%(probes)s::bigint[])]),
+        'infinity')
 )
-SELECT w.i, h.bucket
-FROM unnest(%(i)s::int[], %(probe)s::bigint[], %(lo)s::timestamptz[], %(hi)s::timestamptz[],
-            %(t_min)s::float8[], %(t_max)s::float8[]) AS w(i, probe_id, lo, hi, t_min, t_max)
-JOIN crossing h ON h.probe_id = w.probe_id AND h.bucket >= w.lo AND h.bucket < w.hi
- AND (h.max_t > w.t_max OR h.min_t < w.t_min)
-"""
-
-# The readings of every window, with the reading just before it (the state the window opens in)
-# and the first one after it (until which its last reading holds).
-_RAW = """
-SELECT w.i, r.ts, r.t
-FROM unnest(%(i)s::int[], %(probe)s::bigint[], %(lo)s::timestamptz[], %(hi)s::timestamptz[])
-    AS w(i, probe_id, lo, hi)
-CROSS JOIN LATERAL (
-    (SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts < w.lo ORDER BY ts DESC LIMIT 1)
-    UNION ALL
-    SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.lo AND ts < w.hi
-    UNION ALL
-    (SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.hi ORDER BY ts LIMIT 1)
-) r
+SELECT seg.key, s.probe_id, greatest(s.started_at, seg.start_at) AS lo, least(s.ended_at, seg.end_at) AS hi,
+       s.min_t, s.max_t
+FROM seg JOIN spans s
+  ON s.compartment_id = seg.compartment_id AND s.started_at < seg.end_at AND s.ended_at > seg.start_at
+ORDER BY seg.key, s.probe_id, lo
 """
 
 
@@ -279,12 +274,19 @@ def _segments(conn: psycopg.Connection, intervals: Sequence[Interval], mode: str
     return out
 
 
-def temperatures(
-    conn: psycopg.Connection, segments: Sequence[Segment], limits: Mapping[int, tuple[float | None, float]]
-) -> dict[int, dict[str, Any]]:
-    """Per segment: the daily series, min/max/mean, reading count and minutes out of range."""
+def temperatures(conn: psycopg.Connection, segments: Sequence[Segment]) -> dict[int, dict[str, Any]]:
+    """Per segment: the daily series, min/max/mean, reading count, minutes out of range and the
+    excursions behind them (judged by the limits of the compartment each probe was bound to)."""
     result: dict[int, dict[str, Any]] = {
-        s.key: {"days": [], "min_t": None, "max_t": None, "mean_t": None, "readings": 0, "minutes_out_of_range": 0.0}
+        s.key: {
+            "days": [],
+            "min_t": None,
+            "max_t": None,
+            "mean_t": None,
+            "readings": 0,
+            "minutes_out_of_range": 0.0,
+            "excursions": [],
+        }
         for s in segments
     }
     if not segments:
@@ -292,36 +294,31 @@ def temperatures(
     # Many small index look-ups: JIT compilation or parallel workers would cost more than the work.
     conn.execute("SET LOCAL jit = off")
     conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-    probes = fetch_all(
-        conn,
-        "SELECT DISTINCT probe_id FROM probe_bindings WHERE compartment_id = ANY(%(comps)s)",
-        {"comps": sorted({s.compartment_id for s in segments})},
-    )
-    rows = fetch_all(
-        conn,
-        _PIECES,
-        {
-            "probes": [r["probe_id"] for r in probes],
-            "from": min(s.start for s in segments) - timedelta(days=1),
-            "to": max(s.end for s in segments),
-            "keys": [s.key for s in segments],
-            "comps": [s.compartment_id for s in segments],
-            "starts": [s.start for s in segments],
-            "ends": [s.end for s in segments],
-        },
-    )
-    by_key = {s.key: s for s in segments}
+    probes = [
+        r["probe_id"]
+        for r in fetch_all(
+            conn,
+            "SELECT DISTINCT probe_id FROM probe_bindings WHERE compartment_id = ANY(%(comps)s) ORDER BY 1",
+            {"comps": sorted({s.compartment_id for s in segments})},
+        )
+    ]
+    first = min(s.start for s in segments)
+    bounds: dict[str, Any] = {
+        "keys": [s.key for s in segments],
+        "comps": [s.compartment_id for s in segments],
+        "starts": [s.start for s in segments],
+        "ends": [s.end for s in segments],
+        "from": first,
+        "to": max(s.end for s in segments),
+        "probes": probes,
+    }
+    rows = fetch_all(conn, _PIECES, bounds | {"from": first - timedelta(days=1)})
     days: dict[int, dict[Any, list[float]]] = defaultdict(dict)  # key → day → [n, min, max, sum]
-    crossing: list[dict[str, Any]] = []
     for r in rows:
-        seg = by_key[r["key"]]
         day = r["p_lo"].astimezone(CHINA).date()
         acc = days[r["key"]].setdefault(day, [0, r["min_t"], r["max_t"], 0.0])
         acc[0] += r["n"]
         acc[1], acc[2], acc[3] = min(acc[1], r["min_t"]), max(acc[2], r["max_t"]), acc[3] + r["sum_t"]
-        t_min, t_max = limits[seg.compartment_id]
-        if r["max_t"] > t_max or (t_min is not None and r["min_t"] < t_min):
-            crossing.append(r)
     for key, per_day in days.items():
         agg = result[key]
         agg["days"] = [
@@ -332,91 +329,30 @@ def temperatures(
         agg["min_t"] = min(v[1] for v in per_day.values())
         agg["max_t"] = max(v[2] for v in per_day.values())
         agg["mean_t"] = sum(v[3] for v in per_day.values()) / agg["readings"]
-    bound = {(r["key"], r["probe_id"]) for r in rows}
-    for key, minutes in _excursion_minutes(conn, crossing, bound, by_key, limits).items():
-        result[key]["minutes_out_of_range"] = minutes
+    for key, excursions in excursions_by_segment(fetch_all(conn, _EXCURSIONS, bounds)).items():
+        result[key]["excursions"] = excursions
+        result[key]["minutes_out_of_range"] = sum(x["minutes"] for x in excursions)
     return result
 
 
-def _excursion_minutes(
-    conn: psycopg.Connection,
-    crossing: Sequence[dict[str, Any]],
-    bound: set[tuple[int, int]],
-    by_key: dict[int, Segment],
-    limits: Mapping[int, tuple[float | None, float]],
-) -> dict[int, float]:
-    """Out-of-range minutes per segment, from the readings of the hours an aggregate shows crossing
-    a limit — two queries whatever the number of excursions.
-
-    A reading holds for at most :data:`MAX_GAP` (under an hour), so an excursion starting in a
-    crossing hour can run into the next hour only: each window is a crossing hour plus the hour
-    after. The first hour of each segment is always read too, because the lot may arrive while the
-    last reading before it is out of range."""
-    spans: dict[tuple[int, int], list[tuple[datetime, datetime]]] = defaultdict(list)
-    days = [r for r in crossing if r["grain"] == "day"]
-    for r in crossing:
-        if r["grain"] != "day":
-            hour = _hour(r["p_lo"])
-            spans[(r["key"], r["probe_id"])].append((hour, _hour(r["p_hi"] - timedelta(microseconds=1))))
-    if days:
-        bounds = [limits[by_key[r["key"]].compartment_id] for r in days]
-        for h in fetch_all(
-            conn,
-            _HOURS,
-            {
-                "i": list(range(len(days))),
-                "probe": [r["probe_id"] for r in days],
-                "lo": [r["p_lo"] for r in days],
-                "hi": [r["p_hi"] for r in days],
-                "t_min": [-1000.0 if b[0] is None else b[0] for b in bounds],
-                "t_max": [b[1] for b in bounds],
-                "probes": sorted({r["probe_id"] for r in days}),
-                "from": min(r["p_lo"] for r in days),
-                "to": max(r["p_hi"] for r in days),
-                "lowest_max": min(b[1] for b in bounds),
-                "highest_min": max(-1000.0 if b[0] is None else b[0] for b in bounds),
-            },
-        ):
-            r = days[h["i"]]
-            spans[(r["key"], r["probe_id"])].append((h["bucket"], h["bucket"]))
-    for key, probe in bound:
-        start = _hour(by_key[key].start)
-        spans[(key, probe)].append((start, start))
-    # Windows: first hour … last hour + 1 h, merged where they touch.
-    windows: list[tuple[int, int, datetime, datetime]] = []
-    for (key, probe), hours in spans.items():
-        merged: list[list[datetime]] = []
-        for lo, last in sorted(hours):
-            hi = last + timedelta(hours=2)
-            if merged and lo <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
-        windows += [(key, probe, lo, hi) for lo, hi in merged]
-    out: dict[int, float] = defaultdict(float)
-    if not windows:
-        return out
-    readings: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
-    for x in fetch_all(
-        conn,
-        _RAW,
-        {
-            "i": list(range(len(windows))),
-            "probe": [w[1] for w in windows],
-            "lo": [w[2] for w in windows],
-            "hi": [w[3] for w in windows],
-        },
-    ):
-        readings[x["i"]].append((x["ts"], x["t"]))
-    for i, (key, _, lo, hi) in enumerate(windows):
-        seg = by_key[key]
-        t_min, t_max = limits[seg.compartment_id]
-        out[key] += out_of_range_minutes(readings[i], t_min, t_max, max(lo, seg.start), min(hi, seg.end))
+def excursions_by_segment(spans: Iterable[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Clipped spans (ordered by segment, probe and start) merged where they touch: a refresh may
+    have cut one excursion in two, and the reader should see one."""
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    last: dict[str, Any] | None = None
+    for sp in spans:
+        if last is not None and (last["key"], last["probe_id"], last["end"]) == (sp["key"], sp["probe_id"], sp["lo"]):
+            last["end"] = sp["hi"]
+            last["min_t"], last["max_t"] = min(last["min_t"], sp["min_t"]), max(last["max_t"], sp["max_t"])
+        else:
+            last = {"key": sp["key"], "probe_id": sp["probe_id"], "start": sp["lo"], "end": sp["hi"]}
+            last |= {"min_t": sp["min_t"], "max_t": sp["max_t"]}
+            out[sp["key"]].append(last)
+    for items in out.values():
+        for x in items:
+            x["minutes"] = (x["end"] - x["start"]).total_seconds() / 60
+            del x["key"]
     return out
-
-
-def _hour(ts: datetime) -> datetime:
-    return ts.replace(minute=0, second=0, microsecond=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,8 +406,7 @@ def build_trace(
     comp_rows = {
         r["id"]: r for r in fetch_all(conn, _COMPARTMENTS, {"ids": sorted({s.compartment_id for s in segments})})
     }
-    limits = {cid: (r["t_min"], r["t_max"]) for cid, r in comp_rows.items()}
-    temps = temperatures(conn, segments, limits)
+    temps = temperatures(conn, segments)
     unit_ids = sorted({iv.unit_id for iv in intervals if iv.unit_id is not None})
     units = {r["id"]: r for r in fetch_all(conn, _UNITS, {"ids": unit_ids})}
     by_interval: dict[int, list[Segment]] = defaultdict(list)

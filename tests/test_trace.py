@@ -210,6 +210,10 @@ def test_lot_trace_has_the_chain_the_temperatures_and_the_exact_minutes_out_of_r
     [store] = site["storage"]
     assert store["compartment_id"] == fridge and store["assumed"] is False
     assert store["minutes_out_of_range"] == pytest.approx(20.0)
+    assert [(_ts(x["start"]), x["minutes"], x["max_t"]) for x in store["excursions"]] == [
+        (at_edge, 5.0, 9.5),
+        (start, 15.0, 9.0),
+    ]
     assert store["max_t"] == 9.5 and store["t_max"] == 8.0 and store["min_t"] == 4.5
     assert store["days"] and all(d["min_t"] <= d["mean_t"] <= d["max_t"] for d in store["days"])
     assert trace["minutes_out_of_range"] == pytest.approx(20.0)
@@ -265,7 +269,6 @@ def test_piecewise_temperatures_equal_the_raw_readings_for_any_boundaries(world:
     ]
     add_readings(world, probe, points)
     refresh_aggregates(world.url, until=t0 + timedelta(days=2, hours=7))
-    limits = {fridge: (2.0, 8.0)}
     segments = []
     for key in range(25):
         lo = t0 + timedelta(minutes=rng.randint(-60, 3 * 24 * 60))
@@ -281,7 +284,7 @@ def test_piecewise_temperatures_equal_the_raw_readings_for_any_boundaries(world:
         )
     )
     with db.connect(world.url) as conn:
-        got = temperatures(conn, segments, limits)
+        got = temperatures(conn, segments)
     for s in segments:
         inside = sorted((ts, t) for ts, t in points if s.start <= ts < s.end)
         g = got[s.key]

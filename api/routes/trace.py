@@ -32,6 +32,15 @@ class DayTemp(BaseModel):
     mean_t: float
 
 
+class Excursion(BaseModel):
+    probe_id: int
+    start: datetime
+    end: datetime
+    minutes: float
+    min_t: float = Field(description="超温期间最低温度 ℃")
+    max_t: float = Field(description="超温期间最高温度 ℃")
+
+
 class Storage(BaseModel):
     compartment_id: int
     compartment_name: str
@@ -44,6 +53,7 @@ class Storage(BaseModel):
     mean_t: float | None
     readings: int
     minutes_out_of_range: float
+    excursions: list[Excursion] = Field(description="本区间内的超温时段（已截取到区间内）")
     days: list[DayTemp]
 
 
