@@ -287,7 +287,7 @@ def main() -> None:
                 result = trace.trace_lot(conn, lot_row, units[0], now)
                 conn.rollback()
             segments = sum(len(c["storage"]) for c in result["custody"])
-            day_rows = sum(len(s["days"]) for c in result["custody"] for s in c["storage"])
+            day_rows = sum(len(s["days"]["day"]) for c in result["custody"] for s in c["storage"])
             print(
                 f"追溯：{len(result['custody'])} 段保管（含在途），{segments} 个温区区间，{day_rows} 个日数据点，"
                 f"超温 {result['minutes_out_of_range']:.0f} 分钟，{len(result['holders'])} 个持有单位，"

@@ -60,10 +60,16 @@ def refresh_aggregates(url: str, *, until: datetime | None = None) -> RefreshRes
 
 
 def _refresh_excursions(conn: psycopg.Connection, until: datetime | None) -> int:
-    """Two transactions, as for the plain aggregates: writers of late readings must see the new
-    threshold before the recomputation takes its snapshot. Returns the spans written."""
+    """Two transactions at least, as for the plain aggregates: writers of late readings must see
+    the new threshold before the recomputation takes its snapshot. Then one transaction per day of
+    readings until caught up (a first run over years of history commits as it goes). Returns the
+    spans written."""
     conn.execute("SELECT cc_excursion_advance_threshold(coalesce(%s, now()))", (until,))
-    with conn.transaction():
-        row = conn.execute("SELECT cc_excursion_refresh()").fetchone()
-    assert row is not None
-    return int(row[0])
+    total = 0
+    while True:
+        with conn.transaction():
+            row = conn.execute("SELECT spans, caught_up FROM cc_excursion_refresh()").fetchone()
+        assert row is not None
+        total += int(row[0])
+        if row[1]:
+            return total

@@ -25,7 +25,6 @@ from typing import Any
 import psycopg
 
 from coldchain.db import fetch_all, fetch_one
-from inventory.ledger import CHINA
 
 MAX_GAP = timedelta(minutes=30)
 """A reading stands for the time until the next one, but for no more than this: beyond it the
@@ -197,31 +196,43 @@ WITH seg AS (
     -- One scan of the daily aggregate with constant bounds, which reach into both halves of the
     -- plain-path view (a join condition would not, and would rescan it per edge).
     SELECT * FROM probe_readings_daily
-    WHERE probe_id = ANY(%(probes)s) AND bucket >= %(from)s AND bucket < %(to)s
+    WHERE probe_id = ANY(%(probes)s::bigint[]) AND bucket >= %(from)s AND bucket < %(to)s
+), pieces AS (
+    SELECT e.key, d.bucket AS p_lo, d.n, d.min_t, d.max_t, d.sum_t
+    FROM edges e JOIN days d ON d.probe_id = e.probe_id AND d.bucket >= e.day_lo AND d.bucket < e.day_hi
+    UNION ALL
+    SELECT e.key, h.bucket, h.n, h.min_t, h.max_t, h.sum_t
+    FROM edges e CROSS JOIN LATERAL (
+        -- the hours of the partial first day, then those of the partial last day
+        SELECT * FROM probe_readings_hourly
+        WHERE probe_id = e.probe_id AND bucket >= e.hour_lo AND bucket < least(e.hour_hi, e.day_lo)
+        UNION ALL
+        SELECT * FROM probe_readings_hourly
+        WHERE probe_id = e.probe_id AND bucket >= greatest(e.day_hi, e.day_lo, e.hour_lo) AND bucket < e.hour_hi
+    ) h
+    UNION ALL
+    SELECT e.key, min(r.ts), count(*), min(r.t), max(r.t), sum(r.t)
+    FROM edges e CROSS JOIN LATERAL (
+        SELECT ts, t, true AS first_edge FROM probe_readings
+        WHERE probe_id = e.probe_id AND ts >= e.lo AND ts < least(e.hour_lo, e.hi)
+        UNION ALL
+        SELECT ts, t, false FROM probe_readings
+        WHERE probe_id = e.probe_id AND ts >= greatest(e.hour_hi, e.hour_lo) AND ts < e.hi
+    ) r
+    GROUP BY e.key, e.probe_id, r.first_edge
 )
-SELECT e.key, e.probe_id, 'day' AS grain, d.bucket AS p_lo, d.bucket + INTERVAL '1 day' AS p_hi,
-       d.n, d.min_t, d.max_t, d.sum_t
-FROM edges e JOIN days d ON d.probe_id = e.probe_id AND d.bucket >= e.day_lo AND d.bucket < e.day_hi
-UNION ALL
-SELECT e.key, e.probe_id, 'hour', h.bucket, h.bucket + INTERVAL '1 hour', h.n, h.min_t, h.max_t, h.sum_t
-FROM edges e CROSS JOIN LATERAL (
-    -- the hours of the partial first day, then those of the partial last day
-    SELECT * FROM probe_readings_hourly
-    WHERE probe_id = e.probe_id AND bucket >= e.hour_lo AND bucket < least(e.hour_hi, e.day_lo)
-    UNION ALL
-    SELECT * FROM probe_readings_hourly
-    WHERE probe_id = e.probe_id AND bucket >= greatest(e.day_hi, e.day_lo, e.hour_lo) AND bucket < e.hour_hi
-) h
-UNION ALL
-SELECT e.key, e.probe_id, 'raw', min(r.ts), max(r.ts), count(*), min(r.t), max(r.t), sum(r.t)
-FROM edges e CROSS JOIN LATERAL (
-    SELECT ts, t, true AS first_edge FROM probe_readings
-    WHERE probe_id = e.probe_id AND ts >= e.lo AND ts < least(e.hour_lo, e.hi)
-    UNION ALL
-    SELECT ts, t, false FROM probe_readings
-    WHERE probe_id = e.probe_id AND ts >= greatest(e.hour_hi, e.hour_lo) AND ts < e.hi
-) r
-GROUP BY e.key, e.probe_id, r.first_edge
+, per_day AS (
+    -- The pieces of one Beijing day (an hour never straddles two) merged into one.
+    SELECT key, (p_lo AT TIME ZONE 'Asia/Shanghai')::date AS day, sum(n) AS n, min(min_t) AS min_t,
+           max(max_t) AS max_t, sum(sum_t) AS sum_t
+    FROM pieces GROUP BY 1, 2
+)
+-- One row per segment, its days in columns: ~500 rows rather than ~130 000 for a lot held by 500
+-- units for a year.
+SELECT key, array_agg(day ORDER BY day) AS day, array_agg(min_t ORDER BY day) AS min_t,
+       array_agg(max_t ORDER BY day) AS max_t, array_agg(sum_t / n ORDER BY day) AS mean_t,
+       sum(n)::bigint AS readings, min(min_t) AS lowest, max(max_t) AS highest, sum(sum_t) / sum(n) AS mean
+FROM per_day GROUP BY key
 """
 
 # The excursion spans (0009) overlapping each segment, clipped to it: the materialised ones, and
@@ -232,7 +243,7 @@ WITH seg AS (
         AS s(key, compartment_id, start_at, end_at)
 ), spans AS (
     SELECT probe_id, compartment_id, started_at, ended_at, min_t, max_t FROM excursion_spans
-    WHERE compartment_id = ANY(%(comps)s) AND ended_at > %(from)s AND started_at < %(to)s
+    WHERE compartment_id = ANY(%(comps)s::bigint[]) AND ended_at > %(from)s AND started_at < %(to)s
     UNION ALL
     SELECT probe_id, compartment_id, started_at, ended_at, min_t, max_t
     FROM cc_excursion_spans(
@@ -279,7 +290,7 @@ def temperatures(conn: psycopg.Connection, segments: Sequence[Segment]) -> dict[
     excursions behind them (judged by the limits of the compartment each probe was bound to)."""
     result: dict[int, dict[str, Any]] = {
         s.key: {
-            "days": [],
+            "days": {"day": [], "min_t": [], "max_t": [], "mean_t": []},
             "min_t": None,
             "max_t": None,
             "mean_t": None,
@@ -312,23 +323,16 @@ def temperatures(conn: psycopg.Connection, segments: Sequence[Segment]) -> dict[
         "to": max(s.end for s in segments),
         "probes": probes,
     }
-    rows = fetch_all(conn, _PIECES, bounds | {"from": first - timedelta(days=1)})
-    days: dict[int, dict[Any, list[float]]] = defaultdict(dict)  # key → day → [n, min, max, sum]
-    for r in rows:
-        day = r["p_lo"].astimezone(CHINA).date()
-        acc = days[r["key"]].setdefault(day, [0, r["min_t"], r["max_t"], 0.0])
-        acc[0] += r["n"]
-        acc[1], acc[2], acc[3] = min(acc[1], r["min_t"]), max(acc[2], r["max_t"]), acc[3] + r["sum_t"]
-    for key, per_day in days.items():
-        agg = result[key]
-        agg["days"] = [
-            {"day": d, "min_t": lo, "max_t": hi, "mean_t": total / n}
-            for d, (n, lo, hi, total) in sorted(per_day.items())
-        ]
-        agg["readings"] = int(sum(v[0] for v in per_day.values()))
-        agg["min_t"] = min(v[1] for v in per_day.values())
-        agg["max_t"] = max(v[2] for v in per_day.values())
-        agg["mean_t"] = sum(v[3] for v in per_day.values()) / agg["readings"]
+    for r in fetch_all(conn, _PIECES, bounds | {"from": first - timedelta(days=1)}):
+        # Columns, as the device series: the chart takes them as they are, and a year of days for
+        # 500 holders validates and encodes in a fraction of the time of 130 000 small objects.
+        result[r["key"]] |= {
+            "days": {"day": r["day"], "min_t": r["min_t"], "max_t": r["max_t"], "mean_t": r["mean_t"]},
+            "readings": int(r["readings"]),
+            "min_t": r["lowest"],
+            "max_t": r["highest"],
+            "mean_t": r["mean"],
+        }
     for key, excursions in excursions_by_segment(fetch_all(conn, _EXCURSIONS, bounds)).items():
         result[key]["excursions"] = excursions
         result[key]["minutes_out_of_range"] = sum(x["minutes"] for x in excursions)

@@ -239,11 +239,14 @@ _SPANS = """SELECT probe_id::text AS probe_id, compartment_id::text AS compartme
 FROM excursion_spans ORDER BY probe_id, started_at"""
 
 
+_REFRESH = "SELECT spans::text, caught_up::text FROM cc_excursion_refresh()"
+
+
 def _scenario() -> list[dict[str, str]]:
     def refresh(until: str) -> list[dict[str, str]]:
-        return [
-            {"sql": f"SELECT cc_excursion_advance_threshold('{until}')"},
-            {"name": f"written_{until[:10]}", "sql": "SELECT cc_excursion_refresh()::text AS n"},
+        # One day of readings per call: three calls catch up with these two days.
+        return [{"sql": f"SELECT cc_excursion_advance_threshold('{until}')"}] + [
+            {"name": f"refresh_{until[:10]}_{k}", "sql": _REFRESH} for k in range(3)
         ]
 
     return [
@@ -282,5 +285,6 @@ def test_the_timescaledb_path_stores_the_same_spans(empty_db: str) -> None:
     plain = _run_plain(empty_db, steps)
     assert plain["spans_1"] and plain["spans_2"] != plain["spans_1"]
     assert {r["probe_id"] for r in plain["logged"]} == {"1", "2", "3"}
+    assert [plain[f"refresh_2026-01-11_{k}"][0]["caught_up"] for k in range(3)] == ["false", "true", "true"]
     for name in ("spans_1", "logged", "spans_2"):
         assert oracle[name] == plain[name], f"{name}: TimescaleDB and plain PostgreSQL differ"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from apihelp import World, api_client, bearer, error_code
@@ -215,7 +216,10 @@ def test_lot_trace_has_the_chain_the_temperatures_and_the_exact_minutes_out_of_r
         (start, 15.0, 9.0),
     ]
     assert store["max_t"] == 9.5 and store["t_max"] == 8.0 and store["min_t"] == 4.5
-    assert store["days"] and all(d["min_t"] <= d["mean_t"] <= d["max_t"] for d in store["days"])
+    days = store["days"]
+    beijing = ZoneInfo("Asia/Shanghai")
+    assert days["day"] == sorted({p.astimezone(beijing).date().isoformat() for p, _ in points if p >= t_arrive})
+    assert all(lo <= mean <= hi for lo, mean, hi in zip(days["min_t"], days["mean_t"], days["max_t"], strict=True))
     assert trace["minutes_out_of_range"] == pytest.approx(20.0)
     assert chain[("held", world.units["P"])]["storage"] == []  # the province has no monitored store here
     assert [(v["vaccinee_ref"], v["dose_no"]) for v in trace["vaccinations"]] == [("PSEUDO0042", 2)]

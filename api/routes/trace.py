@@ -6,7 +6,7 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from api.deps import Conn, CurrentUser, require_unit_in_scope
@@ -25,11 +25,13 @@ Id = Annotated[int, Field(ge=1, le=2**62)]
 QId = Annotated[int | None, Query(ge=1, le=2**62)]
 
 
-class DayTemp(BaseModel):
-    day: date
-    min_t: float
-    max_t: float
-    mean_t: float
+class DaySeries(BaseModel):
+    """One entry per Beijing day the store held the lot, in columns (as the device series)."""
+
+    day: list[date]
+    min_t: list[float]
+    max_t: list[float]
+    mean_t: list[float]
 
 
 class Excursion(BaseModel):
@@ -54,7 +56,7 @@ class Storage(BaseModel):
     readings: int
     minutes_out_of_range: float
     excursions: list[Excursion] = Field(description="本区间内的超温时段（已截取到区间内）")
-    days: list[DayTemp]
+    days: DaySeries = Field(description="逐日（北京时间）最低、最高、平均温度，按列给出")
 
 
 class Custody(BaseModel):
@@ -100,6 +102,13 @@ class TraceOut(BaseModel):
     holders: list[Holder] | None
 
 
+def _json(trace_: dict[str, Any]) -> Response:
+    """A lot held province-wide carries ~130 000 daily points: validated and written by
+    pydantic-core in one pass, instead of FastAPI's generic route (validate to Python objects, then
+    encode with the json module), which took three times as long. The schema is still TraceOut."""
+    return Response(TraceOut.model_validate(trace_).model_dump_json(), media_type="application/json")
+
+
 def _now() -> datetime:
     return datetime.now().astimezone()
 
@@ -109,18 +118,18 @@ def _now() -> datetime:
     response_model=TraceOut,
     summary="批号追溯：流向（含在途）、各环节温度与超温分钟数、接种记录、当前持有单位",
 )
-def trace_lot(lot_id: Id, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
+def trace_lot(lot_id: Id, principal: CurrentUser, conn: Conn) -> Response:
     out_lot = lot_row(conn, lot_id)
     if not trace.access_allowed(conn, lot_id, principal.unit_id):
         raise not_found("辖区内经手过的批号")
     result = trace.trace_lot(conn, load_lot(conn, lot_id), principal.unit_id, _now())
-    return {"lot": out_lot, "code": None, **result}
+    return _json({"lot": out_lot, "code": None, **result})
 
 
 @router.get("/trace/code", response_model=TraceOut, summary="按码追溯：该包装（或所在箱、盒）的流向、温度与接种")
 def trace_code(
     principal: CurrentUser, conn: Conn, code: Annotated[str, Query(min_length=1, max_length=200)]
-) -> dict[str, Any]:
+) -> Response:
     try:
         canonical = parse_code(code).code
     except CodeError as exc:
@@ -129,7 +138,7 @@ def trace_code(
     if row is None or not trace.access_allowed(conn, row["lot_id"], principal.unit_id):
         raise not_found("辖区内经手过的码")
     result = trace.trace_code(conn, load_lot(conn, row["lot_id"]), row, principal.unit_id, _now())
-    return {"lot": lot_row(conn, row["lot_id"]), "code": canonical, "holders": None, **result}
+    return _json({"lot": lot_row(conn, row["lot_id"]), "code": canonical, "holders": None, **result})
 
 
 @router.get("/lots/{lot_id}/holders", response_model=list[Holder], summary="召回名单：现持有该批号的单位（含在途）")

@@ -125,19 +125,25 @@ LANGUAGE sql AS $fn$
 $fn$;
 
 -- Step 2: recompute the invalidated probes from their first invalid reading, and every probe's
--- new readings; returns the number of spans written.
-CREATE FUNCTION cc_excursion_refresh() RETURNS bigint
+-- new readings, for at most one day of readings past the watermark: a first run over years of
+-- history (or a catch-up after a long stop) goes in steps that each commit, and the caller calls
+-- again until caught_up.
+CREATE FUNCTION cc_excursion_refresh(OUT spans bigint, OUT caught_up boolean)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     th      timestamptz;
     old_mu  timestamptz;
     new_mu  timestamptz;
-    written bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('coldchain.excursion_refresh'));
     SELECT threshold INTO th FROM excursion_threshold;
     SELECT materialized_until INTO old_mu FROM excursion_state;
-    new_mu := greatest(old_mu, th - INTERVAL '30 minutes');
+    IF NOT isfinite(old_mu) THEN
+        -- First run: from the oldest reading (there is nothing below it).
+        old_mu := coalesce((SELECT min(ts) FROM probe_readings), old_mu);
+    END IF;
+    new_mu := greatest(old_mu, least(th - INTERVAL '30 minutes', old_mu + INTERVAL '1 day'));
+    caught_up := new_mu >= th - INTERVAL '30 minutes';
 
     -- Where each probe starts again: 30 minutes before its first changed reading (that reading's
     -- predecessor may hold into it), else the old watermark; never before its oldest reading.
@@ -165,9 +171,8 @@ BEGIN
         (SELECT array_agg(probe_id ORDER BY probe_id) FROM _cc_exc_redo),
         (SELECT array_agg(lo ORDER BY probe_id) FROM _cc_exc_redo),
         new_mu);
-    GET DIAGNOSTICS written = ROW_COUNT;
+    GET DIAGNOSTICS spans = ROW_COUNT;
     UPDATE excursion_state SET materialized_until = new_mu;
-    RETURN written;
 END
 $fn$;
 
