@@ -177,7 +177,7 @@ K1_CODE, K2_CODE, PROVINCE_CODE = "6101130000", "6105020000", "6100000000"
 VIEWS = {
     "my_scope", "units", "unit_tree", "equipment", "compartments", "probe_bindings", "readings", "readings_hourly",
     "readings_daily", "gateway_status", "alarm_kinds", "alarms", "alarm_events", "stock_movements",
-    "stock_balances", "vaccinations",
+    "stock_balances", "vaccinations", "excursions",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -471,6 +471,7 @@ def test_the_province_sees_every_row_once(analysts: Analysts) -> None:
         "stock_movements": "SELECT count(*) FROM stock_movements",
         "vaccinations": "SELECT count(*) FROM vaccinations",
         "gateway_status": "SELECT count(*) FROM gateway_status",
+        "excursions": "SELECT count(*) FROM excursion_spans",
     }
     with db.connect(analysts.url) as conn:
         expected = {view: conn.execute(query.encode()).fetchone() for view, query in base.items()}
@@ -591,6 +592,28 @@ def test_readings_flag_excursions_against_the_compartment_limits(analysts: Analy
         "WHERE ts >= '2026-11-21 00:00+08' AND ts < '2026-11-22 00:00+08' GROUP BY 1, 2 ORDER BY 1, 2",
     )
     assert got == [("frozen", False, 288), ("refrigerated", False, 280), ("refrigerated", True, 8)]
+
+
+def test_excursions_hold_the_out_of_range_readings(analysts: Analysts) -> None:
+    """Each out-of-range reading of a day belongs to one span; a span lasts at least as long as
+    its readings are apart and at most 30 minutes past its last one."""
+    by_readings = rows(
+        analysts.url,
+        analysts.k1,
+        "SELECT unit_name, count(*) FROM analytics.readings WHERE out_of_range "
+        "AND ts >= '2026-11-21 00:00+08' AND ts < '2026-11-22 00:00+08' GROUP BY 1 ORDER BY 1",
+    )
+    by_spans = rows(
+        analysts.url,
+        analysts.k1,
+        "SELECT unit_name, sum(readings) FROM analytics.excursions "
+        "WHERE started_at >= '2026-11-21 00:00+08' AND started_at < '2026-11-22 00:00+08' GROUP BY 1 ORDER BY 1",
+    )
+    assert by_readings and by_spans == by_readings
+    assert rows(analysts.url, analysts.k1, "SELECT count(*) FROM analytics.excursions WHERE minutes > 0 "
+                                           "AND minutes <= 30 * readings AND (max_t > t_max OR min_t < t_min)") == rows(
+        analysts.url, analysts.k1, "SELECT count(*) FROM analytics.excursions"
+    )
 
 
 def test_alarm_kinds_are_those_of_the_rules(analysts: Analysts) -> None:

@@ -62,8 +62,13 @@ def _migration_steps() -> list[dict[str, str]]:
 
 
 def _refresh(until: str) -> list[dict[str, str]]:
+    """What coldchain.aggregates.refresh_aggregates does on TimescaleDB: the excursion spans (one
+    day per call, until caught up), then the continuous aggregates."""
     # Not inside a transaction block: one CALL per step.
     return [
+        {"sql": f"SELECT cc_excursion_advance_threshold(timestamptz '{until}')"},
+        {"sql": "DO $$ BEGIN LOOP EXIT WHEN (SELECT caught_up FROM cc_excursion_refresh()); END LOOP; END $$"},
+    ] + [
         {"sql": f"CALL refresh_continuous_aggregate('{view}', NULL, time_bucket('1 hour', timestamptz '{until}'))"}
         for view in ("probe_readings_hourly", "probe_readings_daily")
     ]

@@ -20,10 +20,11 @@
 --     refresh. The refresh raises the threshold in its own transaction first (it waits for the
 --     writers holding the old one FOR SHARE), then materialises up to 30 minutes before it: a
 --     reading's hold is known once every reading up to 30 minutes after it is known.
---   * The logging trigger is a row trigger (TimescaleDB refuses transition tables on
---     hypertables) that fires only for readings over an hour old; the threshold stays two hours
---     behind the refresh time, so a current reading costs the WHEN test and nothing else.
---     A reading escapes both only if its writer's transaction stays open for over an hour.
+--   * The threshold stays two hours behind the refresh time. On plain PostgreSQL the logging is a
+--     statement trigger (as for the aggregates); TimescaleDB refuses transition tables on
+--     hypertables, so there it is a row trigger that fires only for readings over an hour old —
+--     a current reading costs the WHEN test and nothing else, and a reading escapes both only if
+--     its writer's transaction stays open for over an hour.
 --   * Binding changes and limit changes log the probes concerned from the first moment affected,
 --     so history is judged by the compartment's current limits (as the trace always did).
 --   * Deleting readings (retention) leaves the spans alone; a recomputation never starts before a
@@ -147,6 +148,7 @@ BEGIN
 
     -- Where each probe starts again: 30 minutes before its first changed reading (that reading's
     -- predecessor may hold into it), else the old watermark; never before its oldest reading.
+    DROP TABLE IF EXISTS pg_temp._cc_exc_redo;  -- called again in the same transaction
     CREATE TEMP TABLE _cc_exc_redo ON COMMIT DROP AS
     WITH inv AS (DELETE FROM excursion_invalidations RETURNING probe_id, since),
     first_inv AS (SELECT probe_id, min(since) AS since FROM inv GROUP BY probe_id)
@@ -176,7 +178,22 @@ BEGIN
 END
 $fn$;
 
--- Logging: readings written below the threshold.
+-- Logging: readings written below the threshold. Plain PostgreSQL: statement triggers with
+-- transition tables, as for the aggregates (a back-filled batch logs one row per probe).
+-- TimescaleDB refuses transition tables on hypertables: row triggers there, firing only for
+-- readings over an hour old.
+CREATE FUNCTION cc_excursion_invalidate_readings() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    th timestamptz;
+BEGIN
+    SELECT threshold INTO th FROM excursion_threshold FOR SHARE;
+    INSERT INTO excursion_invalidations (probe_id, since)
+    SELECT probe_id, min(ts) FROM changed_rows WHERE ts < th GROUP BY probe_id;
+    RETURN NULL;
+END
+$fn$;
+
 CREATE FUNCTION cc_excursion_invalidate_reading() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -193,12 +210,28 @@ BEGIN
 END
 $fn$;
 
-CREATE TRIGGER probe_readings_excursions_ins AFTER INSERT ON probe_readings
-    FOR EACH ROW WHEN (NEW.ts < now() - INTERVAL '1 hour')
-    EXECUTE FUNCTION cc_excursion_invalidate_reading();
-CREATE TRIGGER probe_readings_excursions_upd AFTER UPDATE ON probe_readings
-    FOR EACH ROW WHEN (OLD.ts < now() - INTERVAL '1 hour' OR NEW.ts < now() - INTERVAL '1 hour')
-    EXECUTE FUNCTION cc_excursion_invalidate_reading();
+DO $do$
+BEGIN
+    IF cc_timescaledb() THEN
+        CREATE TRIGGER probe_readings_excursions_ins AFTER INSERT ON probe_readings
+            FOR EACH ROW WHEN (NEW.ts < now() - INTERVAL '1 hour')
+            EXECUTE FUNCTION cc_excursion_invalidate_reading();
+        CREATE TRIGGER probe_readings_excursions_upd AFTER UPDATE ON probe_readings
+            FOR EACH ROW WHEN (OLD.ts < now() - INTERVAL '1 hour' OR NEW.ts < now() - INTERVAL '1 hour')
+            EXECUTE FUNCTION cc_excursion_invalidate_reading();
+    ELSE
+        CREATE TRIGGER probe_readings_excursions_ins AFTER INSERT ON probe_readings
+            REFERENCING NEW TABLE AS changed_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION cc_excursion_invalidate_readings();
+        CREATE TRIGGER probe_readings_excursions_upd_old AFTER UPDATE ON probe_readings
+            REFERENCING OLD TABLE AS changed_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION cc_excursion_invalidate_readings();
+        CREATE TRIGGER probe_readings_excursions_upd_new AFTER UPDATE ON probe_readings
+            REFERENCING NEW TABLE AS changed_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION cc_excursion_invalidate_readings();
+    END IF;
+END
+$do$;
 
 -- Logging: a binding's probe from the first moment its attribution changed.
 CREATE FUNCTION cc_excursion_invalidate_binding() RETURNS trigger
@@ -235,3 +268,42 @@ $fn$;
 CREATE TRIGGER compartments_excursions AFTER UPDATE OF t_min, t_max ON compartments
     FOR EACH ROW WHEN (OLD.t_min IS DISTINCT FROM NEW.t_min OR OLD.t_max IS DISTINCT FROM NEW.t_max)
     EXECUTE FUNCTION cc_excursion_invalidate_limits();
+
+-- ---------------------------------------------------------------------------------------------
+-- For analysts (scoped as every view of 0007): the materialised spans with their compartment,
+-- equipment and unit. Spans of the last ~2.5 hours are not there yet; the trace adds them live.
+CREATE VIEW analytics.excursions WITH (security_barrier) AS
+SELECT x.started_at, x.ended_at, extract(epoch FROM x.ended_at - x.started_at)::float8 / 60 AS minutes,
+       x.readings, x.min_t, x.max_t,
+       x.probe_id, p.serial AS probe_serial,
+       x.compartment_id, c.name AS compartment_name, c.mode, c.t_min, c.t_max,
+       c.equipment_id, e.name AS equipment_name,
+       e.unit_id, u.code AS unit_code, u.name AS unit_name
+FROM excursion_spans x
+JOIN probes p ON p.id = x.probe_id
+JOIN compartments c ON c.id = x.compartment_id
+JOIN equipment e ON e.id = c.equipment_id
+JOIN units u ON u.id = e.unit_id
+WHERE e.unit_id IN (SELECT unit_id FROM cc_analyst_units);
+COMMENT ON VIEW analytics.excursions IS
+    '超温时段：探头连续超出所在温区上下限的时段（每条读数代表到下一条为止，最长 30 分钟）；'
+    '只含已物化部分（约至刷新时刻前 2.5 小时），刷新边界处一次超温可能分成首尾相接的两段（excursions）';
+COMMENT ON COLUMN analytics.excursions.started_at IS '第一条超限读数的时刻';
+COMMENT ON COLUMN analytics.excursions.ended_at IS '最后一条超限读数失效的时刻：下一条读数、30 分钟后或绑定结束，取最早';
+COMMENT ON COLUMN analytics.excursions.minutes IS '超温分钟数（ended_at − started_at）';
+COMMENT ON COLUMN analytics.excursions.readings IS '时段内超限读数条数';
+COMMENT ON COLUMN analytics.excursions.min_t IS '时段内最低温度 ℃';
+COMMENT ON COLUMN analytics.excursions.max_t IS '时段内最高温度 ℃';
+COMMENT ON COLUMN analytics.excursions.probe_id IS '探头 id';
+COMMENT ON COLUMN analytics.excursions.probe_serial IS '探头编码';
+COMMENT ON COLUMN analytics.excursions.compartment_id IS '读数时刻探头绑定的温区 id';
+COMMENT ON COLUMN analytics.excursions.compartment_name IS '温区名称';
+COMMENT ON COLUMN analytics.excursions.mode IS '温区类型：refrigerated 冷藏 / frozen 冷冻';
+COMMENT ON COLUMN analytics.excursions.t_min IS '温区当前下限 ℃（超温按此判断；冷冻温区可为空）';
+COMMENT ON COLUMN analytics.excursions.t_max IS '温区当前上限 ℃（超温按此判断）';
+COMMENT ON COLUMN analytics.excursions.equipment_id IS '冷链设备 id';
+COMMENT ON COLUMN analytics.excursions.equipment_name IS '设备名称';
+COMMENT ON COLUMN analytics.excursions.unit_id IS '单位 id';
+COMMENT ON COLUMN analytics.excursions.unit_code IS '单位编码（10 位）';
+COMMENT ON COLUMN analytics.excursions.unit_name IS '单位名称';
+GRANT SELECT ON analytics.excursions TO coldchain_analyst;
