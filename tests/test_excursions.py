@@ -183,6 +183,17 @@ def test_a_hold_is_stored_only_once_the_reading_that_ends_it_can_no_longer_arriv
     ]
 
 
+def test_a_first_refresh_without_readings_finishes_and_later_history_is_logged(empty_db: str) -> None:
+    migrate(empty_db, timescaledb="off")
+    assert refresh_aggregates(empty_db, until=T0).excursion_spans == 0
+    with db.connect(empty_db) as conn:
+        row = db.fetch_one(conn, "SELECT materialized_until FROM excursion_state")
+        conn.execute("INSERT INTO probe_readings (probe_id, ts, t) VALUES (1, %s, 9)", [T0 - timedelta(days=3)])
+        logged = db.fetch_one(conn, "SELECT count(*) AS n FROM excursion_invalidations")
+    assert row == {"materialized_until": T0 - timedelta(hours=2, minutes=30)}
+    assert logged == {"n": 1}
+
+
 def test_a_change_of_limits_rejudges_the_compartments_history(world: World) -> None:
     probe, fridge = world.probes["108601"], world.compartments["T1/冷藏"]
     _insert(world.url, probe, [(T0 + timedelta(minutes=5 * i), 7.5) for i in range(12)])

@@ -140,8 +140,9 @@ BEGIN
     SELECT threshold INTO th FROM excursion_threshold;
     SELECT materialized_until INTO old_mu FROM excursion_state;
     IF NOT isfinite(old_mu) THEN
-        -- First run: from the oldest reading (there is nothing below it).
-        old_mu := coalesce((SELECT min(ts) FROM probe_readings), old_mu);
+        -- First run: from the oldest reading (there is nothing below it); with no readings at all,
+        -- straight to the target (readings arriving later below it are logged as late).
+        old_mu := coalesce((SELECT min(ts) FROM probe_readings), th - INTERVAL '30 minutes');
     END IF;
     new_mu := greatest(old_mu, least(th - INTERVAL '30 minutes', old_mu + INTERVAL '1 day'));
     caught_up := new_mu >= th - INTERVAL '30 minutes';
