@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from apihelp import World
+from test_aggregates import execute, query
 
 from coldchain import db
 from coldchain.aggregates import refresh_aggregates
@@ -280,12 +281,11 @@ def _scenario() -> list[dict[str, str]]:
 
 def _run_plain(url: str, steps: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    with db.connect(url, autocommit=True) as conn:
-        for step in steps:
-            rows = conn.execute(step["sql"])
-            if "name" in step:
-                names = [c.name for c in rows.description or []]
-                out[step["name"]] = [dict(zip(names, r, strict=True)) for r in rows.fetchall()]
+    for step in steps:
+        if "name" in step:
+            out[step["name"]] = query(url, step["sql"])
+        else:
+            execute(url, step["sql"])
     return out
 
 

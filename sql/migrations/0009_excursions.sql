@@ -42,6 +42,9 @@ CREATE TABLE excursion_spans (
     CHECK (ended_at > started_at)
 );
 CREATE INDEX excursion_spans_compartment_idx ON excursion_spans (compartment_id, ended_at);
+-- Each refresh looks, per probe, for the spans ending at or after where it starts again: without
+-- this, every probe's whole history of spans would be read at every refresh.
+CREATE INDEX excursion_spans_probe_end_idx ON excursion_spans (probe_id, ended_at);
 COMMENT ON TABLE excursion_spans IS
     '超温时段（物化）：探头连续超出所在温区上下限的时段；每条读数代表到下一条读数为止（最长 30 分钟）。'
     '刷新边界处同一次超温可能分成首尾相接的两段';
