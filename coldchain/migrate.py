@@ -8,6 +8,7 @@ oracle, which only speaks SQL. Plain files with a small runner keep one source o
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +21,16 @@ from coldchain.db import connect
 from coldchain.settings import TimescaleMode
 from sql import MIGRATIONS_DIR
 
+log = logging.getLogger(__name__)
+
 # pg_advisory_lock key shared by every migrator: two of them racing are serialised, and the
 # second finds the work done.
 MIGRATION_LOCK_KEY = 0x636F6C64636D6967  # "coldcmig"
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+# The migration that decides the storage path (it creates the timescaledb extension, or not).
+STORAGE_PATH_MIGRATION = 1
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -95,18 +101,119 @@ def _check_consistent(migrations: Sequence[Migration], applied: dict[int, tuple[
             )
 
 
+# ---------------------------------------------------------------------------------------------
+# Whether 0001 may try TimescaleDB. With the package installed but the library not preloaded,
+# CREATE EXTENSION timescaledb fails in a way 0001's EXCEPTION block does not contain (seen on a
+# real 2.28.3 server: the migration stopped, once with the connection closed), so the migrator
+# asks the server first and tells 0001 which path to take.
+
+NOT_PRELOADED_WARNING = (
+    "服务器已安装 timescaledb 扩展，但它不在 shared_preload_libraries 中（未预加载），"
+    "本库改用普通 PostgreSQL 存储路径。若要使用 TimescaleDB：在 postgresql.conf 的 "
+    "shared_preload_libraries 中加入 timescaledb 并重启 PostgreSQL，再对一个新库运行 coldchain db migrate"
+    "（存储路径在首次迁移时确定，之后不再改变）"
+)
+NOT_PRELOADED_REFUSAL = (
+    "要求使用 TimescaleDB（COLDCHAIN_TIMESCALEDB=require），但 timescaledb 扩展未预加载（不在 "
+    "shared_preload_libraries 中）。请在 postgresql.conf 的 shared_preload_libraries 中加入 timescaledb，"
+    "重启 PostgreSQL 后重新运行 coldchain db migrate"
+)
+NOT_OFFERED_REFUSAL = (
+    "要求使用 TimescaleDB（COLDCHAIN_TIMESCALEDB=require），但数据库服务器没有提供 timescaledb 扩展（未安装其软件包）"
+)
+
+
+@dataclass(frozen=True)
+class TimescaleServer:
+    """What the server says about TimescaleDB, before 0001 runs."""
+
+    offered: bool  # in pg_available_extensions: the package is installed
+    created: bool  # in pg_extension: already created in this database
+    preloaded: bool  # the loader is in shared_preload_libraries
+
+
+def preload_libraries(value: str) -> list[str]:
+    """The library names of a ``shared_preload_libraries`` value, split as PostgreSQL splits it:
+    comma-separated, blanks around an item ignored, an item in double quotes may hold commas and
+    blanks (``""`` is a quote). An item may be a path or carry the file suffix: each of
+    ``timescaledb``, ``"timescaledb"``, ``$libdir/timescaledb`` and ``/usr/lib/x/timescaledb.so``
+    names the library ``timescaledb``."""
+    names: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] == '"':
+            item, i = [], i + 1
+            while i < n and not (value[i] == '"' and value[i + 1 : i + 2] != '"'):
+                item.append(value[i])
+                i += 2 if value[i] == '"' else 1
+            name = "".join(item)
+            i = value.find(",", i)
+        else:
+            end = value.find(",", i)
+            name = value[i : n if end < 0 else end].strip()
+            i = end
+        if name:
+            base = re.split(r"[/\\]", name)[-1]
+            names.append(re.sub(r"\.(so|dylib|dll)$", "", base))
+        if i < 0:
+            break
+        i += 1
+    return names
+
+
+def timescale_server(conn: psycopg.Connection) -> TimescaleServer:
+    """Ask the server (autocommit connection). Only superusers and members of pg_read_all_settings
+    may read shared_preload_libraries; for another owner the loader's own setting tells instead:
+    a preloaded loader defines timescaledb.disable_load in every backend, and pg_settings lists
+    no setting of a library that is not loaded."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'timescaledb'),"
+        "       EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')"
+    ).fetchone()
+    assert row is not None
+    try:
+        setting = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+        assert setting is not None
+        preloaded = "timescaledb" in preload_libraries(str(setting[0]))
+    except psycopg.errors.InsufficientPrivilege:
+        defined = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_settings WHERE name = 'timescaledb.disable_load')"
+        ).fetchone()
+        preloaded = defined == (True,)
+    return TimescaleServer(offered=bool(row[0]), created=bool(row[1]), preloaded=preloaded)
+
+
+def storage_choice(mode: TimescaleMode, server: TimescaleServer) -> tuple[TimescaleMode, str | None]:
+    """What 0001 is told (``coldchain.timescaledb``) and the warning to show, for ``mode`` on this
+    server; MigrationError when ``require`` cannot be met. ``auto`` tries TimescaleDB only where
+    trying can work; an extension already created (by a DBA, say) is used as it is."""
+    if mode == "off" or server.created:
+        return mode, None
+    if not server.offered:
+        if mode == "require":
+            raise MigrationError(NOT_OFFERED_REFUSAL)
+        return "off", None
+    if not server.preloaded:
+        if mode == "require":
+            raise MigrationError(NOT_PRELOADED_REFUSAL)
+        return "off", NOT_PRELOADED_WARNING
+    return mode, None
+
+
 def status(url: str, directory: Path = MIGRATIONS_DIR) -> list[MigrationState]:
     migrations = discover(directory)
     with connect(url, autocommit=True, application="coldchain-migrate") as conn:
-        conn.execute(_BOOTSTRAP)
-        applied = _applied(conn)
+        # Read-only: the runtime role, which checks this at every service start, may not create
+        # tables; an unmigrated database simply has everything pending.
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+        applied = _applied(conn) if exists and exists[0] else {}
     _check_consistent(migrations, applied)
     return [MigrationState(m, applied[m.version][2] if m.version in applied else None) for m in migrations]
 
 
-def migrate(
-    url: str, *, timescaledb: TimescaleMode = "auto", directory: Path = MIGRATIONS_DIR
-) -> list[Migration]:
+def migrate(url: str, *, timescaledb: TimescaleMode = "auto", directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     """Apply what is pending; return what was applied (empty when up to date)."""
     migrations = discover(directory)
     done: list[Migration] = []
@@ -116,12 +223,17 @@ def migrate(
             conn.execute(_BOOTSTRAP)
             applied = _applied(conn)
             _check_consistent(migrations, applied)
+            mode = timescaledb
+            if STORAGE_PATH_MIGRATION not in applied and any(m.version == STORAGE_PATH_MIGRATION for m in migrations):
+                mode, warning = storage_choice(timescaledb, timescale_server(conn))
+                if warning:
+                    log.warning("%s", warning)
             for m in migrations:
                 if m.version in applied:
                     continue
                 try:
                     with conn.transaction():
-                        conn.execute("SELECT set_config('coldchain.timescaledb', %s, true)", (timescaledb,))
+                        conn.execute("SELECT set_config('coldchain.timescaledb', %s, true)", (mode,))
                         conn.execute(m.sql.encode("utf-8"))
                         conn.execute(
                             "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
@@ -131,7 +243,10 @@ def migrate(
                     raise MigrationError(f"迁移 {m.path.name} 执行失败，已整体回滚：{exc}") from exc
                 done.append(m)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            # A connection the server closed (a crashing extension, say) holds no lock any more,
+            # and unlocking it would hide the error that closed it.
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return done
 
 

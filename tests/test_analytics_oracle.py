@@ -17,14 +17,19 @@ from apihelp import _SITE_SERIALS, _UNITS, BOUND_FROM
 from test_analytics_views import (
     K1_CODE,
     K2_CODE,
+    READABLE_SQL,
     REFRESH_UNTIL,
     SEED_SQL,
+    TIME_BOUNDED,
+    TIMESCALEDB_TIME_INDEXES_SQL,
     VIEWS,
     Analysts,
     DocBlock,
     analysts,  # noqa: F401 - the plain-path fixture, compared with below
     connect_as,
     doc_blocks,
+    forbidden_readable,
+    unreached_indexes,
 )
 from test_timescale_oracle import _migration_steps, _refresh, run_oracle
 
@@ -148,7 +153,14 @@ END
 $do$;
 """
 
-BOUNDED = "SELECT * FROM analytics.readings WHERE ts >= '2026-11-21 14:00+08' AND ts < '2026-11-21 15:00+08'"
+BOUNDED = TIME_BOUNDED["readings"][1]
+
+
+def _plan_steps(prefix: str) -> list[dict[str, str]]:
+    return [
+        {"name": f"{prefix}{view}", "sql": f"EXPLAIN (FORMAT JSON) {query}"}
+        for view, (_, query) in TIME_BOUNDED.items()
+    ]
 
 
 def _is_setting(block: DocBlock) -> bool:
@@ -180,6 +192,8 @@ def oracle() -> Results:
         {"name": "chunks", "sql": "SELECT c::text AS chunk FROM show_chunks('probe_readings') c"},
         {"sql": _RLS},
         {"name": "rls", "sql": "SELECT current_setting('cc_test.rls') AS outcome"},
+        {"name": "time_indexes", "sql": TIMESCALEDB_TIME_INDEXES_SQL},
+        {"name": "column_stats", "sql": "SELECT count(*)::int AS n FROM _timescaledb_catalog.chunk_column_stats"},
         {"sql": "SET ROLE ana_k1"},
         {"name": "k1_units", "sql": _units_by_view()},
         {"sql": _READABLE},
@@ -187,6 +201,13 @@ def oracle() -> Results:
         {"name": "k1_privileged", "sql": _PRIVILEGED},
         {"name": "k1_bounded_plan", "sql": f"EXPLAIN {BOUNDED}"},
         {"name": "k1_unbounded_plan", "sql": "EXPLAIN SELECT * FROM analytics.readings"},
+        {"name": "k1_may_read", "sql": READABLE_SQL.format(role="current_user")},
+        {"name": "group_may_read", "sql": READABLE_SQL.format(role="'coldchain_analyst'")},
+        {"sql": "SET enable_seqscan = off"},
+        *_plan_steps("k1_indexed_"),
+        {"sql": "SET enable_seqscan = on; SET enable_indexscan = off; SET enable_bitmapscan = off"},
+        *_plan_steps("k1_scanned_"),
+        {"sql": "RESET enable_seqscan; RESET enable_indexscan; RESET enable_bitmapscan"},
         *_guide_steps("k1_doc_"),
         {"sql": "RESET ROLE; SET ROLE ana_k2"},
         {"name": "k2_units", "sql": _units_by_view()},
@@ -218,6 +239,33 @@ def test_no_table_chunk_or_materialisation_is_readable(oracle: Results) -> None:
     (row,) = oracle["k1_privileged"]
     assert row["checked"] > 60  # tables, views, chunks, compressed chunks, materialisations
     assert row["granted"] == ""
+
+
+def test_an_analyst_reads_the_views_and_the_timescaledb_catalog_only(oracle: Results) -> None:
+    """Every relation the analyst (and the group role) holds SELECT on, in every schema: the views,
+    and the metadata the extension grants to PUBLIC; no chunk, no materialisation, nothing in public."""
+    for name in ("k1_may_read", "group_may_read"):
+        readable = [(r["schema_name"], r["relname"], r["kind"], r["extname"]) for r in oracle[name]]
+        assert forbidden_readable(readable) == [], name
+        assert {relation for schema, relation, _, _ in readable if schema == "analytics"} == VIEWS
+        catalog = {schema for schema, _, _, extension in readable if extension == "timescaledb"}
+        assert {"_timescaledb_catalog", "timescaledb_information"} <= catalog  # the rule is not vacuous here
+    # Chunk skipping (enable_chunk_skipping) would put each chunk's min / max of a column in the
+    # catalog the analysts read; the schema does not use it.
+    assert oracle["column_stats"] == [{"n": 0}]
+
+
+def test_time_bounded_queries_reach_each_chunks_copy_of_the_index(oracle: Results) -> None:
+    indexes = {r["view_name"]: (r["relation"], r["index_name"]) for r in oracle["time_indexes"]}
+    assert indexes["readings_hourly"][0].startswith("_materialized_hypertable_"), indexes
+
+    def plans(prefix: str) -> dict[str, dict[str, Any]]:
+        return {view: oracle[f"{prefix}{view}"][0]["QUERY PLAN"][0]["Plan"] for view in TIME_BOUNDED}
+
+    indexed = plans("k1_indexed_")
+    assert unreached_indexes(indexed, indexes) == [], indexed
+    assert all("_hyper_" in json.dumps(plan) for plan in indexed.values())  # chunks, not the hypertables
+    assert unreached_indexes(plans("k1_scanned_"), indexes) == list(TIME_BOUNDED)
 
 
 def test_row_level_security_is_refused_on_the_compressed_hypertable(oracle: Results) -> None:

@@ -1,7 +1,8 @@
 """The analysts' SQL interface (migration 0007, docs/analyst.md) on plain PostgreSQL.
 
 Everything runs against the real server, connected as real login roles: comments on every view and
-column, privileges (nothing in public readable), jurisdiction scoping by analyst_scopes, the
+column, privileges (nothing readable but the views and, on TimescaleDB, the extension's own catalog;
+nothing in public), jurisdiction scoping by analyst_scopes, the
 security barrier against a leaky function of the analyst's own, index use of time-bounded queries,
 and every ``-- plain`` query of the guide, some of them checked against a reference computation.
 
@@ -180,6 +181,52 @@ VIEWS = {
     "stock_balances", "vaccinations", "excursions",
 }
 
+# What an analyst may read besides the views (docs/analyst.md §3): the TimescaleDB extension's own
+# catalog, which the extension grants to PUBLIC: hypertable and chunk definitions, chunk time
+# ranges, sizes and row counts, policies and job statistics. Metadata, as pg_catalog gives every
+# role (pg_class.reltuples), never a reading, an aggregate or a ledger row. The chunks, compressed
+# chunks and materialisation hypertables in _timescaledb_internal hold rows: they carry their
+# hypertable's grants (none for analysts) and are never allowed, whatever they belong to.
+TIMESCALEDB_CATALOG_SCHEMAS = frozenset(
+    {
+        "_timescaledb_catalog",
+        "_timescaledb_config",
+        "_timescaledb_cache",
+        "_timescaledb_internal",
+        "timescaledb_information",
+        "timescaledb_experimental",
+    }
+)
+_STORED_ROWS = re.compile(
+    r"^(_hyper_|compress_hyper_|_materialized_hypertable_|_compressed_hypertable_|_partial_view_|_direct_view_)"
+)
+
+# Every relation (sequences too) {role} holds SELECT on, in every schema but PostgreSQL's own
+# catalogs, with the extension it belongs to. The same text runs on the server and in the oracle.
+READABLE_SQL = """
+SELECT n.nspname AS schema_name, c.relname, c.relkind::text AS kind, e.extname
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+LEFT JOIN pg_extension e ON e.oid = d.refobjid
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+  AND has_table_privilege({role}, c.oid, 'SELECT')
+ORDER BY 1, 2
+"""
+
+
+def forbidden_readable(readable: list[tuple[str, str, str, str | None]]) -> list[str]:
+    """The relations among READABLE_SQL's rows that an analyst must not be able to read."""
+
+    def allowed(schema: str, name: str, kind: str, extension: str | None) -> bool:
+        if schema == "analytics":
+            return kind == "v" and name in VIEWS
+        return extension == "timescaledb" and schema in TIMESCALEDB_CATALOG_SCHEMAS and not _STORED_ROWS.match(name)
+
+    return sorted(f"{r[0]}.{r[1]}" for r in readable if not allowed(*r))
+
+
 # ---------------------------------------------------------------------------------------------
 # The guide's SQL blocks: the first line says where a block runs (see the table in docs/analyst.md).
 
@@ -286,6 +333,15 @@ def analysts(databases: DatabaseFactory, migrated_template: str | None) -> Itera
     url = databases.create(template=migrated_template)
     if migrated_template is None:
         migrate(url)
+    with db.connect(url, autocommit=True) as conn:
+        if db.storage_path(conn) == "timescaledb":
+            # The policies run whenever the scheduler reaches this database: compression would turn
+            # the seed's November 2026 chunks columnar mid-module and change the plans under test.
+            # Compressed chunks are checked in the oracle (test_analytics_oracle).
+            conn.execute(
+                "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+                "WHERE hypertable_name IS NOT NULL"
+            )
     world = build_world(url)
     seed(world)
     roles = Roles(url)
@@ -355,23 +411,57 @@ def test_views_are_barriers_and_the_group_role_reads_only_them(analysts: Analyst
             """SELECT c.relname, coalesce('security_barrier=true' = ANY (c.reloptions), false)
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'analytics'"""
         ).fetchall()
+        # Nothing but SELECT, anywhere (every relation kind, every schema).
         granted = conn.execute(
             """SELECT n.nspname, c.relname, p.privilege
                FROM pg_class c
                JOIN pg_namespace n ON n.oid = c.relnamespace
-               CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES',
+               CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES',
                                        'TRIGGER']) AS p (privilege)
-               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
                  AND has_table_privilege('coldchain_analyst', c.oid, p.privilege)"""
         ).fetchall()
+        readable = {
+            role: conn.execute(sql.SQL(READABLE_SQL).format(role=sql.Literal(role))).fetchall()
+            for role in ("coldchain_analyst", analysts.k1)
+        }
         schema = conn.execute(
             """SELECT has_schema_privilege('coldchain_analyst', 'analytics', 'USAGE'),
                       has_schema_privilege('coldchain_analyst', 'analytics', 'CREATE'),
                       has_function_privilege('coldchain_analyst', 'cc_grant_analyst(text, text)', 'EXECUTE')"""
         ).fetchone()
     assert barrier and all(flag for _, flag in barrier), barrier
-    assert sorted(granted) == sorted(("analytics", view, "SELECT") for view in VIEWS)
+    assert granted == []
+    for role, relations in readable.items():
+        assert forbidden_readable(relations) == [], role
+        assert {name for schema_name, name, _, _ in relations if schema_name == "analytics"} == VIEWS
     assert schema == (True, False, False)
+
+
+def test_what_an_analyst_may_read_is_the_views_and_the_timescaledb_catalog() -> None:
+    """The rule itself, on rows as READABLE_SQL gives them."""
+    allowed = [
+        ("analytics", "readings", "v", None),
+        ("_timescaledb_catalog", "dimension_slice", "r", "timescaledb"),
+        ("_timescaledb_catalog", "chunk_id_seq", "S", "timescaledb"),
+        ("_timescaledb_internal", "bgw_job_stat", "r", "timescaledb"),
+        ("timescaledb_information", "chunks", "v", "timescaledb"),
+    ]
+    refused = [
+        ("analytics", "mine", "v", None),  # a view nobody reviewed
+        ("analytics", "readings", "r", None),
+        ("public", "probe_readings", "r", None),
+        ("public", "pg_stat_statements", "v", "pg_stat_statements"),
+        ("_timescaledb_internal", "_hyper_1_3_chunk", "r", None),
+        ("_timescaledb_internal", "compress_hyper_5_8_chunk", "r", None),
+        ("_timescaledb_internal", "_materialized_hypertable_3", "r", None),
+        ("_timescaledb_internal", "_hyper_3_6_chunk", "r", "timescaledb"),  # rows, whoever owns them
+        ("_timescaledb_catalog", "copied_here", "r", None),
+        ("toolkit_experimental", "anything", "v", "timescaledb"),
+    ]
+    assert forbidden_readable(allowed) == []
+    assert forbidden_readable(allowed + refused) == sorted(f"{r[0]}.{r[1]}" for r in refused)
 
 
 def test_an_analyst_can_read_no_public_table_or_view(analysts: Analysts) -> None:
@@ -527,56 +617,140 @@ def test_a_leaky_function_of_the_analyst_sees_only_rows_in_scope(analysts: Analy
 # Plans
 
 
+# Time-bounded reads of the three reading views: the time condition must reach an index on the time
+# column of the table holding the rows. On plain PostgreSQL that is the table's own index; on
+# TimescaleDB the same index of the hypertable (probe_readings, the aggregates' materialisation
+# hypertables), which a plan names by each chunk's copy of it.
+TIME_BOUNDED = {
+    "readings": (
+        "ts",
+        "SELECT * FROM analytics.readings WHERE ts >= '2026-11-21 14:00+08' AND ts < '2026-11-21 15:00+08'",
+    ),
+    "readings_hourly": (
+        "bucket",
+        "SELECT * FROM analytics.readings_hourly "
+        "WHERE bucket >= '2026-11-21 00:00+08' AND bucket < '2026-11-21 06:00+08'",
+    ),
+    "readings_daily": (
+        "bucket",
+        "SELECT * FROM analytics.readings_daily "
+        "WHERE bucket >= '2026-11-20 00:00+08' AND bucket < '2026-11-21 00:00+08'",
+    ),
+}
+PLAIN_TIME_INDEXES = {
+    "readings": ("probe_readings", "probe_readings_ts_idx"),
+    "readings_hourly": ("agg_probe_hourly", "agg_probe_hourly_bucket_idx"),
+    "readings_daily": ("agg_probe_daily", "agg_probe_daily_bucket_idx"),
+}
+TIMESCALEDB_TIME_INDEXES_SQL = """
+SELECT 'readings' AS view_name, 'probe_readings' AS relation, 'probe_readings_ts_idx' AS index_name
+UNION ALL
+SELECT replace(view_name, 'probe_', ''), materialization_hypertable_name,
+       materialization_hypertable_name || '_bucket_idx'
+FROM timescaledb_information.continuous_aggregates
+WHERE view_name IN ('probe_readings_hourly', 'probe_readings_daily')
+"""
+_CHUNK = re.compile(r"_hyper_\d+_\d+_chunk")
+
+
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from _nodes(child)
 
 
-def _index_conditions(plan: dict[str, Any], relation: str) -> list[tuple[str, str]]:
-    """(index, condition) of every index scan of ``relation``, bitmap scans included."""
+def index_conditions(plan: dict[str, Any], relation: str, index: str) -> list[str]:
+    """The condition of every scan by ``index`` of ``relation``, bitmap scans included, or of one of
+    its chunks (``_hyper_N_M_chunk``) by the chunk's copy of it (``_hyper_N_M_chunk_<index>``)."""
     found = []
     for node in _nodes(plan):
-        if node.get("Relation Name") != relation:
+        scanned = node.get("Relation Name")
+        if scanned == relation:
+            expected = index
+        elif scanned and _CHUNK.fullmatch(scanned):
+            expected = f"{scanned}_{index}"
+        else:
             continue
-        if "Index Cond" in node:
-            found.append((node["Index Name"], node["Index Cond"]))
+        if node.get("Index Name") == expected and "Index Cond" in node:
+            found.append(node["Index Cond"])
         for child in _nodes(node):
-            if child.get("Node Type") == "Bitmap Index Scan":
-                found.append((child["Index Name"], child["Index Cond"]))
+            if child.get("Node Type") == "Bitmap Index Scan" and child["Index Name"] == expected:
+                found.append(child["Index Cond"])
     return found
+
+
+def unreached_indexes(plans: dict[str, dict[str, Any]], indexes: dict[str, tuple[str, str]]) -> list[str]:
+    """The views of TIME_BOUNDED whose plan does not bound the time column in the expected index."""
+    missing = []
+    for view, (column, _) in TIME_BOUNDED.items():
+        relation, index = indexes[view]
+        conditions = index_conditions(plans[view], relation, index)
+        if not any(f"{column} >=" in c and f"{column} <" in c for c in conditions):
+            missing.append(view)
+    return missing
+
+
+def time_indexes(conn: psycopg.Connection) -> dict[str, tuple[str, str]]:
+    if db.storage_path(conn) != "timescaledb":
+        return PLAIN_TIME_INDEXES
+    return {view: (relation, index) for view, relation, index in conn.execute(TIMESCALEDB_TIME_INDEXES_SQL)}
 
 
 def test_time_bounded_queries_reach_the_indexes(analysts: Analysts) -> None:
     """The analyst's time condition must reach the scan through the barrier as an index condition.
     Sequential scans are switched off because the test tables are small: what is checked is that
-    the condition can be used, not the planner's taste for tiny tables."""
+    the condition can be used, not the planner's taste for tiny tables. And the check can fail:
+    with index scans switched off instead, every view misses it."""
+    with db.connect(analysts.url) as conn:
+        indexes = time_indexes(conn)
     with connect_as(analysts.url, analysts.k1) as conn:
+
+        def plans() -> dict[str, dict[str, Any]]:
+            found = {}
+            for view, (_, query) in TIME_BOUNDED.items():
+                row = conn.execute(f"EXPLAIN (FORMAT JSON) {query}".encode()).fetchone()
+                assert row is not None
+                found[view] = row[0][0]["Plan"]
+            return found
+
         conn.execute("SET enable_seqscan = off")
+        indexed = plans()
+        conn.execute("SET enable_seqscan = on; SET enable_indexscan = off; SET enable_bitmapscan = off")
+        scanned = plans()
+    assert unreached_indexes(indexed, indexes) == [], indexed
+    assert unreached_indexes(scanned, indexes) == list(TIME_BOUNDED)
 
-        def plan(query: str) -> dict[str, Any]:
-            row = conn.execute(f"EXPLAIN (FORMAT JSON) {query}".encode()).fetchone()
-            assert row is not None
-            result: dict[str, Any] = row[0][0]["Plan"]
-            return result
 
-        raw = plan(
-            "SELECT * FROM analytics.readings WHERE ts >= '2026-11-21 14:00+08' AND ts < '2026-11-21 15:00+08'"
-        )
-        hourly = plan(
-            "SELECT * FROM analytics.readings_hourly "
-            "WHERE bucket >= '2026-11-21 00:00+08' AND bucket < '2026-11-21 06:00+08'"
-        )
-        daily = plan(
-            "SELECT * FROM analytics.readings_daily "
-            "WHERE bucket >= '2026-11-20 00:00+08' AND bucket < '2026-11-21 00:00+08'"
-        )
-    assert any(index == "probe_readings_ts_idx" and "ts >=" in cond and "ts <" in cond
-               for index, cond in _index_conditions(raw, "probe_readings")), raw
-    assert any(index == "agg_probe_hourly_bucket_idx" and "bucket >=" in cond
-               for index, cond in _index_conditions(hourly, "agg_probe_hourly")), hourly
-    assert any(index == "agg_probe_daily_bucket_idx" and "bucket >=" in cond
-               for index, cond in _index_conditions(daily, "agg_probe_daily")), daily
+def test_the_index_check_takes_the_hypertables_index_or_a_chunks_copy_and_nothing_else() -> None:
+    cond = "((ts >= '2026-11-21 06:00:00+00'::timestamp with time zone) AND (ts < '2026-11-21 07:00:00+00'))"
+
+    def scan(relation: str, index: str | None, bitmap: bool = False) -> dict[str, Any]:
+        if index is None:
+            return {"Node Type": "Seq Scan", "Relation Name": relation, "Filter": cond}
+        if bitmap:
+            return {
+                "Node Type": "Bitmap Heap Scan",
+                "Relation Name": relation,
+                "Recheck Cond": cond,
+                "Plans": [{"Node Type": "Bitmap Index Scan", "Index Name": index, "Index Cond": cond}],
+            }
+        return {"Node Type": "Index Scan", "Relation Name": relation, "Index Name": index, "Index Cond": cond}
+
+    def reached(*nodes: dict[str, Any]) -> bool:
+        plan = {"Node Type": "Nested Loop", "Plans": [{"Node Type": "Append", "Plans": list(nodes)}]}
+        return bool(index_conditions(plan, "probe_readings", "probe_readings_ts_idx"))
+
+    assert reached(scan("probe_readings", "probe_readings_ts_idx"))
+    assert reached(scan("probe_readings", "probe_readings_ts_idx", bitmap=True))
+    assert reached(scan("_hyper_1_3_chunk", "_hyper_1_3_chunk_probe_readings_ts_idx"))
+    assert reached(scan("_hyper_1_2_chunk", "_hyper_1_2_chunk_probe_readings_ts_idx", bitmap=True))
+    assert not reached(scan("probe_readings", None))
+    assert not reached(scan("_hyper_1_3_chunk", None))
+    assert not reached(scan("probe_readings", "probe_readings_pkey"))
+    assert not reached(scan("_hyper_1_3_chunk", "3_3_probe_readings_pkey"))
+    assert not reached(scan("_hyper_1_3_chunk", "_hyper_1_2_chunk_probe_readings_ts_idx"))  # another chunk's
+    assert not reached(scan("_hyper_2_5_chunk", "_hyper_2_5_chunk_gateway_status_ts_idx"))
+    assert not reached(scan("compress_hyper_5_8_chunk", "compress_hyper_5_8_chunk_probe_readings_ts_idx"))
 
 
 # ---------------------------------------------------------------------------------------------
