@@ -11,6 +11,11 @@ A failure backs off (2 s, 4 s … 5 min, with jitter) and keeps the row.
 WeCom robots take at most 20 messages a minute and 4 096 bytes each: everything pending for one
 robot is merged into as few messages as fit, and what the minute's budget cannot take waits for
 the next slot — delayed, never dropped.
+
+Every request goes through :mod:`coldchain.outbound`: https to an allowed host only, never to an
+internal address (checked after DNS resolution, on the very addresses connected to). A refused
+destination is a permanent failure: its rows keep the reason and are not tried again. Nothing
+stored or logged here carries a secret (a robot's key, a webhook's HMAC secret, WeChat's).
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ import json
 import logging
 import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,7 +37,9 @@ from alarms.escalation import kind_of_key
 from alarms.messages import AlarmCard, signed_webhook, template_message, wecom_markdown, wecom_payload
 from alarms.messages import next_slot as robot_next_slot
 from alarms.rules import KIND_NAMES
+from coldchain import outbound
 from coldchain.db import fetch_all
+from coldchain.outbound import OutboundRefused
 from coldchain.settings import Settings
 
 log = logging.getLogger("coldchain.alarms.delivery")
@@ -46,15 +51,17 @@ MAX_BACKOFF = timedelta(minutes=5)
 Post = Callable[[str, bytes, Mapping[str, str]], tuple[int, bytes]]
 
 
-def http_post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json; charset=utf-8", **headers}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def http_post(settings: Settings) -> Post:
+    """The real sender: a JSON POST through :func:`coldchain.outbound.request` (checked destination,
+    no redirects followed)."""
+    policy = outbound.policy_of(settings)
+
+    def post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        return outbound.request(
+            "POST", url, policy, body=body, headers={"Content-Type": "application/json; charset=utf-8", **headers}
+        )
+
+    return post
 
 
 @dataclass
@@ -104,6 +111,13 @@ UPDATE notification_outbox SET attempts = attempts + 1, last_error = %(error)s,
 WHERE id = ANY(%(ids)s)
 """
 _POSTPONE = "UPDATE notification_outbox SET next_attempt_at = %(at)s WHERE id = ANY(%(ids)s)"
+# A destination this system does not send to: never due again (a date no pass reaches; not
+# 'infinity', which clients cannot read back), kept unsent with the reason.
+_REFUSED = """
+UPDATE notification_outbox SET attempts = attempts + 1, last_error = %(error)s,
+       next_attempt_at = '9999-12-31 00:00:00+00'
+WHERE id = ANY(%(ids)s)
+"""
 _EVENT = """
 INSERT INTO alarm_events (alarm_id, action, channel, details)
 SELECT unnest(%(alarms)s::bigint[]), %(action)s, %(channel)s, %(details)s
@@ -121,21 +135,31 @@ def backoff(attempts: int) -> float:
     return base * random.uniform(0.8, 1.2)  # jitter, not security
 
 
-def deliver(conn: psycopg.Connection, settings: Settings, *, post: Post = http_post, limit: int = 200) -> DeliveryStats:
+def deliver(
+    conn: psycopg.Connection, settings: Settings, *, post: Post | None = None, limit: int = 200
+) -> DeliveryStats:
     stats = DeliveryStats()
+    send = post or http_post(settings)
     destinations = fetch_all(conn, _DESTINATIONS, {"limit": limit})
     conn.commit()
     for dest in destinations:
         try:
-            _deliver_to(conn, settings, dest["channel"], dest["target"], post, stats)
+            _deliver_to(conn, settings, dest["channel"], dest["target"], send, stats)
             conn.commit()
         except (psycopg.Error, ValueError, KeyError) as exc:
             # One destination's trouble (a database error, a message that cannot be built) must
-            # not stop the others; its rows stay pending and the error is logged every pass.
+            # not stop the others; its rows stay pending and the error is logged every pass —
+            # without the traceback, whose messages could quote a robot's URL with its key.
             conn.rollback()
-            stats.errors.append(f"{dest['channel']}：{exc}")
-            log.exception("投递到 %s 失败", dest["channel"])
+            error = _scrubbed(f"{type(exc).__name__}: {exc}", dest["target"], settings)
+            stats.errors.append(f"{dest['channel']}：{error}")
+            log.error("投递到 %s 失败：%s", dest["channel"], error)
     return stats
+
+
+def _scrubbed(text: str, url: str, settings: Settings, *secrets: str | bytes | None) -> str:
+    """An error message fit to store and log: the URL's query values and every secret masked."""
+    return outbound.scrub(text, url, settings.wechat_secret, settings.link_secret, *secrets)[:500]
 
 
 def _cards(
@@ -200,17 +224,35 @@ def _deliver_to(
             },
         )
         return
+    # Checked before anything is built (and again by the sender, on the addresses it connects to).
+    try:
+        outbound.resolve(
+            settings.wechat_api_base if channel == "wechat_template" else target, outbound.policy_of(settings)
+        )
+    except OutboundRefused as exc:
+        _refuse(conn, rows, channel, str(exc), stats)
+        return
+    except OSError:
+        pass  # a name that does not resolve now: the send below fails and is retried
     cards = _cards(conn, settings, rows, now)
     if channel == "wecom":
-        _deliver_wecom(conn, target, rows, cards, post, stats, now)
+        _deliver_wecom(conn, settings, target, rows, cards, post, stats, now)
     elif channel == "webhook":
         _deliver_each(
-            conn, target, rows, cards, post, stats, lambda card, row: _webhook_request(conn, target, card, row)
+            conn,
+            settings,
+            target,
+            rows,
+            cards,
+            post,
+            stats,
+            lambda card, row: _webhook_request(conn, target, card, row),
         )
     else:
         token_cache: dict[str, str] = {}
         _deliver_each(
             conn,
+            settings,
             target,
             rows,
             cards,
@@ -220,8 +262,27 @@ def _deliver_to(
         )
 
 
+def _refuse(
+    conn: psycopg.Connection, rows: Sequence[dict[str, Any]], channel: str, reason: str, stats: DeliveryStats
+) -> None:
+    """A destination this system does not send to: each row keeps the reason, and is not retried."""
+    error = f"通知地址被拒绝，不再重试：{reason}"[:500]
+    conn.execute(_REFUSED, {"ids": [r["id"] for r in rows], "error": error})
+    conn.execute(
+        _EVENT,
+        {
+            "alarms": sorted({r["alarm_id"] for r in rows}),
+            "action": "notify_failed",
+            "channel": channel,
+            "details": Jsonb({"error": error, "refused": True}),
+        },
+    )
+    stats.failures += 1
+
+
 def _send(
     conn: psycopg.Connection,
+    settings: Settings,
     post: Post,
     url: str,
     body: bytes,
@@ -231,6 +292,7 @@ def _send(
     stats: DeliveryStats,
     *,
     wecom: bool = False,
+    secret: bytes | None = None,
 ) -> bool:
     """One request for ``rows``: mark them sent, or record the failure and schedule the retry."""
     ids = [r["id"] for r in rows]
@@ -242,8 +304,11 @@ def _send(
         if error is None and wecom:
             errcode = json.loads(answer or b"{}").get("errcode", 0)
             error = None if errcode == 0 else f"企业微信 errcode {errcode}"
+    except OutboundRefused as exc:
+        _refuse(conn, rows, channel, str(exc), stats)
+        return False
     except (OSError, ValueError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = _scrubbed(f"{type(exc).__name__}: {exc}", url, settings, secret)
     if error is None:
         conn.execute(_SENT, {"first": ids[0], "ids": ids})
         conn.execute(
@@ -277,6 +342,7 @@ def _send(
 
 def _deliver_wecom(
     conn: psycopg.Connection,
+    settings: Settings,
     target: str,
     rows: Sequence[dict[str, Any]],
     cards: Sequence[AlarmCard],
@@ -302,7 +368,7 @@ def _deliver_wecom(
             return
         (markdown,) = wecom_markdown([cards[i] for i in group], now)
         body = json.dumps(wecom_payload(markdown), ensure_ascii=False).encode()
-        if not _send(conn, post, target, body, {}, group_rows, "wecom", stats, wecom=True):
+        if not _send(conn, settings, post, target, body, {}, group_rows, "wecom", stats, wecom=True):
             # The robot failed: the rest for it wait for the same retry instead of hammering it.
             rest = [rows[i]["id"] for g in groups[n + 1 :] for i in g]
             if rest:
@@ -313,27 +379,33 @@ def _deliver_wecom(
 
 def _deliver_each(
     conn: psycopg.Connection,
+    settings: Settings,
     target: str,
     rows: Sequence[dict[str, Any]],
     cards: Sequence[AlarmCard],
     post: Post,
     stats: DeliveryStats,
-    request: Callable[[AlarmCard, dict[str, Any]], tuple[str, bytes, dict[str, str]] | None],
+    request: Callable[[AlarmCard, dict[str, Any]], tuple[str, bytes, dict[str, str], bytes | None] | None],
 ) -> None:
-    for card, row in zip(cards, rows, strict=True):
-        built = request(card, row)
+    for i, (card, row) in enumerate(zip(cards, rows, strict=True)):
+        try:
+            built = request(card, row)
+        except OutboundRefused as exc:  # WeChat's API base, refused when the token was fetched
+            _refuse(conn, rows[i:], "wechat_template", str(exc), stats)
+            return
         if built is None:
             continue
-        url, body, headers = built
+        url, body, headers, secret = built
         channel = "webhook" if url == target else "wechat_template"
         # WeChat answers 200 with an errcode; a webhook answers with its HTTP status alone.
-        if not _send(conn, post, url, body, headers, [row], channel, stats, wecom=channel == "wechat_template"):
+        wechat = channel == "wechat_template"
+        if not _send(conn, settings, post, url, body, headers, [row], channel, stats, wecom=wechat, secret=secret):
             return
 
 
 def _webhook_request(
     conn: psycopg.Connection, target: str, card: AlarmCard, row: dict[str, Any]
-) -> tuple[str, bytes, dict[str, str]]:
+) -> tuple[str, bytes, dict[str, str], bytes | None]:
     secret_row = conn.execute(
         "SELECT secret FROM notification_routes WHERE url = %s AND channel = 'webhook' LIMIT 1", (target,)
     ).fetchone()
@@ -356,7 +428,7 @@ def _webhook_request(
         "link": card.link,
     }
     data, headers = signed_webhook(body, secret, int(time.time()))
-    return target, data, headers
+    return target, data, headers, secret
 
 
 def _template_request(
@@ -366,7 +438,7 @@ def _template_request(
     card: AlarmCard,
     row: dict[str, Any],
     token_cache: dict[str, str],
-) -> tuple[str, bytes, dict[str, str]] | None:
+) -> tuple[str, bytes, dict[str, str], bytes | None] | None:
     """A template message with a personal, single-use confirmation link (CM16: confirm from WeChat)."""
     if not (settings.wechat_appid and settings.wechat_secret and settings.wechat_template_id):
         return None
@@ -379,10 +451,12 @@ def _template_request(
         token_cache["access"] = _access_token(settings)
     url = f"{settings.wechat_api_base}/cgi-bin/message/template/send?access_token={token_cache['access']}"
     body = json.dumps(template_message(openid, settings.wechat_template_id, card, link), ensure_ascii=False).encode()
-    return url, body, {}
+    return url, body, {}, token_cache["access"].encode() or None
 
 
 def _access_token(settings: Settings) -> str:
+    """WeChat's access token ("" when it cannot be had now: the send then fails and is retried).
+    Raises :class:`OutboundRefused` when the API base is not a destination this system sends to."""
     from urllib.parse import urlencode
 
     query = urlencode(
@@ -392,9 +466,12 @@ def _access_token(settings: Settings) -> str:
             "secret": settings.wechat_secret or "",
         }
     )
+    url = f"{settings.wechat_api_base}/cgi-bin/token?{query}"
     try:
-        with urllib.request.urlopen(f"{settings.wechat_api_base}/cgi-bin/token?{query}", timeout=10) as r:
-            answer = json.load(r)
+        status, raw = outbound.request("GET", url, outbound.policy_of(settings), timeout=10)
+        answer = json.loads(raw) if status == 200 else None
+    except OutboundRefused:
+        raise
     except (OSError, ValueError):
         return ""
     token = answer.get("access_token") if isinstance(answer, dict) else None

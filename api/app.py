@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import errors
+from api.readonly import refuse_read_only_writes
 from api.routes import (
     alarms,
     audit,
@@ -86,6 +87,7 @@ def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) ->
         series,
         reports,
     ):
-        app.include_router(module.router, prefix=API_PREFIX)
+        # Read-only roles never write: refused here, before any route runs (api/readonly.py).
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(refuse_read_only_writes)])
     web.install(app, PAGES)
     return app

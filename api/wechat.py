@@ -3,17 +3,18 @@ is exchanged, server to server, for the user's ``openid``.
 
 The openid is never taken from the client: a client could claim anyone's. Only the exchange,
 made with the account's secret, proves which WeChat user is at the phone. The API base is a
-setting so that a test or a staging deployment can point it at its own server.
+setting so that a test or a staging deployment can point it at its own server; the request goes
+through :mod:`coldchain.outbound` (https to an allowed host, never an internal address), and no
+error carries the URL, whose query holds the secret.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from urllib.parse import urlencode
 
 from api.errors import ApiError
+from coldchain import outbound
 from coldchain.settings import Settings
 
 
@@ -32,11 +33,16 @@ def openid_for_code(settings: Settings, code: str) -> str:
             "grant_type": "authorization_code",
         }
     )
+    url = f"{settings.wechat_api_base}/sns/oauth2/access_token?{query}"
     try:
-        with urllib.request.urlopen(f"{settings.wechat_api_base}/sns/oauth2/access_token?{query}", timeout=5) as r:
-            body = json.load(r)
-    except (OSError, ValueError, urllib.error.URLError):
+        status, raw = outbound.request("GET", url, outbound.policy_of(settings), timeout=5)
+        body = json.loads(raw) if status == 200 else None
+    except outbound.OutboundRefused as exc:
+        raise ApiError(502, "wechat_unreachable", f"微信接口地址不可用：{exc}，请联系系统管理员") from None
+    except (OSError, ValueError):
         raise ApiError(502, "wechat_unreachable", "微信服务暂时无法访问，请稍后重试") from None
+    if body is None:
+        raise ApiError(502, "wechat_unreachable", "微信服务暂时无法访问，请稍后重试")
     openid = body.get("openid") if isinstance(body, dict) else None
     if not isinstance(openid, str) or not openid:
         errcode = body.get("errcode") if isinstance(body, dict) else None

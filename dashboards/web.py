@@ -15,7 +15,7 @@ import json
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -99,17 +99,42 @@ def render(request: Request, name: str, user: Principal | None, *, status: int =
     return HTMLResponse(html, status_code=status)
 
 
+BOARD = "/board"
+
+
 def safe_next(target: str | None) -> str:
-    """Only a path on this site: ``//evil.example`` or ``https://…`` would make the login page an
-    open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/board"
-    return target
+    """Where to go after signing in: ``target`` if it is a path on this site, else the board.
+
+    Nothing is cleaned up and then trusted: browsers drop tabs and newlines from a URL and read
+    ``\\`` as ``/``, so ``/\t/evil.example`` or ``/\\evil.example`` would leave the site. Refused:
+    control characters or backslashes anywhere; anything not starting with exactly
+    one ``/``; anything with a scheme or host once parsed — in the form given and in each
+    percent-decoded form of it (``%2F%09%2Fevil.example``)."""
+    if not target or len(target) > 2000:
+        return BOARD
+    form = target
+    for _ in range(4):  # the raw form and up to three levels of percent-encoding
+        if not _same_site_path(form):
+            return BOARD
+        decoded = unquote(form)
+        if decoded == form:
+            return target
+        form = decoded
+    return BOARD  # encoded over and over: nobody's real link
+
+
+def _same_site_path(path: str) -> bool:
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c == "\\" for c in path):
+        return False
+    if not path.startswith("/") or path.startswith("//"):
+        return False
+    parts = urlsplit(path)
+    return not parts.scheme and not parts.netloc
 
 
 @router.get("/", response_class=RedirectResponse)
 def home() -> RedirectResponse:
-    return RedirectResponse("/board", status_code=303)
+    return RedirectResponse(BOARD, status_code=303)
 
 
 @router.get("/favicon.ico")

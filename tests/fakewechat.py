@@ -78,11 +78,13 @@ class FakeWechat:
 
     @property
     def env(self) -> dict[str, str]:
-        """The COLDCHAIN_* settings that point the API at this server."""
+        """The COLDCHAIN_* settings that point the API at this server (plain http on loopback,
+        which only the tests' explicit escape hatch lets through)."""
         return {
             "COLDCHAIN_WECHAT_APPID": APPID,
             "COLDCHAIN_WECHAT_SECRET": SECRET,
             "COLDCHAIN_WECHAT_API_BASE": self.base,
+            "COLDCHAIN_OUTBOUND_ALLOW_INSECURE_LOOPBACK": "true",
         }
 
     def issue(self, code: str, openid: str) -> str:

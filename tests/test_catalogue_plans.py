@@ -398,8 +398,8 @@ def test_enterer_attaches_the_certificate_of_its_own_lot(
 def test_error_reports_go_to_the_province_queue(
     world: World, cat: Catalogue, client: TestClient, h: dict[str, Headers]
 ) -> None:
-    """Whoever spots a wrong lot record says so, even a supervisor who may not write anything else;
-    only the province, which owns the shared record, decides."""
+    """Any unit's administrators report a wrong lot record; the read-only roles (supervisor,
+    analyst) write nothing, this included; only the province, which owns the shared record, decides."""
     lot = cat.lots["hepb"]
     url = f"{API}/lots/{lot}/error-reports"
     r = client.post(url, json={"message": "实物包装上的有效期为 2028-04-30"}, headers=h["T1"])
@@ -412,8 +412,7 @@ def test_error_reports_go_to_the_province_queue(
         "202605A01",
     )
     r = client.post(url, json={"message": "督导检查发现批签发号与证明不符"}, headers=h["sup_P"])
-    assert r.status_code == 201 and r.json()["unit_id"] == world.units["P"]
-    from_sup = r.json()
+    assert r.status_code == 403 and error_code(r) == "forbidden"
     r = client.post(url, json={"message": "生产日期疑似录错"}, headers=h["K1"])
     assert r.status_code == 201
     from_k1 = r.json()
@@ -421,7 +420,7 @@ def test_error_reports_go_to_the_province_queue(
     assert r.status_code == 422
 
     queue = client.get(f"{API}/lot-error-reports", params={"state": "open"}, headers=h["P"]).json()
-    assert [x["id"] for x in queue] == [from_t1["id"], from_sup["id"], from_k1["id"]]
+    assert [x["id"] for x in queue] == [from_t1["id"], from_k1["id"]]
     # A county sees what its own unit reported, not its townships' nor the province's.
     mine = client.get(f"{API}/lot-error-reports", headers=h["K1"]).json()
     assert [x["id"] for x in mine] == [from_k1["id"]]
@@ -450,7 +449,7 @@ def test_error_reports_go_to_the_province_queue(
     assert r.status_code == 409 and error_code(r) == "already_decided"
 
     queue = client.get(f"{API}/lot-error-reports", params={"state": "open"}, headers=h["P"]).json()
-    assert [x["id"] for x in queue] == [from_sup["id"], from_k1["id"]]
+    assert [x["id"] for x in queue] == [from_k1["id"]]
     seen = client.get(f"{API}/lot-error-reports", params={"state": "resolved"}, headers=h["T1"]).json()
     assert [(x["id"], x["resolution"]) for x in seen] == [(from_t1["id"], "已核对说明书并更正失效日期")]
 

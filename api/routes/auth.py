@@ -21,6 +21,7 @@ from api.auth import (
 )
 from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, set_action, token_hash
 from api.errors import ApiError, invalid
+from api.readonly import open_to_read_only
 from api.wechat import openid_for_code
 from coldchain.db import fetch_one
 
@@ -57,7 +58,12 @@ def _client(request: Request) -> tuple[str | None, str | None]:
     return ip, request.headers.get("user-agent")
 
 
-@router.post("/session", response_model=SessionOut, summary="网页登录（会话 Cookie）")
+@router.post(
+    "/session",
+    response_model=SessionOut,
+    summary="网页登录（会话 Cookie）",
+    openapi_extra=open_to_read_only("登录：尚未认证"),
+)
 def web_sign_in(body: Credentials, request: Request, response: Response, conn: Conn) -> dict[str, Any]:
     settings = request.app.state.settings
     ip, ua = _client(request)
@@ -96,7 +102,12 @@ def _set_session_cookies(response: Response, settings: Any, token: str, csrf: st
     )
 
 
-@router.post("/wechat", response_model=SessionOut, summary="微信内登录（公众号网页授权 code，记为微信渠道登录）")
+@router.post(
+    "/wechat",
+    response_model=SessionOut,
+    summary="微信内登录（公众号网页授权 code，记为微信渠道登录）",
+    openapi_extra=open_to_read_only("登录：尚未认证"),
+)
 def wechat_sign_in(body: WechatCode, request: Request, response: Response, conn: Conn) -> dict[str, Any]:
     settings = request.app.state.settings
     openid = openid_for_code(settings, body.code)
@@ -122,7 +133,12 @@ def wechat_sign_in(body: WechatCode, request: Request, response: Response, conn:
     return {"user_id": signed.user_id, "expires_at": signed.expires_at, "csrf_token": signed.csrf_token}
 
 
-@router.post("/token", response_model=TokenOut, summary="API 客户端登录（Bearer 令牌）")
+@router.post(
+    "/token",
+    response_model=TokenOut,
+    summary="API 客户端登录（Bearer 令牌）",
+    openapi_extra=open_to_read_only("登录：尚未认证"),
+)
 def token_sign_in(body: Credentials, request: Request, conn: Conn) -> dict[str, Any]:
     settings = request.app.state.settings
     ip, ua = _client(request)
@@ -139,7 +155,12 @@ def token_sign_in(body: Credentials, request: Request, conn: Conn) -> dict[str, 
     return {"access_token": signed.token, "expires_at": signed.expires_at}
 
 
-@router.post("/logout", status_code=204, summary="退出登录（作废当前会话或令牌）")
+@router.post(
+    "/logout",
+    status_code=204,
+    summary="退出登录（作废当前会话或令牌）",
+    openapi_extra=open_to_read_only("本人操作：作废自己的会话"),
+)
 def sign_out(principal: CurrentUser, response: Response, conn: Conn) -> Response:
     conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = %s", (principal.session_id,))
     response.status_code = 204
@@ -154,7 +175,12 @@ class PasswordChange(BaseModel):
     new_password: Annotated[str, Field(min_length=1, max_length=128)]
 
 
-@router.post("/password", status_code=204, summary="修改本人密码（其他会话随之作废）")
+@router.post(
+    "/password",
+    status_code=204,
+    summary="修改本人密码（其他会话随之作废）",
+    openapi_extra=open_to_read_only("本人操作：修改自己的密码"),
+)
 def change_password(body: PasswordChange, request: Request, principal: CurrentUser, conn: Conn) -> Response:
     ip, ua = _client(request)
     check_password(
@@ -183,7 +209,12 @@ class PasswordSetup(BaseModel):
     new_password: Annotated[str, Field(min_length=1, max_length=128)]
 
 
-@router.post("/setup-password", status_code=204, summary="用一次性令牌设置初始密码（新用户）")
+@router.post(
+    "/setup-password",
+    status_code=204,
+    summary="用一次性令牌设置初始密码（新用户）",
+    openapi_extra=open_to_read_only("尚未认证：凭一次性令牌设置自己的初始密码"),
+)
 def setup_password(body: PasswordSetup, conn: Conn) -> Response:
     row = fetch_one(
         conn,

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, unit_in_scope, update_versioned
 from api.errors import ApiError, conflict, forbidden, invalid, not_found
+from api.readonly import open_to_read_only
 from coldchain.db import fetch_all, fetch_one
 from inventory.codes import CodeError, parse_code
 
@@ -549,10 +550,11 @@ FROM lot_error_reports r JOIN lots l ON l.id = r.lot_id JOIN units u ON u.id = r
     "/lots/{lot_id}/error-reports",
     response_model=ErrorReportOut,
     status_code=201,
-    summary="报告批号信息错误（进入省级待办）",
+    summary="报告批号信息错误（各单位管理员；进入省级待办）",
 )
 def report_lot_error(lot_id: Id, body: ErrorReportIn, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
     lot_row(conn, lot_id)
+    require_writer(principal)  # reported by any unit's administrators; supervisors and analysts only read
     set_action(conn, "lot.report_error")
     row = fetch_one(
         conn,
@@ -642,7 +644,12 @@ class ScanOut(BaseModel):
     units: int | None
 
 
-@router.post("/codes/resolve", response_model=ScanOut, summary="扫码识别：品规、批号与当前所在单位")
+@router.post(
+    "/codes/resolve",
+    response_model=ScanOut,
+    summary="扫码识别：品规、批号与当前所在单位",
+    openapi_extra=open_to_read_only("只读查询：不写入任何数据，用 POST 只因扫码内容放在请求体中"),
+)
 def resolve_code(body: ScanIn, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
     try:
         parsed = parse_code(body.code)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Conn, CurrentUser, require_unit_in_scope, require_writer, set_action
 from api.errors import conflict, invalid, not_found
+from api.readonly import open_to_read_only
 from api.wechat import openid_for_code
 from coldchain.db import fetch_all, fetch_one
 
@@ -95,7 +96,10 @@ class WechatBinding(BaseModel):
 
 
 @router.put(
-    "/users/me/wechat", status_code=204, summary="绑定本人微信（接收报警，CM15；用网页授权 code，服务端换取 openid）"
+    "/users/me/wechat",
+    status_code=204,
+    summary="绑定本人微信（接收报警，CM15；用网页授权 code，服务端换取 openid）",
+    openapi_extra=open_to_read_only("本人操作：绑定自己的微信"),
 )
 def bind_wechat(body: WechatBinding, request: Request, principal: CurrentUser, conn: Conn) -> Response:
     openid = openid_for_code(request.app.state.settings, body.code)
@@ -114,7 +118,12 @@ def bind_wechat(body: WechatBinding, request: Request, principal: CurrentUser, c
     return Response(status_code=204)
 
 
-@router.delete("/users/me/wechat", status_code=204, summary="解除本人微信绑定")
+@router.delete(
+    "/users/me/wechat",
+    status_code=204,
+    summary="解除本人微信绑定",
+    openapi_extra=open_to_read_only("本人操作：解除自己的微信绑定"),
+)
 def unbind_wechat(principal: CurrentUser, conn: Conn) -> Response:
     set_action(conn, "user.wechat_unbind")
     conn.execute(
