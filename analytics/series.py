@@ -381,7 +381,7 @@ ORDER BY condition_since, id
 
 _THERMOMETER = """
 SELECT t.ts, t.t::float8 AS t, t.note, f.finding AS drift, f.difference, f.probe_t
-FROM thermometer_readings t
+FROM thermometer_readings_current t  -- a corrected entry is drawn as its correction
 LEFT JOIN drift_findings f ON f.thermometer_reading_id = t.id
 WHERE t.compartment_id = %(id)s AND t.ts >= %(start)s AND t.ts < %(end)s
 ORDER BY t.ts, t.id

@@ -28,11 +28,21 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_conn(request: Request) -> Iterator[psycopg.Connection]:
+    """One pooled connection and transaction per request, committed before the reply exists.
+
+    Why ``scope="function"`` below: FastAPI runs a request-scoped dependency's exit after the
+    response has been sent, so a client could be told 201 for a row that was never committed
+    (or that a failed commit then lost). With function scope the exit — the pool's commit, or the
+    rollback when the route raised — runs as soon as the route returns and before the response
+    is sent; a commit that fails (deferred constraint, serialization failure, lost connection)
+    raises into the error handlers and the client gets the one error shape, never a 2xx. A
+    connection left broken is discarded by the pool on return, and idle ones are checked before
+    they are handed out (:func:`coldchain.db.pool`)."""
     with request.app.state.pool.connection() as conn:
         yield conn
 
 
-Conn = Annotated[psycopg.Connection, Depends(get_conn)]
+Conn = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
 
 
 def update_versioned(

@@ -143,6 +143,10 @@ def _database_error(exc: psycopg.Error) -> tuple[int, str, str]:
         return 409, "history_kept", primary if ours else "历史记录不可删除或修改"
     if isinstance(exc, pg_errors.SerializationFailure | pg_errors.DeadlockDetected | pg_errors.LockNotAvailable):
         return 409, "busy", "记录正被他人修改，请稍后重试"
+    if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.QueryCanceled):
+        # Lost connection, server shutting down, pool exhausted: the transaction did not commit
+        # (a commit whose answer was lost is the one unknowable case, hence "please check").
+        return 503, "database_unavailable", "数据库连接中断，本次操作未能确认保存，请刷新查看后重试"
     if isinstance(exc, pg_errors.IntegrityError | pg_errors.DataError):
         return 422, "invalid", primary if ours else f"数据不符合要求：{primary}"
     return 500, "internal_error", "服务器内部错误，已记录，请稍后重试"
@@ -175,7 +179,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(psycopg.Error)
     async def _database(request: Request, exc: psycopg.Error) -> JSONResponse:
         status, code, message = _database_error(exc)
-        if status >= 500:
+        if status == 503:
+            log.warning("数据库不可用：%s %s（%s）", request.method, request.url.path, type(exc).__name__)
+        if status >= 500 and status != 503:
             log.exception("数据库错误：%s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(error_body(code, message), status_code=status)
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fakewecom import FakeWecom
 
-from coldchain import db, services
+from coldchain import db, roles, services
 from coldchain.migrate import migrate
 from coldchain.seed.demo import load_demo, plan_demo
 from coldchain.settings import parse_mqtt_url
@@ -152,14 +152,17 @@ def main() -> None:
         children: list[subprocess.Popen[bytes]] = []
         try:
             migrate(url)
+            roles.ensure_runtime_login(url)  # the services run as the runtime role, as deployed
             load_demo(url, plan_demo(args.probes, seed=1))
             fleet = _fleet(url)
             targets = _trial_targets(url, args.trials, wecom)
             env = {
                 **os.environ,
-                "COLDCHAIN_DATABASE_URL": url,
+                "COLDCHAIN_DATABASE_URL": roles.with_role(url, roles.DEFAULT_RUNTIME_LOGIN),
+                "COLDCHAIN_OWNER_DATABASE_URL": url,
                 "COLDCHAIN_MQTT_URL": broker.url,
                 "COLDCHAIN_WECOM_WEBHOOK_URL": wecom.url("bench"),
+                "COLDCHAIN_OUTBOUND_ALLOW_INSECURE_LOOPBACK": "true",  # the fake robot is on http://127.0.0.1
                 "COLDCHAIN_ESCALATION_STEPS": "10s,20s",
                 "COLDCHAIN_REMINDER_INTERVAL": "10s",
                 "COLDCHAIN_INGEST_CLIENT_ID": f"bench-alarms-{os.getpid()}",

@@ -40,6 +40,10 @@ def refresh_aggregates(url: str, *, until: datetime | None = None) -> RefreshRes
         path = storage_path(conn)
         spans = _refresh_excursions(conn, until)
         if path == "timescaledb":
+            # Only the owner may refresh a continuous aggregate by hand; the runtime role (the
+            # scheduler) leaves it to the refresh policies, which run as the owner.
+            if not _owns(conn, "probe_readings_hourly"):
+                return RefreshResult(path, None, None, None, spans)
             # CALL refresh_continuous_aggregate cannot run inside a transaction: autocommit.
             for view, window in TIMESCALE_WINDOWS.items():
                 conn.execute(
@@ -57,6 +61,13 @@ def refresh_aggregates(url: str, *, until: datetime | None = None) -> RefreshRes
             counts = conn.execute("SELECT hourly_rows, daily_rows FROM cc_agg_refresh()").fetchone()
         assert counts is not None
         return RefreshResult(path, int(counts[0]), int(counts[1]), threshold, spans)
+
+
+def _owns(conn: psycopg.Connection, relation: str) -> bool:
+    row = conn.execute(
+        "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = %s::regclass", (relation,)
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _refresh_excursions(conn: psycopg.Connection, until: datetime | None) -> int:

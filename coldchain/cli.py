@@ -18,13 +18,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 
-from coldchain import db, services
+from coldchain import db, roles, services
 from coldchain.aggregates import refresh_aggregates
-from coldchain.migrate import MigrationError, migrate, require_current, status
+from coldchain.migrate import Migration, MigrationError, migrate, require_current, status
 from coldchain.runtime import run_until_signalled
 from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE, load_demo, plan_demo
 from coldchain.seed.vaccines import load_vaccines
@@ -36,52 +37,83 @@ log = logging.getLogger("coldchain")
 RUN_DATABASE = "coldchain"
 
 
-def _database_url(settings: Settings) -> tuple[str, services.Started | None]:
-    """The configured database, or the run command's local one (its server found or started)."""
+@dataclass(frozen=True)
+class Database:
+    """Where a command connects: ``url`` as the runtime role (services), ``owner_url`` as the owner
+    (migrations, the demo, refreshing TimescaleDB's continuous aggregates by hand)."""
+
+    url: str
+    owner_url: str
+    server: services.Started | None
+
+
+def _database_urls(settings: Settings) -> Database:
+    """The configured database, or the run command's local one (its server found or started),
+    where the server's superuser is the owner and the login ``coldchain_app`` the runtime role."""
     if settings.database_url:
-        return settings.database_url, None
+        return Database(settings.database_url, settings.migration_url or settings.database_url, None)
     server = services.find_postgres(None, settings.state_dir, prefer_docker=False)
     if not db.database_exists(server.url, RUN_DATABASE):
         db.create_database(server.url, RUN_DATABASE)
-    return db.with_database(server.url, RUN_DATABASE), server
+    owner = db.with_database(server.url, RUN_DATABASE)
+    _ensure_embedded_runtime(owner)
+    return Database(roles.with_role(owner, roles.DEFAULT_RUNTIME_LOGIN), owner, server)
+
+
+def _ensure_embedded_runtime(owner_url: str) -> None:
+    """On the embedded default the run command sets the runtime login up itself (its group role
+    exists once migration 0013 ran; before that there is nothing a service could do anyway)."""
+    with db.connect(owner_url, autocommit=True, application="coldchain-cli") as conn:
+        group = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (roles.RUNTIME_GROUP,)).fetchone()
+    if group is not None:
+        roles.ensure_runtime_login(owner_url)
 
 
 @contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """For one-shot commands: the database URL, and any server started for it stopped after."""
-    url, server = _database_url(settings)
+def _database(settings: Settings) -> Iterator[Database]:
+    """For one-shot commands: the database, and any server started for it stopped after."""
+    database = _database_urls(settings)
     try:
-        yield url
+        yield database
     finally:
-        if server and not server.reused:
-            server.stop()
+        if database.server and not database.server.reused:
+            database.server.stop()
+
+
+def _migrate(settings: Settings, database: Database) -> list[Migration]:
+    """Migrate as the owner; on the embedded default, then make sure the runtime login exists."""
+    applied = migrate(database.owner_url, timescaledb=settings.timescaledb)
+    if database.server is not None:
+        roles.ensure_runtime_login(database.owner_url)
+    return applied
 
 
 def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    with _database(settings) as url:
-        applied = migrate(url, timescaledb=settings.timescaledb)
+    with _database(settings) as database:
+        applied = _migrate(settings, database)
         if applied:
             for m in applied:
                 print(f"已应用迁移 {m.path.name}")
         else:
             print("数据库结构已是最新，无需迁移")
-        with db.connect(url) as conn:
+        with db.connect(database.owner_url) as conn:
             print(f"存储路径：{db.storage_path(conn)}")
     return 0
 
 
 def cmd_db_status(settings: Settings, args: argparse.Namespace) -> int:
-    with _database(settings) as url:
-        for state in status(url):
+    with _database(settings) as database:
+        for state in status(database.url):
             when = state.applied_at.isoformat(timespec="seconds") if state.applied_at else "未应用"
             print(f"{state.migration.path.name:40} {when}")
     return 0
 
 
 def cmd_db_refresh(settings: Settings, args: argparse.Namespace) -> int:
-    with _database(settings) as url:
+    # As the owner: on TimescaleDB only the owner of a continuous aggregate may refresh it.
+    with _database(settings) as database:
         until = datetime.fromisoformat(args.until) if args.until else None
-        result = refresh_aggregates(url, until=until)
+        result = refresh_aggregates(database.owner_url, until=until)
         if result.path == "timescaledb":
             print(f"已刷新 TimescaleDB 连续聚合（策略窗口内），超温时段 {result.excursion_spans} 段")
         else:
@@ -92,9 +124,23 @@ def cmd_db_refresh(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_runtime_login(settings: Settings, args: argparse.Namespace) -> int:
+    """Create the login role the services connect as (a member of coldchain_runtime, nothing
+    else); the password, if any, is read from standard input, never from the command line."""
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    with _database(settings) as database:
+        require_current(database.owner_url)
+        roles.ensure_runtime_login(database.owner_url, args.login, password)
+        url = roles.with_role(database.owner_url, args.login)
+    print(f"已创建运行角色 {args.login}（coldchain_runtime 成员）。")
+    print(f"请把各服务的 COLDCHAIN_DATABASE_URL 设为（如有密码请另行填入）：{url}")
+    return 0
+
+
 def cmd_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
-    with _database(settings) as url:
-        migrate(url, timescaledb=settings.timescaledb)
+    with _database(settings) as database:
+        _migrate(settings, database)
+        url = database.owner_url
         plan = plan_demo(args.probes, args.seed)
         load_demo(url, plan)
         load_vaccines(url, args.seed)
@@ -111,8 +157,10 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
     if settings.mqtt is None:
         raise SettingsError("未配置 COLDCHAIN_MQTT_URL（例如 mqtt://127.0.0.1:1883）")
-    with _database(settings) as url:
+    with _database(settings) as database:
+        url = database.url
         require_current(url)
+        roles.warn_if_overprivileged(url, "ingest")
         config = IngestConfig(
             database_url=url,
             mqtt=settings.mqtt,
@@ -136,8 +184,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.simulate import cmd_simulate as simulate
 
-    with _database(settings) as url:
-        return simulate(settings, args, url)
+    with _database(settings) as database:
+        return simulate(settings, args, database.url)
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -148,8 +196,10 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.api_host
     port = args.port or settings.api_port
-    with _database(settings) as url:
+    with _database(settings) as database:
+        url = database.url
         require_current(url)
+        roles.warn_if_overprivileged(url, "api")
         app = create_app(settings, url)
         print(f"Web API：http://{host}:{port}/api/v1/docs", flush=True)
         uvicorn.run(app, host=host, port=port, log_level="info" if args.verbose else "warning",
@@ -161,8 +211,10 @@ def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     """Rule evaluation, escalation, notification delivery and aggregate refresh until SIGTERM."""
     from alarms.scheduler import Intervals, run
 
-    with _database(settings) as url:
+    with _database(settings) as database:
+        url = database.url
         require_current(url)
+        roles.warn_if_overprivileged(url, "scheduler")
         intervals = Intervals(evaluate=args.evaluate_every, deliver=args.deliver_every,
                               escalate=args.escalate_every, silence=args.silence_every)
         print(f"定时任务：评估每 {intervals.evaluate:g} 秒，通知每 {intervals.deliver:g} 秒，"
@@ -179,7 +231,7 @@ def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
     from api.auth import SETUP_TOKEN_TTL, open_session
     from api.permissions import role_allowed_at
 
-    with _database(settings) as url, db.connect(url, application="coldchain-cli") as conn:
+    with _database(settings) as database, db.connect(database.url, application="coldchain-cli") as conn:
         unit = conn.execute("SELECT id, level, name FROM units WHERE code = %s", (args.unit,)).fetchone()
         if unit is None:
             raise ValueError(f"没有编码为 {args.unit} 的单位")
@@ -227,12 +279,14 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     # Before anything starts: a SIGTERM during start-up must still stop the servers we started.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        url, server = _database_url(settings)
+        database = _database_urls(settings)
+        server = database.server
         if server:
             started.append(server)
         print(f"数据库：{server.source if server else '环境变量 COLDCHAIN_DATABASE_URL'}")
-        applied = migrate(url, timescaledb=settings.timescaledb)
+        applied = _migrate(settings, database)
         print(f"迁移：新应用 {len(applied)} 个")
+        url = database.owner_url
         with db.connect(url) as conn:
             print(f"存储路径：{db.storage_path(conn)}")
             empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM units)").fetchone() == (True,)
@@ -247,7 +301,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         broker = services.find_mqtt(settings.mqtt_url, settings.state_dir, prefer_docker=False)
         started.append(broker)
         print(f"MQTT 代理：{broker.url}（{broker.source}）")
-        env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_MQTT_URL": broker.url}
+        env = {
+            **os.environ,
+            "COLDCHAIN_DATABASE_URL": database.url,
+            "COLDCHAIN_OWNER_DATABASE_URL": database.owner_url,
+            "COLDCHAIN_MQTT_URL": broker.url,
+        }
         health_port = settings.ingest_health_port or services.free_port()
         children["采集服务"] = _child(["ingest", "--health-port", str(health_port)], env)
         print(f"采集服务：健康检查 http://127.0.0.1:{health_port}/healthz ，指标 /metrics")
@@ -340,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     dbp = sub.add_parser("db", help="数据库结构与聚合").add_subparsers(dest="db_command", required=True)
     dbp.add_parser("migrate", help="应用未应用的迁移").set_defaults(func=cmd_db_migrate)
     dbp.add_parser("status", help="列出迁移及其应用时间").set_defaults(func=cmd_db_status)
+    login = dbp.add_parser("runtime-login", help="创建服务使用的运行角色（coldchain_runtime 成员，以属主连接执行）")
+    login.add_argument("--login", default=roles.DEFAULT_RUNTIME_LOGIN, help="登录角色名（默认 coldchain_app）")
+    login.add_argument("--password-stdin", action="store_true", help="从标准输入读取该角色的密码（一行）")
+    login.set_defaults(func=cmd_db_runtime_login)
     refresh = dbp.add_parser("refresh-aggregates", help="刷新小时、日聚合")
     refresh.add_argument("--until", help="物化到此时刻之前的完整小时（ISO 8601，默认当前时间）")
     refresh.set_defaults(func=cmd_db_refresh)

@@ -45,12 +45,16 @@ async def connect_async(
 def pool(url: str, *, application: str, min_size: int = 1, max_size: int = 10) -> ConnectionPool:
     """A connection pool for a long-lived service, with the same session settings as :func:`connect`.
 
-    Opened by the caller (``pool.open(wait=True)``) so that a wrong URL fails at start-up."""
+    Opened by the caller (``pool.open(wait=True)``) so that a wrong URL fails at start-up.
+    ``check``: an idle connection whose server went away (restart, ``pg_terminate_backend``, a
+    dropped network path) is found dead before it is handed out, and replaced, instead of
+    failing the next request."""
     return ConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
         kwargs={"application_name": application, "options": "-c timezone=UTC"},
+        check=ConnectionPool.check_connection,
         open=False,
     )
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+
+from coldchain.outbound import DEFAULT_HOSTS, OutboundPolicy, OutboundRefused, check_url, mask_url, parse_hosts
 
 TimescaleMode = Literal["auto", "require", "off"]
 _TIMESCALE_MODES: tuple[TimescaleMode, ...] = ("auto", "require", "off")
@@ -38,6 +40,9 @@ class MqttAddress:
 @dataclass(frozen=True)
 class Settings:
     # None means "not configured": the run command then starts an embedded server.
+    # database_url is the runtime role's (services); owner_database_url the owner's (migrations,
+    # refreshing TimescaleDB's continuous aggregates by hand, loading the demo). Unset: the same
+    # URL, and each service warns at start-up that it runs with more privileges than it needs.
     database_url: str | None
     mqtt_url: str | None
     # auto: use TimescaleDB when the server offers the extension; require: refuse to
@@ -62,16 +67,26 @@ class Settings:
     # The WeChat official account (公众号) whose web authorisation gives staff's openids: sign-in
     # from WeChat's browser and the binding for alarm delivery (CM14, CM15). Unset: WeChat is off.
     wechat_appid: str | None = None
-    wechat_secret: str | None = None
+    wechat_secret: str | None = field(default=None, repr=False)  # secrets stay out of any repr / log
     wechat_api_base: str = "https://api.weixin.qq.com"
     # Alarms (issue #5): escalation timing (durations like 30m, 1h, 45s), delivery, links.
     escalation_steps: str = "30m,60m"
     reminder_interval: str = "60m"
     resolved_reminder_interval: str = "24h"
-    wecom_webhook_url: str | None = None
+    wecom_webhook_url: str | None = field(default=None, repr=False)  # its key= is the robot's secret
+    # Outbound requests (robots, webhooks, WeChat) go only over https to these hosts, never to an
+    # internal address (coldchain/outbound.py); the loopback escape is for tests' fakes only.
+    outbound_hosts: tuple[str, ...] = DEFAULT_HOSTS
+    outbound_allow_insecure_loopback: bool = False
     wechat_template_id: str | None = None
     public_url: str = "http://127.0.0.1:8000"
-    link_secret: str | None = None
+    link_secret: str | None = field(default=None, repr=False)
+    owner_database_url: str | None = None
+
+    @property
+    def migration_url(self) -> str | None:
+        """Where migrations and other owner work connect: the owner URL, else the one URL."""
+        return self.owner_database_url or self.database_url
 
     @property
     def mqtt(self) -> MqttAddress | None:
@@ -99,7 +114,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     database_url = get("DATABASE_URL")
     if database_url and not database_url.startswith(("postgresql://", "postgres://")):
-        raise SettingsError(f"COLDCHAIN_DATABASE_URL 应以 postgresql:// 开头，实际为 {database_url!r}")
+        # The value is not echoed: a URL may carry a password.
+        raise SettingsError("COLDCHAIN_DATABASE_URL 应以 postgresql:// 开头")
+    owner_url = get("OWNER_DATABASE_URL")
+    if owner_url and not owner_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("COLDCHAIN_OWNER_DATABASE_URL 应以 postgresql:// 开头")
+    if owner_url and not database_url:
+        raise SettingsError("设置了 COLDCHAIN_OWNER_DATABASE_URL 时，也须设置运行角色的 COLDCHAIN_DATABASE_URL")
     mqtt_url = get("MQTT_URL")
     if mqtt_url:
         parse_mqtt_url(mqtt_url)
@@ -119,6 +140,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     raw_secure = (get("COOKIE_SECURE") or "false").lower()
     if raw_secure not in ("true", "false", "1", "0"):
         raise SettingsError(f"COLDCHAIN_COOKIE_SECURE 只能是 true 或 false，实际为 {raw_secure!r}")
+    try:
+        outbound_hosts = parse_hosts(get("OUTBOUND_HOSTS") or ",".join(DEFAULT_HOSTS))
+    except ValueError as exc:
+        raise SettingsError(f"COLDCHAIN_OUTBOUND_HOSTS {exc}") from None
+    raw_loopback = (get("OUTBOUND_ALLOW_INSECURE_LOOPBACK") or "false").lower()
+    if raw_loopback not in ("true", "false", "1", "0"):
+        raise SettingsError(f"COLDCHAIN_OUTBOUND_ALLOW_INSECURE_LOOPBACK 只能是 true 或 false，实际为 {raw_loopback!r}")
+    outbound = OutboundPolicy(frozenset(outbound_hosts), raw_loopback in ("true", "1"))
     client_id = get("INGEST_CLIENT_ID") or "coldchain-ingest"
     share_group = get("INGEST_SHARE_GROUP")
     for name, value in (("INGEST_CLIENT_ID", client_id), ("INGEST_SHARE_GROUP", share_group)):
@@ -140,14 +169,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cookie_secure=raw_secure in ("true", "1"),
         wechat_appid=get("WECHAT_APPID"),
         wechat_secret=get("WECHAT_SECRET"),
-        wechat_api_base=(get("WECHAT_API_BASE") or "https://api.weixin.qq.com").rstrip("/"),
+        wechat_api_base=(
+            _outbound_url(get, "WECHAT_API_BASE", outbound, check=get("WECHAT_APPID") is not None)
+            or "https://api.weixin.qq.com"
+        ).rstrip("/"),
         escalation_steps=_durations(get, "ESCALATION_STEPS", "30m,60m"),
         reminder_interval=_durations(get, "REMINDER_INTERVAL", "60m", single=True),
         resolved_reminder_interval=_durations(get, "RESOLVED_REMINDER_INTERVAL", "24h", single=True),
-        wecom_webhook_url=_url(get, "WECOM_WEBHOOK_URL"),
+        wecom_webhook_url=_outbound_url(get, "WECOM_WEBHOOK_URL", outbound),
+        outbound_hosts=outbound_hosts,
+        outbound_allow_insecure_loopback=outbound.allow_insecure_loopback,
         wechat_template_id=get("WECHAT_TEMPLATE_ID"),
         public_url=(_url(get, "PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/"),
         link_secret=get("LINK_SECRET"),
+        owner_database_url=owner_url,
     )
 
 
@@ -167,7 +202,22 @@ def _durations(get: Callable[[str], str | None], name: str, default: str, *, sin
 def _url(get: Callable[[str], str | None], name: str) -> str | None:
     raw = get(name)
     if raw is not None and not raw.startswith(("http://", "https://")):
-        raise SettingsError(f"COLDCHAIN_{name} 应以 http:// 或 https:// 开头，实际为 {raw!r}")
+        # Masked: the URL of a WeCom robot carries its key.
+        raise SettingsError(f"COLDCHAIN_{name} 应以 http:// 或 https:// 开头，实际为 {mask_url(raw)!r}")
+    return raw
+
+
+def _outbound_url(
+    get: Callable[[str], str | None], name: str, policy: OutboundPolicy, *, check: bool = True
+) -> str | None:
+    """A URL this system sends to: refused at start-up unless coldchain/outbound.py allows it
+    (checked again, after DNS, at every request)."""
+    raw = _url(get, name)
+    if raw is not None and check:
+        try:
+            check_url(raw, policy)
+        except OutboundRefused as exc:
+            raise SettingsError(f"COLDCHAIN_{name}：{exc}") from None
     return raw
 
 

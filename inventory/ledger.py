@@ -692,7 +692,7 @@ def book_count(
     """A physical count sets the books to what is on the shelf; every difference needs its reason."""
     rows = fetch_all(
         conn,
-        "SELECT lot_id, on_hand FROM stock_balances WHERE unit_id = %(u)s AND on_hand > 0 ORDER BY lot_id FOR UPDATE",
+        "SELECT lot_id, on_hand FROM cc_lock_balances(%(u)s)",  # FOR UPDATE, as the owner (0013)
         {"u": unit_id},
     )
     book = {r["lot_id"]: r["on_hand"] for r in rows}
@@ -838,7 +838,7 @@ def reverse(
     Undoing one leg of a transfer undoes the transfer state with it: reversing the issue of a
     transfer still in transit cancels it; reversing its receipt puts it back in transit (and reverses
     the rejection booked with it), so stock is never counted in two places."""
-    m = fetch_one(conn, "SELECT * FROM stock_movements WHERE id = %(id)s FOR UPDATE", {"id": movement_id})
+    m = fetch_one(conn, "SELECT * FROM cc_lock_movement(%(id)s)", {"id": movement_id})
     if m is None:
         raise _not_found("台账记录")
     if m["kind"] not in _REVERSIBLE:

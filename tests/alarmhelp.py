@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 from apihelp import BOUND_FROM, World, build_world
+from dbhelp import as_runtime
 from fakewecom import FakeWecom, Received
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -49,12 +50,7 @@ def alarm_world(url: str) -> World:
     """apihelp's province (T1/T2/T3, a two-zone fridge each behind one gateway), minus the few
     readings build_world leaves: they are stamped "now − 10…30 min" and would sit in the middle of
     any time line a test builds."""
-    world = build_world(url)
-    with db.connect(url) as conn:
-        conn.execute("DELETE FROM probe_readings")
-        conn.execute("DELETE FROM probe_latest")
-        conn.commit()
-    return world
+    return build_world(url, readings=False)
 
 
 def probe_of(conn: psycopg.Connection, compartment_id: int) -> int:
@@ -205,6 +201,7 @@ def alarm_settings(
         "COLDCHAIN_ESCALATION_STEPS": steps,
         "COLDCHAIN_REMINDER_INTERVAL": reminder,
         "COLDCHAIN_RESOLVED_REMINDER_INTERVAL": resolved,
+        "COLDCHAIN_OUTBOUND_ALLOW_INSECURE_LOOPBACK": "true",  # the fake robot is on http://127.0.0.1
     }
     if wecom_url:
         env["COLDCHAIN_WECOM_WEBHOOK_URL"] = wecom_url
@@ -235,13 +232,18 @@ def slow_down(fake: FakeWecom, seconds: float) -> None:
 
 
 def one_pass(conn: psycopg.Connection, settings: Settings, *, silence: bool = False) -> None:
-    """What one tick of every scheduler job does, in the scheduler's order."""
-    evaluate_compartments(conn, settings)
-    if silence:
-        evaluate_gateways(conn, settings)
-        check_silence(conn, settings)
-    escalate(conn, settings)
-    deliver(conn, settings)
+    """What one tick of every scheduler job does, in the scheduler's order — as the runtime role,
+    on a connection of its own, after committing what the test set up on ``conn``."""
+    conn.commit()
+    info = conn.info
+    owner = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    with db.connect(as_runtime(owner), application="coldchain-scheduler") as runtime:
+        evaluate_compartments(runtime, settings)
+        if silence:
+            evaluate_gateways(runtime, settings)
+            check_silence(runtime, settings)
+        escalate(runtime, settings)
+        deliver(runtime, settings)
 
 
 def run_passes(
@@ -337,7 +339,8 @@ def alarm_ids(content: str) -> list[int]:
 def scheduler_env(db_url: str, **settings: str) -> dict[str, str]:
     """The process environment without any COLDCHAIN_* of the machine, plus these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLDCHAIN_")}
-    env["COLDCHAIN_DATABASE_URL"] = db_url
+    env["COLDCHAIN_DATABASE_URL"] = as_runtime(db_url)
+    env["COLDCHAIN_OUTBOUND_ALLOW_INSECURE_LOOPBACK"] = "true"  # the fakes are on http://127.0.0.1
     env.update({f"COLDCHAIN_{k.upper()}": v for k, v in settings.items()})
     return env
 

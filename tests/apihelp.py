@@ -14,6 +14,9 @@ probe x8602 in stock, and a few readings.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+import uvicorn
+from dbhelp import as_runtime
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -70,7 +75,8 @@ def _password_hash() -> str:
     return hash_password(PASSWORD)
 
 
-def build_world(url: str) -> World:
+def build_world(url: str, *, readings: bool = True) -> World:
+    """``readings=False``: no readings at all (alarm tests build their own time lines)."""
     w = World(url)
     with db.connect(url) as conn:
         for key, code, name, level, parent in _UNITS:
@@ -129,7 +135,7 @@ def build_world(url: str) -> World:
                 ).fetchone()
                 assert binding
                 w.bindings[serial] = binding[0]
-                for minutes in (10, 20, 30):
+                for minutes in (10, 20, 30) if readings else ():
                     conn.execute(
                         "INSERT INTO probe_readings (probe_id, ts, t) VALUES (%s, now() - %s, %s)",
                         (probe[0], timedelta(minutes=minutes), 4.5 if mode == "refrigerated" else -20.0),
@@ -148,7 +154,7 @@ def build_world(url: str) -> World:
 @contextmanager
 def api_client(url: str, env: dict[str, str] | None = None) -> Iterator[TestClient]:
     """``env``: COLDCHAIN_* settings for this app (the process environment is not read)."""
-    app = create_app(load_settings(env or {}), url, pool_size=4)
+    app = create_app(load_settings(env or {}), as_runtime(url), pool_size=4)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
@@ -171,3 +177,25 @@ def error_code(response: Any) -> str:
     body = response.json()
     assert "error" in body, body
     return str(body["error"]["code"])
+
+
+@contextmanager
+def live_server(url: str) -> Iterator[str]:
+    """The whole app on 127.0.0.1 in a background thread; yields its base address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(load_settings({}), as_runtime(url), pool_size=4)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from apihelp import PASSWORD
-
-from api.app import create_app
-from coldchain.settings import load_settings
 
 CHROMIUM = os.environ.get("COLDCHAIN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -34,28 +27,6 @@ def require_browser() -> None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         pytest.skip("没有 playwright（测试依赖，./dev test 会安装）")
-
-
-@contextmanager
-def live_server(url: str) -> Iterator[str]:
-    """The whole app on 127.0.0.1 in a background thread; yields its base address."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(load_settings({}), url, pool_size=4)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @dataclass

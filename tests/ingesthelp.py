@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
+from dbhelp import as_runtime
 
 from coldchain import db
 from coldchain.seed.demo import load_demo, plan_demo
@@ -89,7 +90,7 @@ async def publish(broker_url: str, messages: Sequence[Message], *, window: int =
 
 def config(db_url: str, broker_url: str, **overrides: object) -> IngestConfig:
     base: dict[str, object] = {
-        "database_url": db_url,
+        "database_url": as_runtime(db_url),
         "mqtt": parse_mqtt_url(broker_url),
         "client_id": unique_id("test-ingest"),
         # Test sessions must not outlive the test on a shared broker.

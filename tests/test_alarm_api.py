@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from apihelp import World, api_client, bearer, error_code, web_session
 from fastapi.testclient import TestClient
@@ -297,10 +298,13 @@ def test_read_only_roles_cannot_write(client: TestClient, world: World) -> None:
         for r in writes:
             assert r.status_code == 403, (who, r.request.url, r.text)
             assert error_code(r) == "forbidden"
-    # Out of an analyst's jurisdiction it is not found, not forbidden.
+    # Out of an analyst's jurisdiction too: a read-only role is refused before any id is looked up,
+    # so every id gets the same 403 and nothing shows whether another unit's alarm exists.
     t2 = raise_alarm(world, "T2/冷藏", 12.0, "high")
     r = client.post(f"{API}/alarms/{t2}/acknowledge", json={}, headers=bearer(client, "ana_K1"))
-    assert r.status_code == 404
+    assert r.status_code == 403 and error_code(r) == "forbidden"
+    r = client.post(f"{API}/alarms/{2**40}/acknowledge", json={}, headers=bearer(client, "ana_K1"))
+    assert r.status_code == 403 and error_code(r) == "forbidden"
     assert alarm_row(world, alarm)["acknowledged_at"] is None
     assert alarm_row(world, frozen)["state"] == "resolved"
     assert sql_rows(world, "SELECT 1 FROM thermometer_readings") == []
@@ -599,9 +603,55 @@ def test_drift_limits_refrigerated(client: TestClient, world: World) -> None:
         f"{API}/compartments/{world.compartments['T1/冷藏']}/thermometer-readings", headers=bearer(client, "sa_K1")
     )
     assert listed.status_code == 200
-    assert [(d["thermometer_t"], d["finding"]) for d in listed.json()] == [(3.8, False), (3.7, True), (4.9, True)]
+    # Newest first; two readings of the same moment in the order they were entered, newest first.
+    assert [(d["thermometer_t"], d["finding"]) for d in listed.json()] == [(3.7, True), (3.8, False), (4.9, True)]
     rows = sql_rows(world, "SELECT entered_by, t::float8 AS t FROM thermometer_readings ORDER BY id")
     assert rows == [{"entered_by": world.users["ba_T1"], "t": t} for t in (3.8, 3.7, 4.9)]
+
+
+def test_a_wrong_thermometer_entry_is_corrected_by_a_new_row_and_both_stay(client: TestClient, world: World) -> None:
+    comp = world.compartments["T1/冷藏"]
+    t0 = probe_reading_at(world, "T1/冷藏", timedelta(hours=2), 4.3)
+    wrong = thermometer(client, world, "T1/冷藏", t0, 7.3)  # misread: a drift finding that is not one
+    assert wrong.status_code == 201 and wrong.json()["finding"] is True
+    wrong_id = wrong.json()["thermometer_reading_id"]
+    url = f"{API}/compartments/{comp}/thermometer-readings/{wrong_id}/corrections"
+
+    refused = client.post(url, json={"t": 4.2}, headers=bearer(client, "ba_T1"))
+    assert refused.status_code == 422  # a reason is required
+    assert client.post(url, json={"t": 4.2, "reason": "看错"}, headers=bearer(client, "sup_P")).status_code == 403
+
+    fixed = client.post(url, json={"t": 4.2, "reason": "录入时看错刻度"}, headers=bearer(client, "ba_K1"))
+    assert fixed.status_code == 201, fixed.text
+    body = fixed.json()
+    assert body["corrects_id"] == wrong_id and body["correction_reason"] == "录入时看错刻度"
+    assert body["thermometer_t"] == 4.2 and body["finding"] is False and body["entered_by"] == world.users["ba_K1"]
+    assert datetime.fromisoformat(body["ts"]) == t0  # the original's moment when none is given
+
+    again = client.post(url, json={"t": 4.1, "reason": "再改"}, headers=bearer(client, "ba_T1"))
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_corrected"
+
+    history = client.get(f"{API}/compartments/{comp}/thermometer-readings", headers=bearer(client, "ba_T1")).json()
+    by_reading = {d["thermometer_reading_id"]: d for d in history}
+    assert by_reading[wrong_id]["corrected_by_reading_id"] == body["thermometer_reading_id"]
+    assert by_reading[wrong_id]["thermometer_t"] == 7.3  # the original is kept as it was entered
+    assert by_reading[body["thermometer_reading_id"]]["corrected_by_reading_id"] is None
+    rows = sql_rows(world, "SELECT id, t::float8 AS t, corrects_id, reason FROM thermometer_readings ORDER BY id")
+    assert [(r["t"], r["corrects_id"]) for r in rows] == [(7.3, None), (4.2, wrong_id)]
+    current = sql_rows(world, "SELECT id FROM thermometer_readings_current")
+    assert [r["id"] for r in current] == [body["thermometer_reading_id"]]
+    audit = audit_rows(world, "thermometer.correct", "thermometer_readings")
+    assert [(a["actor_id"], a["op"]) for a in audit] == [(world.users["ba_K1"], "INSERT")]
+
+    # A correction of the correction chains on; the original cannot be edited by anyone.
+    chained = client.post(
+        f"{API}/compartments/{comp}/thermometer-readings/{body['thermometer_reading_id']}/corrections",
+        json={"t": 4.0, "reason": "复核后更正"},
+        headers=bearer(client, "ba_T1"),
+    )
+    assert chained.status_code == 201 and chained.json()["corrects_id"] == body["thermometer_reading_id"]
+    with db.connect(world.url) as conn, pytest.raises(psycopg.errors.RestrictViolation):
+        conn.execute("UPDATE thermometer_readings SET t = 4.2 WHERE id = %s", (wrong_id,))
 
 
 def test_drift_limits_frozen(client: TestClient, world: World) -> None:
@@ -919,10 +969,18 @@ def test_unit_escalation_timing_is_overridable_and_checked(client: TestClient, w
     assert other.status_code == 404
 
 
-def test_unit_notification_routes_decide_where_an_alarm_goes(client: TestClient, world: World) -> None:
+@pytest.fixture
+def hooks_client(world: World) -> Iterator[TestClient]:
+    """An API whose outbound allowlist also names the county's own webhook host."""
+    with api_client(world.url, {"COLDCHAIN_OUTBOUND_HOSTS": "qyapi.weixin.qq.com,example.org"}) as c:
+        yield c
+
+
+def test_unit_notification_routes_decide_where_an_alarm_goes(hooks_client: TestClient, world: World) -> None:
+    client = hooks_client
     t1 = world.units["T1"]
     h = bearer(client, "ba_K1")
-    robot = "http://127.0.0.1:9/cgi-bin/webhook/send?key=t1-level1"
+    robot = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=t1-level1"
     no_secret = client.put(
         f"/api/v1/units/{t1}/notification-routes",
         json=[{"level": 1, "channel": "webhook", "url": "https://example.org/hook"}],
@@ -943,6 +1001,7 @@ def test_unit_notification_routes_decide_where_an_alarm_goes(client: TestClient,
         (2, "webhook", True),
     ]
     assert "secret" not in r.json()[1]
+    assert r.json()[0]["url"] == "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=***"  # the key is the secret
     assert client.get(f"/api/v1/units/{t1}/notification-routes", headers=bearer(client, "ba_K2")).status_code == 404
     alarm_id = raise_alarm(world, "T1/冷藏", 12.0, "high")
     outbox = sql_rows(world, "SELECT step, channel, target FROM notification_outbox WHERE alarm_id = %s", (alarm_id,))

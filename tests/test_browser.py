@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from alarmhelp import add_readings
-from apihelp import World
-from browserhelp import browser_page, live_server, require_browser, sign_in
+from apihelp import World, live_server
+from browserhelp import browser_page, require_browser, sign_in
 
 from alarms.engine import new_link
 from coldchain import db

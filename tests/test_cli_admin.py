@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 from apihelp import api_client, build_world, error_code
+from dbhelp import as_runtime
 
 
 def _run(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "coldchain.cli", "admin", "create", *args],
-        env={**os.environ, "COLDCHAIN_DATABASE_URL": db_url},
+        env={**os.environ, "COLDCHAIN_DATABASE_URL": as_runtime(db_url)},
         capture_output=True,
         text=True,
         timeout=60,

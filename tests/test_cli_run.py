@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+from dbhelp import as_runtime
 
 from coldchain import db, services
 from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE
@@ -16,8 +17,9 @@ from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE
 
 def _env(db_url: str, broker: services.Started) -> dict[str, str]:
     # A client id of its own, so that no other test's queued messages are delivered to this run.
-    return {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": broker.url,
-            "COLDCHAIN_INGEST_CLIENT_ID": f"run-{db.database_name(db_url)}"}
+    # Deployed as documented: migrations as the owner, the services as the runtime role.
+    return {**os.environ, "COLDCHAIN_DATABASE_URL": as_runtime(db_url), "COLDCHAIN_OWNER_DATABASE_URL": db_url,
+            "COLDCHAIN_MQTT_URL": broker.url, "COLDCHAIN_INGEST_CLIENT_ID": f"run-{db.database_name(db_url)}"}
 
 
 def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_broker: services.Started) -> None:

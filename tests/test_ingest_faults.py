@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from dbhelp import as_runtime
 from ingesthelp import config, count, publish, running, seed_fleet, stream, unique_id, wait_until
 
 from coldchain import db, services
@@ -19,7 +20,7 @@ from coldchain.migrate import migrate
 
 
 def _start_ingest(db_url: str, broker_url: str, client_id: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": broker_url}
+    env = {**os.environ, "COLDCHAIN_DATABASE_URL": as_runtime(db_url), "COLDCHAIN_MQTT_URL": broker_url}
     return subprocess.Popen(
         [sys.executable, "-m", "coldchain.cli", "ingest", "--client-id", client_id, "--health-port", str(port),
          "--batch-messages", "100"],

@@ -113,8 +113,34 @@ def oracle() -> dict[str, list[dict[str, Any]]]:
         {"name": "compress", "sql": "SELECT count(compress_chunk(c))::text AS n "
                                     "FROM show_chunks('probe_readings') c"},
         {"name": "after_compress", "sql": aggdata.RAW_HOURLY},
+        {"sql": _APPEND_ONLY},
+        {"name": "append_only", "sql": "SELECT refused FROM append_only_result"},
+        {"name": "retention", "sql": "SELECT count(*)::text AS dropped "
+                                     "FROM drop_chunks('probe_readings', older_than => now() + interval '1 day')"},
+        {"name": "retained", "sql": "SELECT count(*)::text AS left FROM probe_readings"},
     ]
     return run_oracle(steps)
+
+
+# Every way of changing a stored reading, on compressed chunks too: each must be refused by 0010's
+# triggers (as the owner: the runtime role has no such privilege at all).
+_APPEND_ONLY = """
+DO $$
+DECLARE
+    refused text := '';
+BEGIN
+    BEGIN UPDATE probe_readings SET t = t + 1 WHERE probe_id = 1;
+    EXCEPTION WHEN restrict_violation THEN refused := refused || 'U'; END;
+    BEGIN DELETE FROM probe_readings WHERE probe_id = 1;
+    EXCEPTION WHEN restrict_violation THEN refused := refused || 'D'; END;
+    BEGIN TRUNCATE probe_readings;
+    EXCEPTION WHEN restrict_violation THEN refused := refused || 'T'; END;
+    INSERT INTO gateway_status (gateway_id, ts, online) VALUES (1, now(), true);
+    BEGIN UPDATE gateway_status SET online = NOT online;
+    EXCEPTION WHEN restrict_violation THEN refused := refused || 'g'; END;
+    CREATE TEMP TABLE append_only_result AS SELECT refused;
+END $$
+"""
 
 
 def test_every_migration_builds_the_timescaledb_path(oracle: dict[str, list[dict[str, Any]]]) -> None:
@@ -169,3 +195,9 @@ def test_both_paths_return_the_same_aggregate_rows(
 def test_compressed_chunks_read_the_same(oracle: dict[str, list[dict[str, Any]]]) -> None:
     assert int(oracle["compress"][0]["n"]) >= 3
     assert oracle["after_compress"] == oracle["raw_hourly"]
+
+
+def test_readings_are_append_only_and_retention_drops_whole_chunks(oracle: dict[str, list[dict[str, Any]]]) -> None:
+    assert oracle["append_only"] == [{"refused": "UDTg"}]
+    # The retention policy's drop_chunks is not a DELETE: the triggers let it through.
+    assert int(oracle["retention"][0]["dropped"]) >= 3 and oracle["retained"] == [{"left": "0"}]

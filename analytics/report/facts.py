@@ -128,7 +128,7 @@ FROM unit_tree t
 JOIN equipment e ON e.unit_id = t.descendant_id
 JOIN compartments c ON c.equipment_id = e.id
 JOIN drift_findings f ON f.compartment_id = c.id AND f.finding
-JOIN thermometer_readings r ON r.id = f.thermometer_reading_id
+JOIN thermometer_readings_current r ON r.id = f.thermometer_reading_id  -- a corrected entry no longer counts
 WHERE t.ancestor_id = %(unit)s AND r.ts >= %(start)s AND r.ts < %(cut)s
 """
 

@@ -22,7 +22,9 @@ from alarms.rules import drift_check, needs_vendor, params_for
 from api.auth import record_login
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action, token_hash
 from api.errors import ApiError, conflict, invalid, not_found
+from api.readonly import open_to_read_only
 from coldchain.db import fetch_all, fetch_one
+from coldchain.outbound import OutboundRefused, check_url, mask_url, policy_of
 
 router = APIRouter(tags=["报警"])
 
@@ -276,7 +278,12 @@ class LinkResult(BaseModel):
     acknowledged_by: str | None = Field(description="实际确认人（可能早已由他人确认）；关闭前无人确认时为空")
 
 
-@router.post("/alarm-links/confirm", response_model=LinkResult, summary="微信消息中的链接：免密确认报警（一次性）")
+@router.post(
+    "/alarm-links/confirm",
+    response_model=LinkResult,
+    summary="微信消息中的链接：免密确认报警（一次性）",
+    openapi_extra=open_to_read_only("免登录：链接中的一次性令牌即授权，只发给负责人本人"),
+)
 def confirm_by_link(body: LinkConfirm, request: Request, conn: Conn) -> dict[str, Any]:
     link = fetch_one(
         conn,
@@ -337,12 +344,27 @@ class ThermometerIn(BaseModel):
     note: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
 
 
+class ThermometerCorrectionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    t: Annotated[Decimal, Field(ge=-90, le=60, max_digits=4, decimal_places=1, description="正确的温度")]
+    ts: AwareDatetime | None = Field(None, description="正确的读数时刻；不填则沿用原记录的时刻")
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)] = Field(
+        description="更正原因，如 录入时看错刻度"
+    )
+
+
 class DriftOut(BaseModel):
     id: int
     thermometer_reading_id: int
     compartment_id: int
     ts: datetime
     thermometer_t: float
+    entered_by: int
+    entered_at: datetime
+    note: str | None
+    corrects_id: int | None = Field(description="本条是更正记录时：被更正的原读数 id")
+    correction_reason: str | None
+    corrected_by_reading_id: int | None = Field(description="本条已被更正时：更正记录的读数 id（本条不再计入比对）")
     probe_id: int | None
     probe_ts: datetime | None
     probe_t: float | None
@@ -364,13 +386,15 @@ WHERE b.compartment_id = %(c)s AND r.ts BETWEEN %(ts)s - interval '5 minutes' AN
 ORDER BY abs(extract(epoch FROM r.ts - %(ts)s)) LIMIT 20
 """
 _DRIFTS = """
-SELECT f.id, f.thermometer_reading_id, f.compartment_id, t.ts, f.thermometer_t::float8 AS thermometer_t, f.probe_id,
-       f.probe_ts, f.probe_t, f.difference, f.finding, f.reason, f.cause,
+SELECT f.id, f.thermometer_reading_id, f.compartment_id, t.ts, f.thermometer_t::float8 AS thermometer_t,
+       t.entered_by, t.entered_at, t.note, t.corrects_id, t.reason AS correction_reason,
+       (SELECT c.id FROM thermometer_readings c WHERE c.corrects_id = t.id) AS corrected_by_reading_id,
+       f.probe_id, f.probe_ts, f.probe_t, f.difference, f.finding, f.reason, f.cause,
        EXISTS (SELECT 1 FROM probe_vendor_flags v WHERE v.probe_id = f.probe_id AND v.cleared_at IS NULL)
            AS probe_flagged_for_vendor
 FROM drift_findings f JOIN thermometer_readings t ON t.id = f.thermometer_reading_id
 WHERE f.compartment_id = %(c)s AND (%(id)s::bigint IS NULL OR f.id = %(id)s)
-ORDER BY t.ts DESC LIMIT %(limit)s
+ORDER BY t.ts DESC, t.id DESC LIMIT %(limit)s
 """
 
 
@@ -397,15 +421,38 @@ def add_thermometer_reading(
     if body.ts > now_row[0] + timedelta(minutes=5):
         raise invalid("读数时间不能晚于现在")
     set_action(conn, "thermometer.add")
+    return _record_thermometer(conn, comp, principal, body.ts, body.t, body.note, now_row[0])
+
+
+def _record_thermometer(
+    conn: psycopg.Connection,
+    comp: dict[str, Any],
+    principal: Principal,
+    ts: datetime,
+    t: Decimal,
+    note: str | None,
+    now: datetime,
+    corrects: tuple[int, str] | None = None,
+) -> dict[str, Any]:
+    """Store a thermometer reading (or the correction of one) and compare it with the probe."""
+    compartment_id = comp["id"]
     reading = fetch_one(
         conn,
-        """INSERT INTO thermometer_readings (compartment_id, ts, t, entered_by, note)
-           VALUES (%(c)s, %(ts)s, %(t)s, %(u)s, %(note)s) RETURNING id""",
-        {"c": compartment_id, "ts": body.ts, "t": body.t, "u": principal.user_id, "note": body.note},
+        """INSERT INTO thermometer_readings (compartment_id, ts, t, entered_by, note, corrects_id, reason)
+           VALUES (%(c)s, %(ts)s, %(t)s, %(u)s, %(note)s, %(corrects)s, %(why)s) RETURNING id""",
+        {
+            "c": compartment_id,
+            "ts": ts,
+            "t": t,
+            "u": principal.user_id,
+            "note": note,
+            "corrects": corrects[0] if corrects else None,
+            "why": corrects[1] if corrects else None,
+        },
     )
     assert reading is not None
-    near = fetch_all(conn, _PROBE_NEAR, {"c": compartment_id, "ts": body.ts})
-    result = drift_check(comp["mode"], body.ts, float(body.t), [(r["ts"], r["t"]) for r in near])
+    near = fetch_all(conn, _PROBE_NEAR, {"c": compartment_id, "ts": ts})
+    result = drift_check(comp["mode"], ts, float(t), [(r["ts"], r["t"]) for r in near])
     probe_id = next((r["probe_id"] for r in near if r["ts"] == result.nearest_ts), None)
     finding = fetch_one(
         conn,
@@ -418,7 +465,7 @@ def add_thermometer_reading(
             "p": probe_id,
             "pts": result.nearest_ts,
             "pt": result.probe_t,
-            "t": body.t,
+            "t": t,
             "d": result.difference,
             "f": result.finding,
             "why": result.reason,
@@ -426,13 +473,18 @@ def add_thermometer_reading(
     )
     assert finding is not None
     if result.finding and probe_id is not None:
+        # Findings of readings since corrected no longer count towards the vendor flag.
         times = [
             r["created_at"]
             for r in fetch_all(
-                conn, "SELECT created_at FROM drift_findings WHERE probe_id = %(p)s AND finding", {"p": probe_id}
+                conn,
+                """SELECT f.created_at FROM drift_findings f
+                   JOIN thermometer_readings_current r ON r.id = f.thermometer_reading_id
+                   WHERE f.probe_id = %(p)s AND f.finding""",
+                {"p": probe_id},
             )
         ]
-        if needs_vendor(times, now_row[0]):
+        if needs_vendor(times, now):
             conn.execute(
                 """INSERT INTO probe_vendor_flags (probe_id, reason) VALUES (%s, '反复漂移，待厂家调试或更换')
                    ON CONFLICT (probe_id) WHERE cleared_at IS NULL DO NOTHING""",
@@ -440,6 +492,45 @@ def add_thermometer_reading(
             )
     rows = fetch_all(conn, _DRIFTS, {"c": compartment_id, "id": finding["id"], "limit": 1})
     return rows[0]
+
+
+@router.post(
+    "/compartments/{compartment_id}/thermometer-readings/{reading_id}/corrections",
+    response_model=DriftOut,
+    status_code=201,
+    summary="更正录错的温度计读数：新增一条引用原读数的更正记录（原读数保留，不可修改）",
+)
+def correct_thermometer_reading(
+    compartment_id: Id, reading_id: Id, body: ThermometerCorrectionIn, principal: CurrentUser, conn: Conn
+) -> dict[str, Any]:
+    comp = _compartment(conn, principal, compartment_id)
+    require_writer(principal)
+    # Two corrections of one reading at once: the second waits here, then finds it corrected.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('thermometer:' || %s, 0))", (str(reading_id),))
+    original = fetch_one(
+        conn,
+        """SELECT r.id, r.ts, r.note,
+                  (SELECT c.id FROM thermometer_readings c WHERE c.corrects_id = r.id) AS corrected_by
+           FROM thermometer_readings r WHERE r.id = %(id)s AND r.compartment_id = %(c)s""",
+        {"id": reading_id, "c": compartment_id},
+    )
+    if original is None:
+        raise not_found("温度计读数")
+    if original["corrected_by"] is not None:
+        raise conflict(
+            "already_corrected",
+            f"该读数已被更正（更正记录 {original['corrected_by']}），请更正最新的一条",
+            details={"corrected_by_reading_id": original["corrected_by"]},
+        )
+    now_row = conn.execute("SELECT now()").fetchone()
+    assert now_row is not None
+    ts = body.ts or original["ts"]
+    if ts > now_row[0] + timedelta(minutes=5):
+        raise invalid("读数时间不能晚于现在")
+    set_action(conn, "thermometer.correct")
+    return _record_thermometer(
+        conn, comp, principal, ts, body.t, original["note"], now_row[0], corrects=(reading_id, body.reason)
+    )
 
 
 @router.get(
@@ -658,9 +749,11 @@ class RouteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     level: Annotated[int, Field(ge=1, le=3)]
     channel: Literal["wecom", "webhook"]
-    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]{3,500}$")]
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]{3,500}$")] = Field(
+        description="https 地址，主机须在 COLDCHAIN_OUTBOUND_HOSTS 中；读到的隐藏形式（key=***）原样提交即保留原地址"
+    )
     secret: Annotated[str, StringConstraints(min_length=16, max_length=200)] | None = Field(
-        None, description="webhook 的 HMAC 密钥（企业微信机器人不需要）"
+        None, description="webhook 的 HMAC 密钥（企业微信机器人不需要）；不填则保留同一地址原有的密钥"
     )
 
 
@@ -669,7 +762,7 @@ class RouteOut(BaseModel):
     unit_id: int
     level: int
     channel: str
-    url: str
+    url: str = Field(description="地址，查询参数的值（如企业微信机器人的 key）以 *** 隐藏")
     has_secret: bool
 
 
@@ -679,6 +772,11 @@ WHERE unit_id = %(u)s ORDER BY level, channel, id
 """
 
 
+def _routes_out(conn: psycopg.Connection, unit_id: int) -> list[dict[str, Any]]:
+    """A robot's key and a webhook's secret never leave the server: URLs masked, secrets as a flag."""
+    return [{**r, "url": mask_url(r["url"])} for r in fetch_all(conn, _ROUTES, {"u": unit_id})]
+
+
 @router.get(
     "/units/{unit_id}/notification-routes",
     response_model=list[RouteOut],
@@ -686,25 +784,50 @@ WHERE unit_id = %(u)s ORDER BY level, channel, id
 )
 def list_routes(unit_id: Id, principal: CurrentUser, conn: Conn) -> list[dict[str, Any]]:
     require_unit_in_scope(conn, principal, unit_id)
-    return fetch_all(conn, _ROUTES, {"u": unit_id})
+    return _routes_out(conn, unit_id)
 
 
 @router.put(
     "/units/{unit_id}/notification-routes", response_model=list[RouteOut], summary="设置单位各级的通知去处（整体替换）"
 )
 def put_routes(
-    unit_id: Id, body: Annotated[list[RouteIn], Field(max_length=30)], principal: CurrentUser, conn: Conn
+    unit_id: Id,
+    body: Annotated[list[RouteIn], Field(max_length=30)],
+    request: Request,
+    principal: CurrentUser,
+    conn: Conn,
 ) -> list[dict[str, Any]]:
     require_unit_in_scope(conn, principal, unit_id)
     require_writer(principal)
-    if any(r.channel == "webhook" and not r.secret for r in body):
-        raise invalid("webhook 必须设置 HMAC 密钥（至少 16 个字符），接收方据此验证消息来自本系统")
-    set_action(conn, "unit.notification_routes")
     conn.execute("SELECT 1 FROM units WHERE id = %s FOR UPDATE", (unit_id,))
+    # What the client read back was masked: a masked URL names the saved one, a missing secret
+    # keeps the one saved for the same webhook URL.
+    saved = fetch_all(
+        conn, "SELECT channel, url, secret FROM notification_routes WHERE unit_id = %(u)s", {"u": unit_id}
+    )
+    policy = policy_of(request.app.state.settings)
+    wanted: dict[tuple[int, str, str], str | None] = {}
+    for n, r in enumerate(body, start=1):
+        url = r.url
+        if "***" in url:
+            url = next((s["url"] for s in saved if s["channel"] == r.channel and mask_url(s["url"]) == url), "")
+            if not url:
+                raise invalid(f"第 {n} 条通知去处：地址中的 *** 是隐藏的密钥，新地址请填写完整")
+        try:
+            check_url(url, policy)
+        except OutboundRefused as exc:
+            raise invalid(f"第 {n} 条通知去处（{r.level} 级）：{exc}", details={"index": n - 1}) from None
+        secret = r.secret
+        if r.channel == "webhook" and not secret:
+            secret = next((s["secret"] for s in saved if s["channel"] == "webhook" and s["url"] == url), None)
+            if not secret:
+                raise invalid("webhook 必须设置 HMAC 密钥（至少 16 个字符），接收方据此验证消息来自本系统")
+        wanted[(r.level, r.channel, url)] = secret
+    set_action(conn, "unit.notification_routes")
     conn.execute("DELETE FROM notification_routes WHERE unit_id = %s", (unit_id,))
-    for r in {(x.level, x.channel, x.url): x for x in body}.values():
+    for (level, channel, url), secret in wanted.items():
         conn.execute(
             "INSERT INTO notification_routes (unit_id, level, channel, url, secret) VALUES (%s, %s, %s, %s, %s)",
-            (unit_id, r.level, r.channel, r.url, r.secret),
+            (unit_id, level, channel, url, secret),
         )
-    return fetch_all(conn, _ROUTES, {"u": unit_id})
+    return _routes_out(conn, unit_id)
