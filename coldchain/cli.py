@@ -62,7 +62,7 @@ def _database_urls(settings: Settings) -> Database:
 
 def _ensure_embedded_runtime(owner_url: str) -> None:
     """On the embedded default the run command sets the runtime login up itself (its group role
-    exists once migration 0013 ran; before that there is nothing a service could do anyway)."""
+    exists once migration 0012 ran; before that there is nothing a service could do anyway)."""
     with db.connect(owner_url, autocommit=True, application="coldchain-cli") as conn:
         group = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (roles.RUNTIME_GROUP,)).fetchone()
     if group is not None:

@@ -4,7 +4,7 @@ the ingester, the scheduler and the API use.
 Why two: a service that can run DDL, TRUNCATE a table, disable a trigger or switch
 ``session_replication_role`` off can lose or rewrite the records a regulator relies on, whatever
 the code intends. The runtime role is a login member of the group role ``coldchain_runtime``
-(created and granted by migration 0013): it owns nothing and holds only the grants its work
+(created and granted by migration 0012): it owns nothing and holds only the grants its work
 needs, append-only where records must never change. :func:`privilege_problems` says, in Chinese,
 everything a connection's role can do beyond that, so that each service can warn at start-up when
 it was given the owner's URL.
@@ -43,7 +43,7 @@ APPEND_ONLY_TABLES = (
     "lot_revisions",
     "monthly_reports",
 )
-# Tables that change only through the owner's SECURITY DEFINER functions (0013).
+# Tables that change only through the owner's SECURITY DEFINER functions (0012).
 GUARDED_TABLES = ("stock_balances", "stock_movements", "audit_log", "unit_tree", "lot_revisions")
 
 _ROLE_ATTRIBUTES = """
@@ -133,7 +133,7 @@ def warn_if_overprivileged(url: str, service: str) -> list[str]:
 def ensure_runtime_login(owner_url: str, login: str = DEFAULT_RUNTIME_LOGIN, password: str | None = None) -> None:
     """Create (or update) a login role that is a member of ``coldchain_runtime`` and nothing else.
 
-    Run as the owner after the migrations (0013 creates the group). Roles are cluster-wide, so a
+    Run as the owner after the migrations (0012 creates the group). Roles are cluster-wide, so a
     second database on the same server reuses the login; a concurrent creator is tolerated."""
     with connect(owner_url, autocommit=True, application="coldchain-roles") as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone()

@@ -692,7 +692,7 @@ def book_count(
     """A physical count sets the books to what is on the shelf; every difference needs its reason."""
     rows = fetch_all(
         conn,
-        "SELECT lot_id, on_hand FROM cc_lock_balances(%(u)s)",  # FOR UPDATE, as the owner (0013)
+        "SELECT lot_id, on_hand FROM cc_lock_balances(%(u)s)",  # FOR UPDATE, as the owner (0012)
         {"u": unit_id},
     )
     book = {r["lot_id"]: r["on_hand"] for r in rows}

@@ -19,7 +19,7 @@ def as_runtime(url: str) -> str:
     """``url`` (an owner's URL of a migrated test database) as the runtime login ``coldchain_app``.
 
     The login is cluster-wide: made once per server and run (idempotent, tolerant of a parallel
-    run doing the same); its privileges come from the group role of migration 0013."""
+    run doing the same); its privileges come from the group role of migration 0012."""
     server = url.rsplit("/", 1)[0]
     with _lock:
         if server not in _ready:

@@ -1,6 +1,6 @@
 """Least privilege and append-only records (issue #15 §2, §3), on the real server.
 
-The services run as the runtime login (a member of ``coldchain_runtime``, migration 0013); the
+The services run as the runtime login (a member of ``coldchain_runtime``, migration 0012); the
 fixtures here set data up as the owner that migrated the database. What the runtime role may do
 to every table is written out below: a new table without a decision, a grant too many or one
 too few fails here.
@@ -125,7 +125,7 @@ def test_the_runtime_role_has_exactly_its_grants(runtime: psycopg.Connection) ->
         ).fetchall()
     ]
     undecided = sorted(set(tables) - set(RUNTIME_WRITES) - NOT_READABLE)
-    assert undecided == [], f"新表须在 0013 之后的迁移中授予运行角色所需权限，并在此登记：{undecided}"
+    assert undecided == [], f"新表须在 0012 之后的迁移中授予运行角色所需权限，并在此登记：{undecided}"
     actual = {}
     for table in tables:
         privileges = runtime.execute(

@@ -1,7 +1,7 @@
 -- 0010 — temperature records are append-only (GSP: 温度记录不得修改、删除; issue #15).
 --
 -- Probe readings, gateway status and thermometer readings are never updated or deleted, by any
--- role: the runtime role has no UPDATE / DELETE / TRUNCATE privilege on them (0013), and these
+-- role: the runtime role has no UPDATE / DELETE / TRUNCATE privilege on them (0012), and these
 -- triggers stop the owner's hand in psql too. A wrong thermometer entry is corrected by a new row
 -- that references it (corrects_id) with a reason and who entered it; both stay in the history.
 -- Removal is only by retention after the legal period (疫苗管理法 第三十七条: at least five years

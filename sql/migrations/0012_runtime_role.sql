@@ -1,4 +1,4 @@
--- 0013 — the runtime role: what the ingester, the scheduler and the API may do, and nothing more
+-- 0012 — the runtime role: what the ingester, the scheduler and the API may do, and nothing more
 -- (issue #15, least privilege).
 --
 -- Migrations run as the owner (COLDCHAIN_OWNER_DATABASE_URL); the services connect as a login role
