@@ -12,7 +12,7 @@ WeCom robots take at most 20 messages a minute and 4 096 bytes each: everything 
 robot is merged into as few messages as fit, and what the minute's budget cannot take waits for
 the next slot — delayed, never dropped.
 
-Every request goes through :mod:`coldchain.outbound`: https to an allowed host only, never to an
+Every request goes through :mod:`coldchain.core.outbound`: https to an allowed host only, never to an
 internal address (checked after DNS resolution, on the very addresses connected to). A refused
 destination is a permanent failure: its rows keep the reason and are not tried again. Nothing
 stored or logged here carries a secret (a robot's key, a webhook's HMAC secret, WeChat's).
@@ -37,10 +37,10 @@ from alarms.escalation import kind_of_key
 from alarms.messages import AlarmCard, signed_webhook, template_message, wecom_markdown, wecom_payload
 from alarms.messages import next_slot as robot_next_slot
 from alarms.rules import KIND_NAMES
-from coldchain import outbound
-from coldchain.db import fetch_all
-from coldchain.outbound import OutboundRefused
-from coldchain.settings import Settings
+from coldchain.core import outbound
+from coldchain.core.db import fetch_all
+from coldchain.core.outbound import OutboundRefused
+from coldchain.core.settings import Settings
 
 log = logging.getLogger("coldchain.alarms.delivery")
 
@@ -52,7 +52,7 @@ Post = Callable[[str, bytes, Mapping[str, str]], tuple[int, bytes]]
 
 
 def http_post(settings: Settings) -> Post:
-    """The real sender: a JSON POST through :func:`coldchain.outbound.request` (checked destination,
+    """The real sender: a JSON POST through :func:`coldchain.core.outbound.request` (checked destination,
     no redirects followed)."""
     policy = outbound.policy_of(settings)
 

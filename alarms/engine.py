@@ -24,8 +24,8 @@ from psycopg.types.json import Jsonb
 from alarms import rules
 from alarms.escalation import AlarmTimeline, EscalationPolicy, policy_from
 from alarms.escalation import due_steps as escalation_due_steps
-from coldchain.db import fetch_all, fetch_one
-from coldchain.settings import Settings
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.settings import Settings
 
 log = logging.getLogger("coldchain.alarms")
 
@@ -495,7 +495,7 @@ def escalate(conn: psycopg.Connection, settings: Settings, *, limit: int = 1000)
 def new_link(conn: psycopg.Connection, alarm_id: int, user_id: int, level: int) -> str:
     """A single-use confirmation link token for one person (never for a group: anyone in the group
     could confirm in that person's name)."""
-    from api.deps import token_hash
+    from coldchain.core.tokens import token_hash
 
     token = secrets.token_urlsafe(32)
     conn.execute(

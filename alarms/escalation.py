@@ -82,7 +82,7 @@ _DURATION = re.compile(r"([+-]?[0-9]+)\s*([smhd])")
 def parse_duration(text: str) -> timedelta:
     """Turn '45s', '30m', '1h' or '1d' into a timedelta.
 
-    Same shape as ``coldchain.settings`` checks at start-up (so a value that passed there parses
+    Same shape as ``coldchain.core.settings`` checks at start-up (so a value that passed there parses
     here), and used again for per-unit overrides typed in the web UI, hence the Chinese errors.
     Zero and negative durations are refused: a zero reminder interval would notify in a loop.
     """

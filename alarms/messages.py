@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal, TypedDict, get_args
-from zoneinfo import ZoneInfo
 
 from alarms.escalation import STEP_KINDS, StepKind
+from coldchain.core.terms import BEIJING
 
 __all__ = [
     "WECOM_MAX_BYTES",
@@ -46,7 +46,6 @@ __all__ = [
 Severity = Literal["critical", "major", "minor"]
 SEVERITIES: frozenset[str] = frozenset(get_args(Severity))
 
-BEIJING = ZoneInfo("Asia/Shanghai")
 WECOM_MAX_BYTES = 4096
 WECHAT_FIELD_CHARS = 20
 ELLIPSIS = "…"

@@ -56,6 +56,8 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias, cast, get_args
 
+from coldchain.core.terms import out_of_range
+
 __all__ = [
     "CLOCK_SKEW",
     "DEFAULTS",
@@ -968,7 +970,7 @@ def _limit(value: float) -> float:
 
 
 def _out_of_range(params: RuleParams, t: float) -> bool:
-    return t > params.t_max or (params.t_min is not None and t < params.t_min)
+    return out_of_range(t, params.t_min, params.t_max)
 
 
 def _trim(segments: list[tuple[datetime, datetime]], window_start: datetime) -> list[tuple[datetime, datetime]]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import psycopg
 
 from alarms.rules import KIND_NAMES, GatewayParams, params_for
-from coldchain.db import fetch_all
+from coldchain.core.db import fetch_all
 
 State = Literal["unbound", "alarm", "offline", "acknowledged", "normal"]
 

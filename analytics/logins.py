@@ -11,7 +11,7 @@ The SQL only gathers facts — count, first and last successful sign-in per site
 never decides compliance, so the rule cannot drift between SQL and Python.
 
 Days are Beijing days (Asia/Shanghai): the connection's session zone is UTC (see
-:mod:`coldchain.db`), so the SQL converts explicitly. A sign-in at 23:30 Beijing belongs to that
+:mod:`coldchain.core.db`), so the SQL converts explicitly. A sign-in at 23:30 Beijing belongs to that
 day, one at 00:10 Beijing to the next, whatever their UTC dates.
 """
 
@@ -21,11 +21,10 @@ import calendar
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import psycopg
 
-BEIJING = ZoneInfo("Asia/Shanghai")
+from coldchain.core.terms import BEIJING
 
 MIN_GAP = timedelta(hours=6)
 """Two sign-ins must be at least this far apart (exactly 6 hours counts): a morning and an

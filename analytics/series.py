@@ -39,8 +39,8 @@ import psycopg
 
 from alarms.rules import KIND_NAMES, SEVERITY_NAMES, GatewayParams, RuleParams, params_for
 from analytics.downsample import Bucket, coarsen, minmax
-from analytics.logins import BEIJING
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import BEIJING
 
 Source = Literal["raw", "hourly", "daily"]
 

@@ -29,9 +29,9 @@ from api.routes import (
     trace,
     users,
 )
-from coldchain import db
-from coldchain.migrate import require_current
-from coldchain.settings import Settings
+from coldchain.core import db
+from coldchain.core.migrate import require_current
+from coldchain.core.settings import Settings
 from dashboards import PAGES, web
 
 API_PREFIX = "/api/v1"

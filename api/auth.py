@@ -17,9 +17,9 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from api.deps import token_hash
 from api.errors import ApiError
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.tokens import token_hash
 
 MAX_FAILURES = 5
 LOCK_WINDOW = timedelta(minutes=15)

@@ -7,7 +7,6 @@ so that the audit triggers of migration 0004 record who made every write.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -18,8 +17,10 @@ from fastapi import Depends, Request
 from psycopg import sql
 
 from api.errors import ApiError, forbidden
-from api.permissions import Actor, Role, UnitRef, may_write
-from coldchain.db import fetch_one
+from api.permissions import Actor, UnitRef, may_write
+from coldchain.core.db import fetch_one
+from coldchain.core.terms import Role
+from coldchain.core.tokens import token_hash
 
 SESSION_COOKIE = "cc_session"
 CSRF_COOKIE = "cc_csrf"
@@ -37,7 +38,7 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
     is sent; a commit that fails (deferred constraint, serialization failure, lost connection)
     raises into the error handlers and the client gets the one error shape, never a 2xx. A
     connection left broken is discarded by the pool on return, and idle ones are checked before
-    they are handed out (:func:`coldchain.db.pool`)."""
+    they are handed out (:func:`coldchain.core.db.pool`)."""
     with request.app.state.pool.connection() as conn:
         yield conn
 
@@ -77,10 +78,6 @@ def update_versioned(
 def set_action(conn: psycopg.Connection, action: str) -> None:
     """Name the business action for the audit rows this transaction writes (e.g. ``form3.apply``)."""
     conn.execute("SELECT set_config('coldchain.action', %s, true)", (action,))
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 @dataclass(frozen=True)

@@ -29,18 +29,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstrai
 
 from api.auth import SETUP_TOKEN_TTL, open_session, revoke_sessions
 from api.errors import ApiError
-from api.permissions import (
-    LEVEL_NAMES,
-    ROLE_NAMES,
-    Actor,
-    Level,
-    Role,
-    UnitRef,
-    manager_unit,
-    may_manage_user,
-    role_allowed_at,
-)
-from coldchain.db import fetch_all, fetch_one
+from api.permissions import Actor, UnitRef, manager_unit, may_manage_user, role_allowed_at
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import LEVEL_NAMES, ROLE_NAMES, Level, Role
 
 # ---------------------------------------------------------------------------------------------
 # Payloads

@@ -15,20 +15,13 @@ link, never a code prefix: 韩城市's level above is the province.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
-Role = Literal["system_admin", "business_admin", "supervisor", "analyst"]
-Level = Literal["province", "city", "county", "township"]
+from coldchain.core.terms import Level, Role
+
 ROLES: tuple[Role, ...] = get_args(Role)
 LEVELS: tuple[Level, ...] = get_args(Level)
 
-ROLE_NAMES: dict[str, str] = {
-    "system_admin": "系统管理员",
-    "business_admin": "业务管理员",
-    "supervisor": "督导（只读）",
-    "analyst": "数据分析员",
-}
-LEVEL_NAMES: dict[str, str] = {"province": "省级", "city": "市级", "county": "县级", "township": "乡级"}
 
 WRITER_ROLES: frozenset[str] = frozenset({"system_admin", "business_admin"})
 

@@ -4,7 +4,7 @@ is exchanged, server to server, for the user's ``openid``.
 The openid is never taken from the client: a client could claim anyone's. Only the exchange,
 made with the account's secret, proves which WeChat user is at the phone. The API base is a
 setting so that a test or a staging deployment can point it at its own server; the request goes
-through :mod:`coldchain.outbound` (https to an allowed host, never an internal address), and no
+through :mod:`coldchain.core.outbound` (https to an allowed host, never an internal address), and no
 error carries the URL, whose query holds the secret.
 """
 
@@ -14,8 +14,8 @@ import json
 from urllib.parse import urlencode
 
 from api.errors import ApiError
-from coldchain import outbound
-from coldchain.settings import Settings
+from coldchain.core import outbound
+from coldchain.core.settings import Settings
 
 
 def openid_for_code(settings: Settings, code: str) -> str:

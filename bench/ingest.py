@@ -38,10 +38,11 @@ from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coldchain import db, roles, services
-from coldchain.migrate import migrate
+from coldchain import services
+from coldchain.core import db, roles
+from coldchain.core.migrate import migrate
+from coldchain.core.settings import parse_mqtt_url
 from coldchain.seed.demo import load_demo, plan_demo
-from coldchain.settings import parse_mqtt_url
 from ingest.ingester import IngestConfig, Ingester
 
 Message = tuple[str, bytes]

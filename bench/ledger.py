@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from apihelp import World, api_client, bearer
 from ledgerhelp import build_catalogue
 
+from analytics.aggregates import refresh_aggregates
 from api.auth import hash_password
-from coldchain import db, services
-from coldchain.aggregates import refresh_aggregates
-from coldchain.migrate import migrate
+from coldchain import services
+from coldchain.core import db
+from coldchain.core.migrate import migrate
 from inventory import ledger, trace
 
 CITIES, COUNTIES_PER_CITY = 10, 5

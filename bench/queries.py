@@ -29,14 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from apihelp import api_client, bearer
 
 from analytics import board, series
+from analytics.aggregates import refresh_aggregates
 from analytics.report.build import compute
-from analytics.report.maths import current_month, month_period
+from analytics.report.maths import month_period
 from api.auth import hash_password
 from bench.ledger import build_tree, timed
-from coldchain import db, services
-from coldchain.aggregates import refresh_aggregates
-from coldchain.db import fetch_all
-from coldchain.migrate import migrate
+from coldchain import services
+from coldchain.core import db
+from coldchain.core.db import fetch_all
+from coldchain.core.migrate import migrate
+from coldchain.core.terms import current_month
 
 PASSWORD = "Bench@2026pw"
 

@@ -23,13 +23,14 @@ from datetime import datetime
 
 import psycopg
 
-from coldchain import db, roles, services
-from coldchain.aggregates import refresh_aggregates
-from coldchain.migrate import Migration, MigrationError, migrate, require_current, status
+from analytics.aggregates import refresh_aggregates
+from coldchain import services
+from coldchain.core import db, roles
+from coldchain.core.migrate import Migration, MigrationError, migrate, require_current, status
+from coldchain.core.settings import Settings, SettingsError, load_settings
 from coldchain.runtime import run_until_signalled
 from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE, load_demo, plan_demo
 from coldchain.seed.vaccines import load_vaccines
-from coldchain.settings import Settings, SettingsError, load_settings
 from ingest.simulate import configure_parser as configure_simulator
 
 log = logging.getLogger("coldchain")
@@ -209,7 +210,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     """Rule evaluation, escalation, notification delivery and aggregate refresh until SIGTERM."""
-    from alarms.scheduler import Intervals, run
+    from coldchain.scheduler import Intervals, run
 
     with _database(settings) as database:
         url = database.url

@@ -15,9 +15,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
 from alarms.rules import KIND_NAMES
-from api.deps import Conn, token_hash
-from coldchain.db import fetch_one
-from dashboards.web import BEIJING, templates
+from api.deps import Conn
+from coldchain.core.db import fetch_one
+from coldchain.core.terms import BEIJING
+from coldchain.core.tokens import token_hash
+from dashboards.web import templates
 
 router = APIRouter(include_in_schema=False)
 STATES = {"active": "未处理", "acknowledged": "已确认", "resolved": "已恢复（待关闭）", "closed": "已关闭"}

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from analytics.series import MAX_RANGE, compartment_row, compartment_series
 from api.deps import Conn, unit_in_scope
 from api.routes.series import SeriesOut
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
 from dashboards.web import PageError, PageUser, render
 
 router = APIRouter(include_in_schema=False)

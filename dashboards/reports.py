@@ -12,10 +12,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from analytics.report.build import REPORT_LEVELS, ReportRefused, monthly_report
-from analytics.report.maths import current_month, parse_month
 from api.deps import Conn
 from api.routes.plans import MONTH_PATTERN
-from coldchain.db import fetch_all
+from coldchain.core.db import fetch_all
+from coldchain.core.terms import current_month, parse_month
 from dashboards.web import API, PageError, PageUser, figure_json, render, scoped_unit
 
 router = APIRouter(include_in_schema=False)

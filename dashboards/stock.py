@@ -16,11 +16,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from api.deps import Conn
-from api.routes.plans import MONTH_PATTERN, previous_month
+from api.routes.plans import MONTH_PATTERN
 from api.routes.stock import list_balances
 from api.routes.trace import stock_levels, wastage_analysis
-from coldchain.db import fetch_all, fetch_one
-from dashboards.web import BEIJING, PageUser, figure_json, render, scoped_unit
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import BEIJING, previous_month
+from dashboards.web import PageUser, figure_json, render, scoped_unit
 from inventory.analysis import OVERSTOCK_MONTHS, SHORTAGE_MONTHS
 
 router = APIRouter(include_in_schema=False)

@@ -16,7 +16,6 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlsplit
-from zoneinfo import ZoneInfo
 
 import jinja2
 import plotly
@@ -26,8 +25,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.deps import Conn, Principal, current_principal, unit_in_scope
 from api.errors import ApiError
+from coldchain.core.terms import BEIJING
 
-BEIJING = ZoneInfo("Asia/Shanghai")
 PLOTLY_PATH = "/static/plotly.min.js"
 API = "/api/v1"
 

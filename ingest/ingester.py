@@ -44,8 +44,8 @@ import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from coldchain.db import connect_async
-from coldchain.settings import MqttAddress
+from coldchain.core.db import connect_async
+from coldchain.core.settings import MqttAddress
 from ingest.contract import STATUS_FILTER, TELEMETRY_FILTER, now_us, parse_message
 from ingest.health import Metrics, serve_health
 from ingest.store import BatchResult, Incoming, RegistryCache, dead_letter_row, prepare, write_batch, write_dead_letters

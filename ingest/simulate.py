@@ -26,20 +26,20 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 import aiomqtt
 import psycopg
 
-from coldchain import db
+from coldchain.core import db
+from coldchain.core.settings import MqttAddress, Settings, SettingsError
+from coldchain.core.terms import BEIJING
 from coldchain.runtime import run_until_signalled
-from coldchain.settings import MqttAddress, Settings, SettingsError
 from ingest.contract import TOPIC_PREFIX
 
 log = logging.getLogger("coldchain.simulate")
 
-BEIJING: Final = timezone(timedelta(hours=8))  # China has had no daylight saving time since 1991
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
 

@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import psycopg
 
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import BEIJING
 from inventory.codes import CodeError, ParsedCode, parse_code, require_serial
 from inventory.rules import (
     Node,
@@ -31,8 +31,6 @@ from inventory.rules import (
     transfer_route,
     vials_needed,
 )
-
-CHINA = ZoneInfo("Asia/Shanghai")
 
 
 class LedgerError(Exception):
@@ -85,7 +83,7 @@ def load_lot(conn: psycopg.Connection, lot_id: int) -> dict[str, Any]:
 
 
 def _day(ts: datetime) -> date:
-    return ts.astimezone(CHINA).date()
+    return ts.astimezone(BEIJING).date()
 
 
 def post(
@@ -721,7 +719,7 @@ def book_count(
 
 def end_of_day(day: date, now: datetime) -> datetime:
     """The instant a day's usage is booked at: that day's end in China, or now if the day is today."""
-    end = datetime.combine(day + timedelta(days=1), time(0), CHINA) - timedelta(seconds=1)
+    end = datetime.combine(day + timedelta(days=1), time(0), BEIJING) - timedelta(seconds=1)
     return min(end, now)
 
 
@@ -730,10 +728,10 @@ def book_day_usage(
 ) -> list[dict[str, Any]]:
     """The end-of-day usage booking (VT7): never fewer vials than the day's recorded doses need."""
     check_usage_unit(load_node(conn, unit_id))
-    if day > now.astimezone(CHINA).date():
+    if day > now.astimezone(BEIJING).date():
         raise LedgerError(422, "invalid", "不能登记未来日期的使用")
     at = end_of_day(day, now)
-    start = datetime.combine(day, time(0), CHINA)
+    start = datetime.combine(day, time(0), BEIJING)
     out = []
     for lot_id, vials in sorted(lines.items()):
         lot = load_lot(conn, lot_id)

@@ -24,7 +24,8 @@ from typing import Any
 
 import psycopg
 
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import out_of_range
 
 MAX_GAP = timedelta(minutes=30)
 """A reading stands for the time until the next one, but for no more than this: beyond it the
@@ -110,7 +111,7 @@ def out_of_range_minutes(
     total = timedelta()
     ordered = sorted(readings)
     for i, (ts, t) in enumerate(ordered):
-        if (t_min is not None and t < t_min) or t > t_max:
+        if out_of_range(t, t_min, t_max):
             until = ts + max_gap
             if i + 1 < len(ordered):
                 until = min(until, ordered[i + 1][0])

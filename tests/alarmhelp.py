@@ -34,8 +34,8 @@ from psycopg.types.range import Range
 
 from alarms.delivery import deliver
 from alarms.engine import check_silence, escalate, evaluate_compartments, evaluate_gateways
-from coldchain import db
-from coldchain.settings import Settings, load_settings
+from coldchain.core import db
+from coldchain.core.settings import Settings, load_settings
 
 
 def utcnow() -> datetime:

@@ -31,8 +31,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.auth import hash_password
 from api.deps import CSRF_HEADER
-from coldchain import db
-from coldchain.settings import load_settings
+from coldchain.core import db
+from coldchain.core.settings import load_settings
 
 PASSWORD = "Test@Pass2026"
 BOUND_FROM = datetime(2026, 1, 1, tzinfo=UTC)

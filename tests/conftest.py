@@ -17,8 +17,9 @@ import pytest
 from apihelp import World, build_world
 from fakewechat import FakeWechat
 
-from coldchain import db, services
-from coldchain.migrate import migrate
+from coldchain import services
+from coldchain.core import db
+from coldchain.core.migrate import migrate
 
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
 

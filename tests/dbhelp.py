@@ -9,7 +9,7 @@ import threading
 
 import psycopg
 
-from coldchain import db, roles
+from coldchain.core import db, roles
 
 _ready: set[str] = set()
 _lock = threading.Lock()

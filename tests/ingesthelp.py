@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 import aiomqtt
 from dbhelp import as_runtime
 
-from coldchain import db
+from coldchain.core import db
+from coldchain.core.settings import parse_mqtt_url
 from coldchain.seed.demo import load_demo, plan_demo
-from coldchain.settings import parse_mqtt_url
 from ingest.ingester import IngestConfig, Ingester
 
 Message = tuple[str, bytes]

@@ -13,7 +13,7 @@ from typing import Any
 from apihelp import World
 from fastapi.testclient import TestClient
 
-from coldchain import db
+from coldchain.core import db
 from inventory.codes import gtin_check_digit
 
 API = "/api/v1"

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from coldchain import db
-from coldchain.aggregates import refresh_aggregates
-from coldchain.migrate import migrate
+from analytics.aggregates import refresh_aggregates
+from coldchain.core import db
+from coldchain.core.migrate import migrate
 
 Rows = list[dict[str, Any]]
 

@@ -23,8 +23,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alarms.engine import PassStats, evaluate_compartments, new_link
-from coldchain import db
-from coldchain.settings import load_settings
+from coldchain.core import db
+from coldchain.core.settings import load_settings
 
 API = "/api/v1"
 SETTINGS = load_settings({})

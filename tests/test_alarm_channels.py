@@ -18,8 +18,8 @@ from psycopg.types.json import Jsonb
 from alarms.delivery import deliver
 from alarms.engine import evaluate_compartments
 from alarms.messages import verify_signature
-from coldchain import db
-from coldchain.settings import load_settings
+from coldchain.core import db
+from coldchain.core.settings import load_settings
 
 SECRET = "webhook-secret-of-the-county"
 

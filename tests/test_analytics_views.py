@@ -32,9 +32,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from alarms.rules import KIND_NAMES, KIND_SEVERITY, SEVERITY_NAMES
-from coldchain import db
-from coldchain.aggregates import refresh_aggregates
-from coldchain.migrate import migrate
+from analytics.aggregates import refresh_aggregates
+from coldchain.core import db
+from coldchain.core.migrate import migrate
 
 # ---------------------------------------------------------------------------------------------
 # Seed data, shared with the TimescaleDB oracle test (plain SQL, integer arithmetic).

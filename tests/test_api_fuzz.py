@@ -25,8 +25,8 @@ from schemathesis.transports import RequestsTransport
 from starlette_testclient import TestClient
 
 from api.app import create_app
-from coldchain.migrate import migrate
-from coldchain.settings import load_settings
+from coldchain.core.migrate import migrate
+from coldchain.core.settings import load_settings
 
 EXAMPLES = int(os.environ.get("COLDCHAIN_FUZZ_EXAMPLES", "25"))
 

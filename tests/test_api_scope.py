@@ -13,7 +13,7 @@ import pytest
 from apihelp import World, api_client, bearer, error_code
 from fastapi.testclient import TestClient
 
-from coldchain import db
+from coldchain.core import db
 
 
 @pytest.fixture

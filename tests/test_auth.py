@@ -19,7 +19,7 @@ from fakewechat import FakeWechat
 from fastapi.testclient import TestClient
 
 from api.auth import LOCK_WINDOW, MAX_FAILURES, locked_until
-from coldchain import db
+from coldchain.core import db
 
 API = "/api/v1"
 SESSION = f"{API}/auth/session"

@@ -11,7 +11,7 @@ from alarmhelp import add_readings, add_status
 from apihelp import World, api_client, web_session
 
 from analytics.board import TileFacts, tile_state
-from coldchain import db
+from coldchain.core import db
 from dashboards.web import safe_next
 
 NOW = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)

@@ -11,9 +11,9 @@ from apihelp import World, live_server
 from browserhelp import browser_page, require_browser, sign_in
 
 from alarms.engine import new_link
-from coldchain import db
-from coldchain.aggregates import refresh_aggregates
-from dashboards.web import BEIJING
+from analytics.aggregates import refresh_aggregates
+from coldchain.core import db
+from coldchain.core.terms import BEIJING
 
 pytestmark = pytest.mark.timeout(120)
 

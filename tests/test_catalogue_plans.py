@@ -30,9 +30,9 @@ from ledgerhelp import (
     ship,
 )
 
-from coldchain import db
+from coldchain.core import db
+from coldchain.core.terms import BEIJING
 from inventory.codes import gtin_check_digit
-from inventory.ledger import CHINA
 
 Headers = dict[str, str]
 
@@ -552,7 +552,7 @@ def test_resolve_shows_the_holder_only_within_jurisdiction(
 
 
 def china_today() -> date:
-    return datetime.now(CHINA).date()
+    return datetime.now(BEIJING).date()
 
 
 def month_of(day: date) -> str:
@@ -565,7 +565,7 @@ def previous_month_day(day_of_month: int) -> date:
 
 
 def at(day: date, hour: int) -> str:
-    return datetime.combine(day, time(hour), CHINA).isoformat()
+    return datetime.combine(day, time(hour), BEIJING).isoformat()
 
 
 def book_history(world: World, cat: Catalogue, client: TestClient, h: dict[str, Headers]) -> None:
@@ -589,7 +589,7 @@ def book_history(world: World, cat: Catalogue, client: TestClient, h: dict[str, 
         f"{API}/stock/usage", json={"day": day.isoformat(), "lines": [{"lot_id": lot, "vials": 4}]}, headers=h["T1"]
     )
     assert r.status_code == 201, r.text
-    now = datetime.now(CHINA)
+    now = datetime.now(BEIJING)
     r = client.post(
         f"{API}/vaccinations",
         json={"vaccinee_ref": "CHILD999999", "lot_id": lot, "vaccinated_at": now.isoformat()},

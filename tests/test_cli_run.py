@@ -11,7 +11,8 @@ import time
 import httpx
 from dbhelp import as_runtime
 
-from coldchain import db, services
+from coldchain import services
+from coldchain.core import db
 from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE
 
 

@@ -18,7 +18,7 @@ from apihelp import PASSWORD, World, live_server
 from ledgerhelp import build_catalogue
 
 from alarms.engine import new_link
-from coldchain import db
+from coldchain.core import db
 
 API = "/api/v1"
 

@@ -13,9 +13,9 @@ import pytest
 from apihelp import World
 from test_aggregates import execute, query
 
-from coldchain import db
-from coldchain.aggregates import refresh_aggregates
-from coldchain.migrate import migrate
+from analytics.aggregates import refresh_aggregates
+from coldchain.core import db
+from coldchain.core.migrate import migrate
 from inventory.trace import Interval, Segment, out_of_range_minutes, temperatures
 
 T0 = datetime(2026, 3, 1, 15, 2, 11, tzinfo=UTC)

@@ -33,7 +33,7 @@ from api.forms import (
     form5_refusal,
 )
 from api.permissions import Actor, UnitRef
-from coldchain import db
+from coldchain.core import db
 
 API = "/api/v1"
 NEW_PASSWORD = "Fresh#Cold2026"

@@ -19,7 +19,8 @@ from ingesthelp import (
     wait_until,
 )
 
-from coldchain import db, services
+from coldchain import services
+from coldchain.core import db
 
 
 async def test_round_trip_stores_readings_latest_and_gateway_status(

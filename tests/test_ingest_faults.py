@@ -15,8 +15,9 @@ import pytest
 from dbhelp import as_runtime
 from ingesthelp import config, count, publish, running, seed_fleet, stream, unique_id, wait_until
 
-from coldchain import db, services
-from coldchain.migrate import migrate
+from coldchain import services
+from coldchain.core import db
+from coldchain.core.migrate import migrate
 
 
 def _start_ingest(db_url: str, broker_url: str, client_id: str, port: int) -> subprocess.Popen[bytes]:

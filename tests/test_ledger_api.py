@@ -14,8 +14,8 @@ from apihelp import World, api_client, bearer, error_code
 from fastapi.testclient import TestClient
 from ledgerhelp import API, Catalogue, accept, balance, build_catalogue, ledger_sum, receive, ship
 
-from coldchain import db
-from inventory.ledger import CHINA
+from coldchain.core import db
+from coldchain.core.terms import BEIJING
 
 
 @pytest.fixture
@@ -372,7 +372,7 @@ def test_day_usage_covers_the_recorded_vaccinations(
         headers=h["K1"],
     )
     assert r.status_code == 422 and error_code(r) == "rule_violation"  # only sites vaccinate
-    day = today.astimezone(CHINA).date().isoformat()
+    day = today.astimezone(BEIJING).date().isoformat()
     r = client.post(f"{API}/stock/usage", json={"day": day, "lines": [{"lot_id": lot, "vials": 1}]}, headers=h["T1"])
     assert r.status_code == 422 and error_code(r) == "usage_below_doses" and "至少需使用 2 支" in r.text
     r = client.post(f"{API}/stock/usage", json={"day": day, "lines": [{"lot_id": lot, "vials": 2}]}, headers=h["T1"])

@@ -18,7 +18,7 @@ import psycopg
 from apihelp import World
 from ledgerhelp import Catalogue, build_catalogue
 
-from coldchain import db
+from coldchain.core import db
 from inventory import ledger
 
 START = 1000

@@ -23,7 +23,7 @@ from analytics.logins import (
     site_day,
     site_days,
 )
-from coldchain import db
+from coldchain.core import db
 
 BJ = ZoneInfo("Asia/Shanghai")
 

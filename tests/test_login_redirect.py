@@ -18,7 +18,7 @@ from apihelp import api_client
 from conftest import DatabaseFactory
 from fastapi.testclient import TestClient
 
-from coldchain.migrate import migrate
+from coldchain.core.migrate import migrate
 from dashboards.web import safe_next
 
 BASE = "http://testserver"

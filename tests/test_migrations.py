@@ -14,9 +14,9 @@ from conftest import DatabaseFactory
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from coldchain import db
-from coldchain import migrate as migrator
-from coldchain.migrate import (
+from coldchain.core import db
+from coldchain.core import migrate as migrator
+from coldchain.core.migrate import (
     NOT_OFFERED_REFUSAL,
     NOT_PRELOADED_REFUSAL,
     NOT_PRELOADED_WARNING,
@@ -29,7 +29,7 @@ from coldchain.migrate import (
     storage_choice,
     timescale_server,
 )
-from coldchain.settings import TimescaleMode
+from coldchain.core.settings import TimescaleMode
 from sql import MIGRATIONS_DIR
 
 
@@ -248,12 +248,12 @@ def test_auto_takes_the_path_this_server_offers_without_a_warning_unless_it_fall
 ) -> None:
     with db.connect(empty_db, autocommit=True) as conn:
         server = timescale_server(conn)
-    with caplog.at_level(logging.WARNING, logger="coldchain.migrate"):
+    with caplog.at_level(logging.WARNING, logger="coldchain.core.migrate"):
         migrate(empty_db)
     with db.connect(empty_db) as conn:
         path = db.storage_path(conn)
     assert path == ("timescaledb" if server.offered and server.preloaded else "postgresql")
-    warned = [r.getMessage() for r in caplog.records if r.name == "coldchain.migrate"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "coldchain.core.migrate"]
     assert warned == ([NOT_PRELOADED_WARNING] if server.offered and not server.preloaded else [])
 
 
@@ -271,7 +271,7 @@ def test_an_installed_but_not_preloaded_timescaledb_is_never_tried(
         migrator, "timescale_server", lambda conn: TimescaleServer(offered=True, created=False, preloaded=False)
     )
     url = databases.create()
-    with caplog.at_level(logging.WARNING, logger="coldchain.migrate"):
+    with caplog.at_level(logging.WARNING, logger="coldchain.core.migrate"):
         if mode == "require":
             with pytest.raises(MigrationError, match="shared_preload_libraries"):
                 migrate(url, timescaledb=mode)
@@ -280,7 +280,7 @@ def test_an_installed_but_not_preloaded_timescaledb_is_never_tried(
     with db.connect(url) as conn:
         applied = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
         path = db.storage_path(conn) if mode == "auto" else None
-    warned = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "coldchain.migrate"]
+    warned = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "coldchain.core.migrate"]
     if mode == "require":
         assert applied == (0,)
         assert warned == []

@@ -15,6 +15,7 @@ from analytics.report import maths
 from analytics.report.build import TABLES, _change_rows, _table, final_months
 from analytics.report.maths import Piece
 from analytics.report.xlsx import sheet_name, table_frame, workbook
+from coldchain.core import terms
 
 NOW = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 OCT = date(2026, 10, 1)
@@ -45,20 +46,20 @@ def test_current_month_is_cut_at_now_and_final_two_days_after_its_end() -> None:
     assert oct_.keepable(oct_.end + timedelta(days=2))
     assert not oct_.keepable(oct_.end + timedelta(days=2) - timedelta(seconds=1))
     # 2026-11-30 23:00 Beijing is still November there, although December has begun in no zone yet.
-    assert maths.current_month(datetime(2026, 11, 30, 16, 30, tzinfo=UTC)) == date(2026, 12, 1)
-    assert maths.current_month(datetime(2026, 11, 30, 15, 30, tzinfo=UTC)) == date(2026, 11, 1)
+    assert terms.current_month(datetime(2026, 11, 30, 16, 30, tzinfo=UTC)) == date(2026, 12, 1)
+    assert terms.current_month(datetime(2026, 11, 30, 15, 30, tzinfo=UTC)) == date(2026, 11, 1)
 
 
 def test_month_parsing_and_refusals() -> None:
-    assert maths.parse_month("2026-02") == date(2026, 2, 1)
+    assert terms.parse_month("2026-02") == date(2026, 2, 1)
     for bad in ("2026-13", "2026-2", "26-02", "2026/02", ""):
         with pytest.raises(ValueError, match="月份格式"):
-            maths.parse_month(bad)
+            terms.parse_month(bad)
     assert maths.month_problem(date(2026, 12, 1), NOW) == "2026-12 尚未到来，不能生成该月的报告"
     assert maths.month_problem(date(2014, 12, 1), NOW) is not None
     assert maths.month_problem(date(2026, 11, 1), NOW) is None
-    assert maths.previous_month(date(2026, 1, 1)) == date(2025, 12, 1)
-    assert maths.next_month(date(2026, 12, 1)) == date(2027, 1, 1)
+    assert terms.previous_month(date(2026, 1, 1)) == date(2025, 12, 1)
+    assert terms.next_month(date(2026, 12, 1)) == date(2027, 1, 1)
 
 
 def test_final_months_start_at_the_first_data_and_skip_the_grace_period() -> None:

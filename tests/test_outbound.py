@@ -16,8 +16,8 @@ import pytest
 from alarmhelp import add_readings, alarm_world, one_pass, probe_of, rows, set_params, utcnow
 from apihelp import World, api_client, bearer, error_code
 
-from coldchain import db
-from coldchain.outbound import (
+from coldchain.core import db
+from coldchain.core.outbound import (
     OutboundPolicy,
     OutboundRefused,
     check_url,
@@ -26,7 +26,7 @@ from coldchain.outbound import (
     resolve,
     scrub,
 )
-from coldchain.settings import SettingsError, load_settings
+from coldchain.core.settings import SettingsError, load_settings
 
 DEFAULT = OutboundPolicy()
 FAKES = OutboundPolicy(allow_insecure_loopback=True)

@@ -23,14 +23,13 @@ from api.permissions import (
     ROLES,
     WRITER_ROLES,
     Actor,
-    Level,
-    Role,
     UnitRef,
     manager_unit,
     may_manage_user,
     may_write,
     role_allowed_at,
 )
+from coldchain.core.terms import Level, Role
 
 # key: (id, level, parent key)
 _TREE: dict[str, tuple[int, Level, str | None]] = {

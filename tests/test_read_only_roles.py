@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from ledgerhelp import build_catalogue, cn20, receive, ship
 
 from api.readonly import READ_ONLY_MAY
-from coldchain import db
+from coldchain.core import db
 
 API = "/api/v1"
 READ_ONLY_USERS = ("sup_P", "ana_P", "ana_K1")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from coldchain import db
+from coldchain.core import db
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from alarmhelp import add_status, alarm_world
 from apihelp import BOUND_FROM, World, api_client, bearer, error_code, web_session
 from psycopg.types.json import Jsonb
 
-from analytics.logins import BEIJING
+from analytics.aggregates import refresh_aggregates
 from analytics.report import build, maths
-from coldchain import db
-from coldchain.aggregates import refresh_aggregates
+from coldchain.core import db, terms
+from coldchain.core.terms import BEIJING
 
 SHEETS = ["概况与环比", "设备明细", "问题设备排名", "各地区问题设备占比", "报警响应", "网关电源与信号", "登录检查",
           "保修到期", "指标说明"]
@@ -46,7 +46,7 @@ class Seeded:
 
 
 def month_under_test(now: datetime) -> date:
-    month = maths.previous_month(maths.previous_month(maths.current_month(now)))
+    month = terms.previous_month(terms.previous_month(terms.current_month(now)))
     assert month >= BOUND_FROM.date().replace(day=1), "apihelp 的绑定从 2026-01-01 开始"
     return month
 
@@ -265,7 +265,7 @@ def test_kept_report_does_not_change_when_data_changes(seeded: Seeded) -> None:
                 conn.execute("DELETE FROM monthly_reports")
             conn.rollback()
         # The next month compares with the kept report, not with a recomputation.
-        following = get_report(client, headers, w.units["P"], maths.next_month(seeded.month).strftime("%Y-%m"))
+        following = get_report(client, headers, w.units["P"], terms.next_month(seeded.month).strftime("%Y-%m"))
         assert following.status_code == 200, following.text
         assert following.json()["previous"]["kept"] is True
         assert following.json()["previous"]["headline"] == first.json()["headline"]
@@ -274,7 +274,7 @@ def test_kept_report_does_not_change_when_data_changes(seeded: Seeded) -> None:
 def test_current_month_is_live_and_not_kept(seeded: Seeded) -> None:
     w = seeded.world
     now = datetime.now(UTC)
-    current = maths.current_month(now).strftime("%Y-%m")
+    current = terms.current_month(now).strftime("%Y-%m")
     with api_client(w.url) as client:
         headers = bearer(client, "ba_K1")
         r = get_report(client, headers, w.units["K1"], current)
@@ -289,7 +289,7 @@ def test_current_month_is_live_and_not_kept(seeded: Seeded) -> None:
 
 def test_refusals_and_jurisdiction(seeded: Seeded) -> None:
     w = seeded.world
-    future = maths.next_month(maths.current_month(datetime.now(UTC))).strftime("%Y-%m")
+    future = terms.next_month(terms.current_month(datetime.now(UTC))).strftime("%Y-%m")
     with api_client(w.url) as client:
         k1 = bearer(client, "sa_K1")
         # A county user cannot read a sibling county's report: out of jurisdiction is "not found".
@@ -347,7 +347,7 @@ def test_page_renders_chart_and_tables(seeded: Seeded) -> None:
         assert "雁塔区疾病预防控制中心" in html and 'id="table-devices"' in html
         other = client.get("/reports/monthly", params={"unit_id": w.units["C2"]})
         assert other.status_code == 404
-        future = maths.next_month(maths.current_month(datetime.now(UTC))).strftime("%Y-%m")
+        future = terms.next_month(terms.current_month(datetime.now(UTC))).strftime("%Y-%m")
         assert client.get("/reports/monthly", params={"month": future}).status_code == 422
 
 

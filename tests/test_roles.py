@@ -19,7 +19,7 @@ from dbhelp import as_runtime
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from coldchain import db, roles
+from coldchain.core import db, roles
 
 # The runtime role's writes, table by table ("" = read only). Everything else in public is
 # readable, except the analysts' scopes.
@@ -253,7 +253,7 @@ def test_guarded_functions_are_the_runtime_roles_alone(world: World, db_url: str
 
 
 def test_a_service_given_the_owners_url_warns(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="coldchain.roles"):
+    with caplog.at_level(logging.WARNING, logger="coldchain.core.roles"):
         assert roles.warn_if_overprivileged(as_runtime(db_url), "api") == []
         assert caplog.records == []
         problems = roles.warn_if_overprivileged(db_url, "api")

@@ -25,9 +25,10 @@ from fastapi.testclient import TestClient
 
 from alarms.delivery import deliver
 from alarms.engine import evaluate_compartments
-from coldchain import db, services
-from coldchain.migrate import discover, migrate
-from coldchain.settings import load_settings
+from coldchain import services
+from coldchain.core import db
+from coldchain.core.migrate import discover, migrate
+from coldchain.core.settings import load_settings
 
 ROBOT_KEY = "robotkey-PLANTED-5c1e9b"
 DEAD_ROBOT_KEY = "deadkey-PLANTED-77aa01"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from coldchain import db
+from coldchain.core import db
 from coldchain.seed.demo import load_demo, plan_demo
 from coldchain.seed.shaanxi import CITIES
 

@@ -15,9 +15,9 @@ from apihelp import World, api_client, bearer, error_code, web_session
 from fastapi.testclient import TestClient
 
 from alarms.rules import GatewayParams
+from analytics.aggregates import refresh_aggregates
 from analytics.series import gateway_statuses, offline_periods, power_periods, with_prev
-from coldchain import db
-from coldchain.aggregates import refresh_aggregates
+from coldchain.core import db
 
 API = "/api/v1"
 # A fixed hour in the past, so every range below is away from the present.

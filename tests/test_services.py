@@ -23,7 +23,8 @@ import aiomqtt
 import psycopg
 import pytest
 
-from coldchain import db, pybroker, services
+from coldchain import pybroker, services
+from coldchain.core import db
 
 needs_machine_pg = pytest.mark.skipif(
     services._machine_pg_bindir() is None, reason="no initdb / pg_ctl / postgres on this machine"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coldchain.settings import SettingsError, load_settings, parse_mqtt_url
+from coldchain.core.settings import SettingsError, load_settings, parse_mqtt_url
 
 
 def test_defaults_mean_embedded_servers() -> None:

@@ -22,11 +22,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from coldchain import db, services
+from coldchain import services
+from coldchain.core import db
+from coldchain.core.settings import SettingsError, load_settings, parse_mqtt_url
+from coldchain.core.terms import BEIJING
 from coldchain.seed.demo import load_demo, plan_demo
-from coldchain.settings import SettingsError, load_settings, parse_mqtt_url
 from ingest.simulate import (
-    BEIJING,
     BUFFER_CHUNK,
     FAULT_KINDS,
     MALFORMED_KINDS,
@@ -652,7 +653,7 @@ def test_cmd_simulate_stops_cleanly_on_ctrl_c(db_url: str, mqtt_broker: services
     load_demo(db_url, plan_demo(probes=40, seed=1))
     script = (
         "import argparse, sys\n"
-        "from coldchain.settings import load_settings\n"
+        "from coldchain.core.settings import load_settings\n"
         "from ingest.simulate import cmd_simulate, configure_parser\n"
         "p = argparse.ArgumentParser(); configure_parser(p)\n"
         "sys.exit(cmd_simulate(load_settings(), p.parse_args(sys.argv[2:]), sys.argv[1]))\n"

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from apihelp import World, api_client, bearer, web_session
 from ledgerhelp import accept, build_catalogue, receive, ship
 
-from coldchain import db
+from coldchain.core import db
 from dashboards.stock import by_level
 
 

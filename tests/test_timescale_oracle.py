@@ -19,7 +19,7 @@ import aggdata
 import pytest
 from test_aggregates import run_plain_scenario
 
-from coldchain.migrate import discover, migrate
+from coldchain.core.migrate import discover, migrate
 
 ORACLE_DIR = Path(__file__).parent / "tsdb_oracle"
 
@@ -62,7 +62,7 @@ def _migration_steps() -> list[dict[str, str]]:
 
 
 def _refresh(until: str) -> list[dict[str, str]]:
-    """What coldchain.aggregates.refresh_aggregates does on TimescaleDB: the excursion spans (one
+    """What analytics.aggregates.refresh_aggregates does on TimescaleDB: the excursion spans (one
     day per call, until caught up), then the continuous aggregates."""
     # Not inside a transaction block: one CALL per step.
     return [

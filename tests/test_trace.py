@@ -15,7 +15,7 @@ from apihelp import World, api_client, bearer, error_code
 from fastapi.testclient import TestClient
 from ledgerhelp import API, FLU_PREFIX, HEPB_GTIN, Catalogue, accept, build_catalogue, cn20, receive, ship
 
-from coldchain import db
+from coldchain.core import db
 
 
 @pytest.fixture
@@ -261,7 +261,7 @@ def test_piecewise_temperatures_equal_the_raw_readings_for_any_boundaries(world:
     with the aggregates partly materialised and partly live."""
     import random
 
-    from coldchain.aggregates import refresh_aggregates
+    from analytics.aggregates import refresh_aggregates
     from inventory.trace import Interval, Segment, out_of_range_minutes, temperatures
 
     rng = random.Random(24)

@@ -13,7 +13,8 @@ from apihelp import World, api_client, bearer, error_code
 from fakewechat import APPID, FakeWechat
 from fastapi.testclient import TestClient
 
-from coldchain import db, services
+from coldchain import services
+from coldchain.core import db
 
 
 @pytest.fixture

@@ -30,11 +30,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alarms.rules import KIND_NAMES
-from analytics.logins import BEIJING
 from analytics.logins import COLUMN_LABELS as LOGIN_LABELS
 from analytics.report import maths
 from analytics.report.facts import Facts, first_data_month, gather, report_unit
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core import terms
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import BEIJING
 
 log = logging.getLogger("coldchain.reports")
 
@@ -243,7 +244,7 @@ def compute(
         "generated_at": _plain(now),
         "headline": result.headline,
         "previous": {
-            "month": maths.month_period(maths.previous_month(month), now).label,
+            "month": maths.month_period(terms.previous_month(month), now).label,
             "headline": prev_headline,
             "kept": prev_kept,
         },
@@ -259,7 +260,7 @@ def previous_headline(
 ) -> tuple[dict[str, Any] | None, bool]:
     """The previous month's headline: from its kept report if there is one (so the comparison is
     with what was reported then), else computed now; None before the first month."""
-    before = maths.previous_month(month)
+    before = terms.previous_month(month)
     if before < maths.FIRST_MONTH:
         return None, False
     stored = kept_report(conn, unit_id, before)
@@ -357,11 +358,11 @@ def final_months(first: date | None, now: datetime, months_back: int = MONTHS_BA
     if first is None:
         return []
     months: list[date] = []
-    month = maths.previous_month(maths.current_month(now))
+    month = terms.previous_month(terms.current_month(now))
     while len(months) < months_back and month >= max(first, maths.FIRST_MONTH):
         if maths.month_period(month, now).keepable(now):
             months.append(month)
-        month = maths.previous_month(month)
+        month = terms.previous_month(month)
     return sorted(months)
 
 

@@ -18,10 +18,11 @@ import polars as pl
 import psycopg
 
 from alarms.rules import params_for
-from analytics.logins import BEIJING, monthly_table
+from analytics.logins import monthly_table
 from analytics.report import maths
 from analytics.report.maths import Period, Piece, PieceFigures
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import BEIJING
 from inventory.trace import MAX_GAP as HOLD_MAX
 
 _UNIT = "SELECT id, code, name, level FROM units WHERE id = %(unit)s"

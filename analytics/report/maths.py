@@ -41,7 +41,7 @@ from typing import Any
 import polars as pl
 
 from alarms.rules import GatewayParams
-from analytics.logins import BEIJING
+from coldchain.core.terms import BEIJING, current_month, next_month
 from inventory.trace import MAX_GAP as HOLD_MAX
 from inventory.trace import out_of_range_minutes
 
@@ -117,29 +117,6 @@ class Period:
     def keepable(self, now: datetime) -> bool:
         """Final: kept once generated, served from storage ever after (see :data:`KEEP_AFTER`)."""
         return now >= self.end + KEEP_AFTER
-
-
-def parse_month(text: str) -> date:
-    """'YYYY-MM' → the month's first day; a Chinese ValueError otherwise."""
-    try:
-        year, mon = text.split("-")
-        if len(year) != 4 or len(mon) != 2:
-            raise ValueError(text)
-        return date(int(year), int(mon), 1)
-    except ValueError:
-        raise ValueError(f"月份格式应为 YYYY-MM（如 2026-10），收到 {text!r}") from None
-
-
-def next_month(month: date) -> date:
-    return date(month.year + 1, 1, 1) if month.month == 12 else date(month.year, month.month + 1, 1)
-
-
-def previous_month(month: date) -> date:
-    return date(month.year - 1, 12, 1) if month.month == 1 else date(month.year, month.month - 1, 1)
-
-
-def current_month(now: datetime) -> date:
-    return now.astimezone(BEIJING).date().replace(day=1)
 
 
 def month_period(month: date, now: datetime) -> Period:

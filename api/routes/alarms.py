@@ -20,11 +20,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from alarms.escalation import policy_from
 from alarms.rules import drift_check, needs_vendor, params_for
 from api.auth import record_login
-from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action, token_hash
+from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action
 from api.errors import ApiError, conflict, invalid, not_found
 from api.readonly import open_to_read_only
-from coldchain.db import fetch_all, fetch_one
-from coldchain.outbound import OutboundRefused, check_url, mask_url, policy_of
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.outbound import OutboundRefused, check_url, mask_url, policy_of
+from coldchain.core.tokens import token_hash
 
 router = APIRouter(tags=["报警"])
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from api.deps import Conn, CurrentUser, require_unit_in_scope
 from api.errors import forbidden
-from coldchain.db import fetch_all
+from coldchain.core.db import fetch_all
 
 router = APIRouter(tags=["审计日志"])
 

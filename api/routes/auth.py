@@ -19,11 +19,12 @@ from api.auth import (
     revoke_sessions,
     sign_in,
 )
-from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, set_action, token_hash
+from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, set_action
 from api.errors import ApiError, invalid
 from api.readonly import open_to_read_only
 from api.wechat import openid_for_code
-from coldchain.db import fetch_one
+from coldchain.core.db import fetch_one
+from coldchain.core.tokens import token_hash
 
 router = APIRouter(prefix="/auth", tags=["登录"])
 

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, unit_in_scope, update_versioned
 from api.errors import ApiError, conflict, forbidden, invalid, not_found
 from api.readonly import open_to_read_only
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
 from inventory.codes import CodeError, parse_code
 
 router = APIRouter(tags=["疫苗目录与批号"])

@@ -56,7 +56,7 @@ from api.forms import (
     load_user_facts,
     stored_payload,
 )
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
 
 router = APIRouter(tags=["表单"])
 

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, update_versioned
 from api.errors import conflict, forbidden, invalid, not_found
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import previous_month
 
 router = APIRouter(tags=["疫苗使用计划"])
 
@@ -29,10 +30,6 @@ QMonth = Annotated[str | None, Query(pattern=MONTH_PATTERN)]
 def month_start(month: str) -> date:
     year, mon = month.split("-")
     return date(int(year), int(mon), 1)
-
-
-def previous_month(first: date) -> date:
-    return date(first.year - 1, 12, 1) if first.month == 1 else date(first.year, first.month - 1, 1)
 
 
 # What left the unit for use in a month (vials): its vaccination usage and its issues to other units,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from alarms.rules import params_for
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action, update_versioned
 from api.errors import ApiError, forbidden, invalid, not_found
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
 
 router = APIRouter(tags=["设备登记"])
 

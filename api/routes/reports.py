@@ -15,11 +15,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from analytics.report.build import ReportRefused, monthly_report
-from analytics.report.maths import current_month, parse_month
 from analytics.report.xlsx import workbook
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope
 from api.errors import invalid
 from api.routes.plans import MONTH_PATTERN
+from coldchain.core.terms import current_month, parse_month
 
 router = APIRouter(prefix="/reports", tags=["月度报告"])
 

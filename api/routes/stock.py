@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action, unit_in_scope
 from api.errors import forbidden, invalid, not_found
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
 from inventory import ledger
 from inventory.rules import ADJUSTMENT_REASONS, SCRAP_REASONS
 

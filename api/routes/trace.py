@@ -13,11 +13,12 @@ from api.deps import Conn, CurrentUser, require_unit_in_scope
 from api.errors import ApiError, not_found
 from api.routes.catalogue import LotOut, lot_row
 from api.routes.plans import MONTH_PATTERN, month_start
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.terms import BEIJING
 from inventory import trace
 from inventory.analysis import OVERSTOCK_MONTHS, SHORTAGE_MONTHS, stock_status, wastage
 from inventory.codes import CodeError, parse_code
-from inventory.ledger import CHINA, load_lot
+from inventory.ledger import load_lot
 
 router = APIRouter(tags=["追溯与分析"])
 
@@ -291,8 +292,8 @@ def wastage_analysis(
     nxt = date(first.year + 1, 1, 1) if first.month == 12 else date(first.year, first.month + 1, 1)
     span = {
         "unit": scope,
-        "from": datetime(first.year, first.month, 1, tzinfo=CHINA),
-        "to": datetime(nxt.year, nxt.month, 1, tzinfo=CHINA),
+        "from": datetime(first.year, first.month, 1, tzinfo=BEIJING),
+        "to": datetime(nxt.year, nxt.month, 1, tzinfo=BEIJING),
     }
     area_of = {r["site"]: r["area"] or scope for r in fetch_all(conn, _SITES, {"unit": scope})}
     vials: dict[tuple[int, int], int] = defaultdict(int)

@@ -18,7 +18,7 @@ from api.deps import Conn, CurrentUser, require_unit_in_scope, require_writer, s
 from api.errors import conflict, invalid, not_found
 from api.readonly import open_to_read_only
 from api.wechat import openid_for_code
-from coldchain.db import fetch_all, fetch_one
+from coldchain.core.db import fetch_all, fetch_one
 
 router = APIRouter(tags=["用户"])
 

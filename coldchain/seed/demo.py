@@ -25,7 +25,7 @@ import psycopg
 from argon2 import PasswordHasher
 from psycopg import sql
 
-from coldchain.db import connect
+from coldchain.core.db import connect
 from coldchain.seed.shaanxi import (
     CITIES,
     PERSON_GIVEN,

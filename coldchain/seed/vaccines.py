@@ -15,7 +15,8 @@ from typing import Any
 
 import psycopg
 
-from coldchain.db import connect, fetch_all, fetch_one
+from coldchain.core.db import connect, fetch_all, fetch_one
+from coldchain.core.terms import BEIJING
 from inventory import ledger
 from inventory.codes import gtin_check_digit
 from inventory.rules import vials_needed
@@ -133,7 +134,7 @@ def _vaccinate(
 ) -> int:
     """A week of vaccination days at each site, each closed by its usage booking (VT7)."""
     done = 0
-    today = now.astimezone(ledger.CHINA).date()
+    today = now.astimezone(BEIJING).date()
     for site in sites:
         for back in range(7, 0, -1):
             day = today - timedelta(days=back)
@@ -149,7 +150,7 @@ def _vaccinate(
                 info = ledger.load_lot(conn, lot)
                 doses = rng.randint(1, min(6, held["on_hand"]))
                 for n in range(doses):
-                    at = datetime.combine(day, datetime.min.time(), ledger.CHINA) + timedelta(hours=9, minutes=7 * n)
+                    at = datetime.combine(day, datetime.min.time(), BEIJING) + timedelta(hours=9, minutes=7 * n)
                     ledger.record_vaccination(
                         conn, writer[site], site, at, f"DEMO{site:05d}{day:%m%d}{lot:03d}{n:02d}", lot_id=lot
                     )

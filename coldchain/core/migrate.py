@@ -17,8 +17,8 @@ from pathlib import Path
 
 import psycopg
 
-from coldchain.db import connect
-from coldchain.settings import TimescaleMode
+from coldchain.core.db import connect
+from coldchain.core.settings import TimescaleMode
 from sql import MIGRATIONS_DIR
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 if TYPE_CHECKING:
-    from coldchain.settings import Settings
+    from coldchain.core.settings import Settings
 
 DEFAULT_HOSTS: tuple[str, ...] = ("qyapi.weixin.qq.com", "api.weixin.qq.com")
 MAX_ANSWER = 1 << 20  # bytes read from an answer: robots and WeChat answer with a few hundred

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-from coldchain.db import connect, storage_path
+from coldchain.core.db import connect, storage_path
 
 # Same windows as the TimescaleDB policies in sql/migrations/0002_readings.sql.
 TIMESCALE_WINDOWS = {

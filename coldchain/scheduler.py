@@ -22,10 +22,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from alarms.delivery import deliver
 from alarms.engine import check_silence, escalate, evaluate_compartments, evaluate_gateways
+from analytics.aggregates import refresh_aggregates
 from analytics.report.build import generate_missing
-from coldchain import db
-from coldchain.aggregates import refresh_aggregates
-from coldchain.settings import Settings
+from coldchain.core import db
+from coldchain.core.settings import Settings
 
 log = logging.getLogger("coldchain.scheduler")
 SILENCE_JOB = "无数据与网关检查"

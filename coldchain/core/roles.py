@@ -20,9 +20,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from coldchain.db import connect
+from coldchain.core.db import connect
 
-log = logging.getLogger("coldchain.roles")
+log = logging.getLogger("coldchain.core.roles")
 
 RUNTIME_GROUP = "coldchain_runtime"
 # The login role the run command and the test harness create for the services.

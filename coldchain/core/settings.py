@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from coldchain.outbound import DEFAULT_HOSTS, OutboundPolicy, OutboundRefused, check_url, mask_url, parse_hosts
+from coldchain.core.outbound import DEFAULT_HOSTS, OutboundPolicy, OutboundRefused, check_url, mask_url, parse_hosts
 
 TimescaleMode = Literal["auto", "require", "off"]
 _TIMESCALE_MODES: tuple[TimescaleMode, ...] = ("auto", "require", "off")
