@@ -16,11 +16,11 @@ import psycopg
 from fastapi import Depends, Request
 from psycopg import sql
 
-from api.errors import ApiError, forbidden
-from api.permissions import Actor, UnitRef, may_write
 from coldchain.core.db import fetch_one
+from coldchain.core.errors import Refused, forbidden
 from coldchain.core.terms import Role
 from coldchain.core.tokens import token_hash
+from registry.permissions import Actor, UnitRef, may_write
 
 SESSION_COOKIE = "cc_session"
 CSRF_COOKIE = "cc_csrf"
@@ -55,7 +55,7 @@ def update_versioned(
     then finds the version moved on and matches nothing — a clear 409, never a lost update.
     ``changes`` keys are model field names (``extra="forbid"`` models), quoted as identifiers."""
     if not changes:
-        raise ApiError(422, "invalid", "没有需要修改的字段")
+        raise Refused(422, "invalid", "没有需要修改的字段")
     assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in changes)
     query = sql.SQL(
         "UPDATE {} SET {}, version = version + 1 WHERE id = %(_id)s AND version = %(_version)s RETURNING *"
@@ -66,7 +66,7 @@ def update_versioned(
             conn, sql.SQL("SELECT version FROM {} WHERE id = %(id)s").format(sql.Identifier(table)), {"id": row_id}
         )
         now = current["version"] if current else None
-        raise ApiError(
+        raise Refused(
             409,
             "version_conflict",
             f"该{what}已被他人修改（当前版本 {now}，您提交的是版本 {version}），请刷新后重试",
@@ -126,17 +126,17 @@ def _credentials(request: Request) -> tuple[str, Literal["cookie", "bearer"]] | 
 def current_principal(request: Request, conn: Conn) -> Principal:
     creds = _credentials(request)
     if creds is None:
-        raise ApiError(401, "unauthenticated", "请先登录", headers={"WWW-Authenticate": "Bearer"})
+        raise Refused(401, "unauthenticated", "请先登录", headers={"WWW-Authenticate": "Bearer"})
     token, via = creds
     row = fetch_one(conn, _SESSION, {"hash": token_hash(token), "kind": "api" if via == "bearer" else "web"})
     if row is None:
-        raise ApiError(401, "session_expired", "登录已失效或已过期，请重新登录", headers={"WWW-Authenticate": "Bearer"})
+        raise Refused(401, "session_expired", "登录已失效或已过期，请重新登录", headers={"WWW-Authenticate": "Bearer"})
     if via == "cookie" and request.method not in SAFE_METHODS:
         # Cookie-authenticated writes must also carry the token the page read from its own
         # cookie: another site can make the browser send the cookie, but cannot read it.
         sent = request.headers.get(CSRF_HEADER, "")
         if not sent or not hmac.compare_digest(token_hash(sent), bytes(row["csrf_hash"])):
-            raise ApiError(403, "csrf_failed", f"缺少或错误的 {CSRF_HEADER} 请求头（防跨站请求伪造）")
+            raise Refused(403, "csrf_failed", f"缺少或错误的 {CSRF_HEADER} 请求头（防跨站请求伪造）")
     conn.execute("SELECT set_config('coldchain.actor_id', %s, true)", (str(row["user_id"]),))
     actor = Actor(row["user_id"], row["role"], UnitRef(row["unit_id"], row["level"], row["parent_id"]))
     return Principal(actor, row["username"], row["real_name"], row["session_id"], via)
@@ -164,4 +164,4 @@ def unit_in_scope(conn: psycopg.Connection, principal: Principal, unit_id: int |
 
 def require_unit_in_scope(conn: psycopg.Connection, principal: Principal, unit_id: int | None) -> None:
     if not unit_in_scope(conn, principal, unit_id):
-        raise ApiError(404, "not_found", "单位不存在或不在您的辖区内")
+        raise Refused(404, "not_found", "单位不存在或不在您的辖区内")

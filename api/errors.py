@@ -7,7 +7,7 @@ and says what was wrong, so a site's staff can act on it without calling the cou
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -17,47 +17,11 @@ from fastapi.responses import JSONResponse
 from psycopg import errors as pg_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from coldchain.core.errors import Refused
 from inventory.ledger import LedgerError
 from inventory.rules import RuleError
 
 log = logging.getLogger("coldchain.api")
-
-
-class ApiError(Exception):
-    """A refusal with its HTTP status, stable code and Chinese message."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        details: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-        self.headers = dict(headers or {})
-
-
-def not_found(what: str) -> ApiError:
-    """Out of jurisdiction and nonexistent look the same, so ids cannot be probed for existence."""
-    return ApiError(404, "not_found", f"{what}不存在或不在您的辖区内")
-
-
-def forbidden(message: str) -> ApiError:
-    return ApiError(403, "forbidden", message)
-
-
-def invalid(message: str, details: Any = None) -> ApiError:
-    return ApiError(422, "invalid", message, details=details)
-
-
-def conflict(code: str, message: str, details: Any = None) -> ApiError:
-    return ApiError(409, code, message, details=details)
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -153,8 +117,8 @@ def _database_error(exc: psycopg.Error) -> tuple[int, str, str]:
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(Refused)
+    async def _api_error(request: Request, exc: Refused) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(LedgerError)

@@ -36,11 +36,11 @@ from apihelp import World, api_client, bearer
 from ledgerhelp import build_catalogue
 
 from analytics.aggregates import refresh_aggregates
-from api.auth import hash_password
 from coldchain import services
 from coldchain.core import db
 from coldchain.core.migrate import migrate
 from inventory import ledger, trace
+from registry.auth import hash_password
 
 CITIES, COUNTIES_PER_CITY = 10, 5
 

@@ -32,13 +32,13 @@ from analytics import board, series
 from analytics.aggregates import refresh_aggregates
 from analytics.report.build import compute
 from analytics.report.maths import month_period
-from api.auth import hash_password
 from bench.ledger import build_tree, timed
 from coldchain import services
 from coldchain.core import db
 from coldchain.core.db import fetch_all
 from coldchain.core.migrate import migrate
 from coldchain.core.terms import current_month
+from registry.auth import hash_password
 
 PASSWORD = "Bench@2026pw"
 

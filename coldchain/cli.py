@@ -27,8 +27,8 @@ from analytics.aggregates import refresh_aggregates
 from coldchain import services
 from coldchain.core import db, roles
 from coldchain.core.migrate import Migration, MigrationError, migrate, require_current, status
+from coldchain.core.runtime import run_until_signalled
 from coldchain.core.settings import Settings, SettingsError, load_settings
-from coldchain.runtime import run_until_signalled
 from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE, load_demo, plan_demo
 from coldchain.seed.vaccines import load_vaccines
 from ingest.simulate import configure_parser as configure_simulator
@@ -193,7 +193,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     """Serve the web API with uvicorn until Ctrl-C / SIGTERM (uvicorn drains requests first)."""
     import uvicorn
 
-    from api.app import create_app
+    from coldchain.app import create_app
 
     host = args.host or settings.api_host
     port = args.port or settings.api_port
@@ -229,8 +229,8 @@ def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
     """The platform creates a unit's system administrator (UM1) — on a fresh installation the
     province's, who then manages the rest through the API and Form 5. Prints a one-time link
     token for setting the password; no password ever passes through the command line."""
-    from api.auth import SETUP_TOKEN_TTL, open_session
-    from api.permissions import role_allowed_at
+    from registry.auth import SETUP_TOKEN_TTL, open_session
+    from registry.permissions import role_allowed_at
 
     with _database(settings) as database, db.connect(database.url, application="coldchain-cli") as conn:
         unit = conn.execute("SELECT id, level, name FROM units WHERE code = %s", (args.unit,)).fetchone()

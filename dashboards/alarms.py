@@ -12,11 +12,11 @@ from fastapi.responses import HTMLResponse
 
 from alarms.rules import KIND_NAMES, SEVERITY_NAMES
 from api.deps import Conn
-from api.errors import ApiError
-from api.permissions import may_write
 from api.routes.alarms import get_alarm
+from coldchain.core.errors import Refused
 from dashboards.confirm import STATES
 from dashboards.web import PageError, PageUser, render
+from registry.permissions import may_write
 
 router = APIRouter(include_in_schema=False)
 
@@ -38,7 +38,7 @@ def alarm_page(
 ) -> HTMLResponse:
     try:
         alarm = get_alarm(alarm_id, user, conn)
-    except ApiError as exc:
+    except Refused as exc:
         raise PageError(exc.status, exc.message) from exc
     return render(
         request,

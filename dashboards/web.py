@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.deps import Conn, Principal, current_principal, unit_in_scope
-from api.errors import ApiError
+from coldchain.core.errors import Refused
 from coldchain.core.terms import BEIJING
 
 PLOTLY_PATH = "/static/plotly.min.js"
@@ -52,7 +52,7 @@ class LoginRequired(Exception):
 
 
 class PageError(Exception):
-    """A page that cannot be shown, with the reason in Chinese (the HTML twin of ``ApiError``)."""
+    """A page that cannot be shown, with the reason in Chinese (the HTML twin of ``Refused``)."""
 
     def __init__(self, status: int, message: str) -> None:
         self.status = status
@@ -62,7 +62,7 @@ class PageError(Exception):
 def page_principal(request: Request, conn: Conn) -> Principal:
     try:
         return current_principal(request, conn)
-    except ApiError as exc:
+    except Refused as exc:
         if exc.status == 401:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             raise LoginRequired(target) from exc

@@ -33,9 +33,9 @@ import aiomqtt
 import psycopg
 
 from coldchain.core import db
+from coldchain.core.runtime import run_until_signalled
 from coldchain.core.settings import MqttAddress, Settings, SettingsError
 from coldchain.core.terms import BEIJING
-from coldchain.runtime import run_until_signalled
 from ingest.contract import TOPIC_PREFIX
 
 log = logging.getLogger("coldchain.simulate")

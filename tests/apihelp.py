@@ -28,11 +28,11 @@ import uvicorn
 from dbhelp import as_runtime
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.auth import hash_password
 from api.deps import CSRF_HEADER
+from coldchain.app import create_app
 from coldchain.core import db
 from coldchain.core.settings import load_settings
+from registry.auth import hash_password
 
 PASSWORD = "Test@Pass2026"
 BOUND_FROM = datetime(2026, 1, 1, tzinfo=UTC)

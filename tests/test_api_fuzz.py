@@ -24,7 +24,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.transports import RequestsTransport
 from starlette_testclient import TestClient
 
-from api.app import create_app
+from coldchain.app import create_app
 from coldchain.core.migrate import migrate
 from coldchain.core.settings import load_settings
 

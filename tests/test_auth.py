@@ -18,8 +18,8 @@ from apihelp import PASSWORD, World, api_client, bearer, error_code, web_session
 from fakewechat import FakeWechat
 from fastapi.testclient import TestClient
 
-from api.auth import LOCK_WINDOW, MAX_FAILURES, locked_until
 from coldchain.core import db
+from registry.auth import LOCK_WINDOW, MAX_FAILURES, locked_until
 
 API = "/api/v1"
 SESSION = f"{API}/auth/session"

@@ -2,7 +2,7 @@
 happy path from a township up to the province and back into the registry, each form's refusals,
 the workflow's own refusals (wrong level, wrong state, stale version, read-only roles) and that
 another county cannot see or touch a form whatever id it tries — plus the pure rules of
-:mod:`api.forms` without a database."""
+:mod:`registry.forms` without a database."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 from apihelp import World, api_client, bearer, build_world, error_code
 from fastapi.testclient import TestClient
 
-from api.forms import (
+from coldchain.core import db
+from registry.forms import (
     CompartmentFact,
     Form1,
     Form1Row,
@@ -32,8 +33,7 @@ from api.forms import (
     county_of,
     form5_refusal,
 )
-from api.permissions import Actor, UnitRef
-from coldchain.core import db
+from registry.permissions import Actor, UnitRef
 
 API = "/api/v1"
 NEW_PASSWORD = "Fresh#Cold2026"

@@ -18,7 +18,8 @@ from itertools import count
 
 import pytest
 
-from api.permissions import (
+from coldchain.core.terms import Level, Role
+from registry.permissions import (
     LEVELS,
     ROLES,
     WRITER_ROLES,
@@ -29,7 +30,6 @@ from api.permissions import (
     may_write,
     role_allowed_at,
 )
-from coldchain.core.terms import Level, Role
 
 # key: (id, level, parent key)
 _TREE: dict[str, tuple[int, Level, str | None]] = {

@@ -19,13 +19,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from alarms.escalation import policy_from
 from alarms.rules import drift_check, needs_vendor, params_for
-from api.auth import record_login
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action
-from api.errors import ApiError, conflict, invalid, not_found
 from api.readonly import open_to_read_only
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import Refused, conflict, invalid, not_found
 from coldchain.core.outbound import OutboundRefused, check_url, mask_url, policy_of
 from coldchain.core.tokens import token_hash
+from registry.auth import record_login
 
 router = APIRouter(tags=["报警"])
 
@@ -199,9 +199,9 @@ def acknowledge(
     """Acknowledging records who is on it; it does not stop escalation (CM16: "still abnormal"
     is the rule) — resolution does. An alarm already resolved can still be acknowledged."""
     if alarm["state"] == "closed":
-        raise ApiError(409, "alarm_state", "报警已关闭，不能再确认")
+        raise Refused(409, "alarm_state", "报警已关闭，不能再确认")
     if alarm["acknowledged_at"] is not None:
-        raise ApiError(409, "alarm_state", "报警已被确认")
+        raise Refused(409, "alarm_state", "报警已被确认")
     set_action(conn, "alarm.acknowledge")
     conn.execute(
         """UPDATE alarms SET state = CASE WHEN state = 'active' THEN 'acknowledged' ELSE state END,
@@ -247,7 +247,7 @@ def close_alarm(alarm_id: Id, body: Closure, principal: CurrentUser, conn: Conn)
         )
     if alarm["state"] != "resolved":
         reason = "已关闭" if alarm["state"] == "closed" else "仍在异常中，须恢复正常后才能关闭"
-        raise ApiError(409, "alarm_state", f"报警{reason}")
+        raise Refused(409, "alarm_state", f"报警{reason}")
     closure = {"cause": body.cause, "action": body.action, "vaccine_disposition": body.vaccine_disposition}
     set_action(conn, "alarm.close")
     conn.execute(
@@ -294,9 +294,9 @@ def confirm_by_link(body: LinkConfirm, request: Request, conn: Conn) -> dict[str
         {"h": token_hash(body.token)},
     )
     if link is None or link["used_at"] is not None or not link["fresh"] or link["user_id"] is None:
-        raise ApiError(401, "link_invalid", "确认链接无效、已使用或已过期，请登录平台处理")
+        raise Refused(401, "link_invalid", "确认链接无效、已使用或已过期，请登录平台处理")
     if link["status"] != "active":
-        raise ApiError(403, "account_closed", "该账号已关闭或注销，请联系管理单位")
+        raise Refused(403, "account_closed", "该账号已关闭或注销，请联系管理单位")
     conn.execute("SELECT set_config('coldchain.actor_id', %s, true)", (str(link["user_id"]),))
     conn.execute("UPDATE alarm_links SET used_at = now() WHERE token_hash = %s", (token_hash(body.token),))
     alarm = fetch_one(conn, "SELECT * FROM alarms WHERE id = %(id)s FOR UPDATE", {"id": link["alarm_id"]})
@@ -650,7 +650,7 @@ def put_params(compartment_id: Id, body: ParamsIn, principal: CurrentUser, conn:
     return get_params(compartment_id, principal, conn)
 
 
-def _params_conflict(current: int, yours: int) -> ApiError:
+def _params_conflict(current: int, yours: int) -> Refused:
     return conflict(
         "version_conflict",
         f"报警参数已被他人修改（当前版本 {current}），请刷新后重试",

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.deps import Conn, CurrentUser, require_unit_in_scope
-from api.errors import forbidden
 from coldchain.core.db import fetch_all
+from coldchain.core.errors import forbidden
 
 router = APIRouter(tags=["审计日志"])
 

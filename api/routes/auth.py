@@ -9,7 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import (
+from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, set_action
+from api.readonly import open_to_read_only
+from coldchain.core.db import fetch_one
+from coldchain.core.errors import Refused, invalid
+from coldchain.core.tokens import token_hash
+from registry.auth import (
     SETUP_TOKEN_TTL,
     check_password,
     hash_password,
@@ -19,12 +24,7 @@ from api.auth import (
     revoke_sessions,
     sign_in,
 )
-from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, set_action
-from api.errors import ApiError, invalid
-from api.readonly import open_to_read_only
-from api.wechat import openid_for_code
-from coldchain.core.db import fetch_one
-from coldchain.core.tokens import token_hash
+from registry.wechat import openid_for_code
 
 router = APIRouter(prefix="/auth", tags=["登录"])
 
@@ -115,7 +115,7 @@ def wechat_sign_in(body: WechatCode, request: Request, response: Response, conn:
     ip, ua = _client(request)
     user = fetch_one(conn, "SELECT id, unit_id, username, status FROM users WHERE wechat_openid = %(o)s", {"o": openid})
     if user is None:
-        raise ApiError(401, "wechat_not_bound", "该微信尚未绑定账号：请先用用户名和密码登录，在“我的”中绑定微信")
+        raise Refused(401, "wechat_not_bound", "该微信尚未绑定账号：请先用用户名和密码登录，在“我的”中绑定微信")
     common = {
         "username": user["username"],
         "user_id": user["id"],
@@ -127,7 +127,7 @@ def wechat_sign_in(body: WechatCode, request: Request, response: Response, conn:
     if user["status"] != "active":
         record_login(conn, success=False, reason="closed", **common)
         conn.commit()
-        raise ApiError(403, "account_closed", "该账号已关闭或注销，请联系管理单位")
+        raise Refused(403, "account_closed", "该账号已关闭或注销，请联系管理单位")
     record_login(conn, success=True, reason=None, **common)
     signed = open_session(conn, user["id"], "web", timedelta(hours=settings.session_hours), ip, ua)
     _set_session_cookies(response, settings, signed.token, signed.csrf_token or "")
@@ -191,7 +191,7 @@ def change_password(body: PasswordChange, request: Request, principal: CurrentUs
         channel="web" if principal.via == "cookie" else "api",
         ip=ip,
         user_agent=ua,
-        bad=ApiError(403, "bad_credentials", "当前密码不正确"),
+        bad=Refused(403, "bad_credentials", "当前密码不正确"),
     )
     if problem := password_problem(body.new_password, principal.username):
         raise invalid(problem)
@@ -226,7 +226,7 @@ def setup_password(body: PasswordSetup, conn: Conn) -> Response:
         {"hash": token_hash(body.token)},
     )
     if row is None:
-        raise ApiError(401, "setup_token_invalid", "设置密码的链接无效、已使用或已过期，请联系管理单位重新生成")
+        raise Refused(401, "setup_token_invalid", "设置密码的链接无效、已使用或已过期，请联系管理单位重新生成")
     if problem := password_problem(body.new_password, row["username"]):
         raise invalid(problem)
     conn.execute("SELECT set_config('coldchain.actor_id', %s, true)", (str(row["user_id"]),))

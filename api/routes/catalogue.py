@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, unit_in_scope, update_versioned
-from api.errors import ApiError, conflict, forbidden, invalid, not_found
 from api.readonly import open_to_read_only
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import Refused, conflict, forbidden, invalid, not_found
 from inventory.codes import CodeError, parse_code
 
 router = APIRouter(tags=["疫苗目录与批号"])
@@ -451,19 +451,19 @@ async def put_certificate(lot_id: Id, request: Request, principal: CurrentUser, 
     declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > CERTIFICATE_MAX_BYTES:
-        raise ApiError(413, "too_large", "批签发证明不能超过 5 MB")
+        raise Refused(413, "too_large", "批签发证明不能超过 5 MB")
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > CERTIFICATE_MAX_BYTES:
-            raise ApiError(413, "too_large", "批签发证明不能超过 5 MB")
+            raise Refused(413, "too_large", "批签发证明不能超过 5 MB")
     if not body:
         raise invalid("批签发证明为空")
     actual = next((t for magic, t in _MAGIC.items() if body.startswith(magic)), None)
     if actual is None:
-        raise ApiError(415, "unsupported_type", "批签发证明只接受 JPEG、PNG 图片或 PDF 文件")
+        raise Refused(415, "unsupported_type", "批签发证明只接受 JPEG、PNG 图片或 PDF 文件")
     if declared != actual:
-        raise ApiError(415, "unsupported_type", f"文件内容是 {actual}，与声明的类型 {declared or '（无）'} 不符")
+        raise Refused(415, "unsupported_type", f"文件内容是 {actual}，与声明的类型 {declared or '（无）'} 不符")
     await run_in_threadpool(_store_certificate, conn, principal, lot_id, actual, bytes(body))
     return Response(status_code=204)
 
@@ -654,7 +654,7 @@ def resolve_code(body: ScanIn, principal: CurrentUser, conn: Conn) -> dict[str, 
     try:
         parsed = parse_code(body.code)
     except CodeError as exc:
-        raise ApiError(422, "invalid_code", str(exc)) from exc
+        raise Refused(422, "invalid_code", str(exc)) from exc
     if parsed.kind == "cn20":
         spec = fetch_one(conn, _SPECS + " WHERE s.trace_prefix = %(k)s", {"k": parsed.product_key})
     else:
@@ -662,7 +662,7 @@ def resolve_code(body: ScanIn, principal: CurrentUser, conn: Conn) -> dict[str, 
             conn, _SPECS + " WHERE substr(s.gtin, 2, 12) = substr(%(k)s, 2, 12)", {"k": parsed.product_key}
         )
     if spec is None:
-        raise ApiError(422, "unknown_product", f"药品标识 {parsed.product_key} 不在全省疫苗目录中，请报省级核实")
+        raise Refused(422, "unknown_product", f"药品标识 {parsed.product_key} 不在全省疫苗目录中，请报省级核实")
     registered = fetch_one(conn, "SELECT * FROM package_codes WHERE code = %(c)s", {"c": parsed.code})
     lot = None
     if registered is not None:

@@ -31,8 +31,9 @@ from api.deps import (
     set_action,
     unit_in_scope,
 )
-from api.errors import conflict, forbidden, not_found
-from api.forms import (
+from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import conflict, forbidden, not_found
+from registry.forms import (
     FORM_NAMES,
     MAX_ID,
     Form1,
@@ -56,7 +57,6 @@ from api.forms import (
     load_user_facts,
     stored_payload,
 )
-from coldchain.core.db import fetch_all, fetch_one
 
 router = APIRouter(tags=["表单"])
 

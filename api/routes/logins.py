@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from analytics.logins import beijing_today, monthly_table, site_days, sites_under
 from api.deps import Conn, CurrentUser, require_unit_in_scope
-from api.errors import invalid
+from coldchain.core.errors import invalid
 
 router = APIRouter(prefix="/login-compliance", tags=["登录检查"])
 

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, update_versioned
-from api.errors import conflict, forbidden, invalid, not_found
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import conflict, forbidden, invalid, not_found
 from coldchain.core.terms import previous_month
 
 router = APIRouter(tags=["疫苗使用计划"])

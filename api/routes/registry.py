@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from alarms.rules import params_for
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action, update_versioned
-from api.errors import ApiError, forbidden, invalid, not_found
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import Refused, forbidden, invalid, not_found
 
 router = APIRouter(tags=["设备登记"])
 
@@ -296,7 +296,7 @@ def patch_equipment(equipment_id: Id, body: EquipmentPatch, principal: CurrentUs
     current = get_equipment(equipment_id, principal, conn)
     require_writer(principal)
     if current["status"] != "active":
-        raise ApiError(409, "decommissioned", "设备已停用，不能修改")
+        raise Refused(409, "decommissioned", "设备已停用，不能修改")
     set_action(conn, "equipment.update")
     update_versioned(
         conn, "equipment", equipment_id, body.version, body.model_dump(exclude={"version"}, exclude_unset=True), "设备"
@@ -368,7 +368,7 @@ def patch_compartment(compartment_id: Id, body: CompartmentPatch, principal: Cur
     current = get_compartment(compartment_id, principal, conn)
     require_writer(principal)
     if current["status"] != "active":
-        raise ApiError(409, "decommissioned", "温区已停用，不能修改")
+        raise Refused(409, "decommissioned", "温区已停用，不能修改")
     changes = body.model_dump(exclude={"version"}, exclude_unset=True)
     if "t_max" in changes and changes["t_max"] is None:
         raise invalid("温度上限不能为空")

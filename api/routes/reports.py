@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from analytics.report.build import ReportRefused, monthly_report
 from analytics.report.xlsx import workbook
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope
-from api.errors import invalid
 from api.routes.plans import MONTH_PATTERN
+from coldchain.core.errors import invalid
 from coldchain.core.terms import current_month, parse_month
 
 router = APIRouter(prefix="/reports", tags=["月度报告"])

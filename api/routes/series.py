@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from analytics.series import MAX_RANGE, compartment_row, compartment_series
 from api.deps import Conn, CurrentUser, unit_in_scope
-from api.errors import invalid, not_found
+from coldchain.core.errors import invalid, not_found
 
 router = APIRouter(tags=["温度曲线"])
 

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer, set_action, unit_in_scope
-from api.errors import forbidden, invalid, not_found
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import forbidden, invalid, not_found
 from inventory import ledger
 from inventory.rules import ADJUSTMENT_REASONS, SCRAP_REASONS
 

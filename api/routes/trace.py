@@ -10,10 +10,10 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from api.deps import Conn, CurrentUser, require_unit_in_scope
-from api.errors import ApiError, not_found
 from api.routes.catalogue import LotOut, lot_row
 from api.routes.plans import MONTH_PATTERN, month_start
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import Refused, not_found
 from coldchain.core.terms import BEIJING
 from inventory import trace
 from inventory.analysis import OVERSTOCK_MONTHS, SHORTAGE_MONTHS, stock_status, wastage
@@ -134,7 +134,7 @@ def trace_code(
     try:
         canonical = parse_code(code).code
     except CodeError as exc:
-        raise ApiError(422, "invalid_code", str(exc)) from exc
+        raise Refused(422, "invalid_code", str(exc)) from exc
     row = fetch_one(conn, "SELECT * FROM package_codes WHERE code = %(c)s", {"c": canonical})
     if row is None or not trace.access_allowed(conn, row["lot_id"], principal.unit_id):
         raise not_found("辖区内经手过的码")
@@ -204,7 +204,7 @@ def stock_levels(
     scope = unit_id or principal.unit_id
     require_unit_in_scope(conn, principal, scope)
     if low >= high:
-        raise ApiError(422, "invalid", "短缺阈值须小于积压阈值")
+        raise Refused(422, "invalid", "短缺阈值须小于积压阈值")
     now = _now()
     outflow = {
         (r["unit_id"], r["spec_id"]): r["vials"]

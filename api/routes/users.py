@@ -2,7 +2,7 @@
 
 Adding, closing, deleting or changing a user is not here: every such change goes through Form 5
 (UM2) and is carried out, when the form is filed, by the system administrator UM1 names
-(:func:`api.permissions.may_manage_user`). What stays here is a user's own WeChat binding
+(:func:`registry.permissions.may_manage_user`). What stays here is a user's own WeChat binding
 (CM15) and the three levels of alarm responsibility per unit.
 """
 
@@ -15,10 +15,10 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Conn, CurrentUser, require_unit_in_scope, require_writer, set_action
-from api.errors import conflict, invalid, not_found
 from api.readonly import open_to_read_only
-from api.wechat import openid_for_code
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import conflict, invalid, not_found
+from registry.wechat import openid_for_code
 
 router = APIRouter(tags=["用户"])
 

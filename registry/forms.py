@@ -27,11 +27,11 @@ from typing import Annotated, Any, Literal
 import psycopg
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, TypeAdapter
 
-from api.auth import SETUP_TOKEN_TTL, open_session, revoke_sessions
-from api.errors import ApiError
-from api.permissions import Actor, UnitRef, manager_unit, may_manage_user, role_allowed_at
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import Refused
 from coldchain.core.terms import LEVEL_NAMES, ROLE_NAMES, Level, Role
+from registry.auth import SETUP_TOKEN_TTL, open_session, revoke_sessions
+from registry.permissions import Actor, UnitRef, manager_unit, may_manage_user, role_allowed_at
 
 # ---------------------------------------------------------------------------------------------
 # Payloads
@@ -194,11 +194,11 @@ class Problem:
         return f"{section}第 {self.row} 行：{self.problem}"
 
 
-def form_invalid(form_type: int, problems: Sequence[Problem]) -> ApiError:
+def form_invalid(form_type: int, problems: Sequence[Problem]) -> Refused:
     """422 ``form_invalid``: every problem in the message, and each with row and field in details."""
     texts = [p.text() for p in problems]
     more = f"（另有 {len(texts) - 20} 处）" if len(texts) > 20 else ""
-    return ApiError(
+    return Refused(
         422,
         "form_invalid",
         f"{FORM_NAMES.get(form_type, '表单')}填写有误：" + "；".join(texts[:20]) + more,
@@ -645,7 +645,7 @@ def load_registry_facts(conn: psycopg.Connection, p: RegistryForm, *, lock: bool
     """The rows Form 1/3/4 names, as they are now. ``lock`` (apply) holds them until commit."""
     unit = load_unit(conn, p.unit_id)
     if unit is None:
-        raise ApiError(404, "not_found", "单位不存在或不在您的辖区内")
+        raise Refused(404, "not_found", "单位不存在或不在您的辖区内")
     compartment_ids, probe_serials, gateway_serials, equipment_ids = _mentioned(p)
     if lock:
         conn.execute(_LOCK_EQUIPMENT, {"ids": equipment_ids})
@@ -692,7 +692,7 @@ def _under(conn: psycopg.Connection, ancestor: int, descendant: int) -> bool:
 def load_user_facts(conn: psycopg.Connection, p: Form5, *, lock: bool = False) -> UserFacts:
     form_unit = load_unit(conn, p.unit_id)
     if form_unit is None:
-        raise ApiError(404, "not_found", "单位不存在或不在您的辖区内")
+        raise Refused(404, "not_found", "单位不存在或不在您的辖区内")
     if p.change_type == "add":
         after = p.after
         target_unit = load_unit(conn, after.unit_id) if after is not None and after.unit_id is not None else None

@@ -17,8 +17,8 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from api.errors import ApiError
 from coldchain.core.db import fetch_all, fetch_one
+from coldchain.core.errors import Refused
 from coldchain.core.tokens import token_hash
 
 MAX_FAILURES = 5
@@ -162,7 +162,7 @@ def check_password(
     channel: Channel,
     ip: str | None,
     user_agent: str | None,
-    bad: ApiError | None = None,
+    bad: Refused | None = None,
 ) -> dict[str, Any]:
     """The lock-out and the password check that every password entry goes through (sign-in, and
     re-entering the current password to change it), so a stolen session cannot be used to guess
@@ -175,9 +175,9 @@ def check_password(
     now_row = conn.execute("SELECT now()").fetchone()
     assert now_row is not None
     failures = [r["ts"] for r in fetch_all(conn, _FAILURES, {"username": username, "window": LOCK_WINDOW})]
-    bad = bad or ApiError(401, "bad_credentials", "用户名或密码错误")
+    bad = bad or Refused(401, "bad_credentials", "用户名或密码错误")
 
-    def refuse(reason: str, error: ApiError) -> ApiError:
+    def refuse(reason: str, error: Refused) -> Refused:
         record_login(
             conn,
             username=username,
@@ -197,7 +197,7 @@ def check_password(
         wait = max(1, int((until - now_row[0]).total_seconds()))
         raise refuse(
             "locked",
-            ApiError(
+            Refused(
                 429,
                 "account_locked",
                 f"连续 {MAX_FAILURES} 次密码错误，账号已暂时锁定，请 {-(-wait // 60)} 分钟后再试",
@@ -211,7 +211,7 @@ def check_password(
     if not ok:
         raise refuse("bad_password", bad)
     if user["status"] != "active":
-        raise refuse("closed", ApiError(403, "account_closed", "该账号已关闭或注销，请联系管理单位"))
+        raise refuse("closed", Refused(403, "account_closed", "该账号已关闭或注销，请联系管理单位"))
     if _hasher.check_needs_rehash(stored or ""):
         conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (_hasher.hash(password), user["id"]))
     return user
