@@ -5,7 +5,8 @@ Readings are COPYed into a temporary staging table and moved from there by one s
 this transaction, so a binding made a second ago counts and a decommissioning takes effect
 exactly when it was recorded (CM8); (2) inserts them with ``ON CONFLICT DO NOTHING`` so that a
 redelivered message is stored once; (3) moves ``probe_latest`` forward for the live board; and
-(4) counts the readings of unbound probes. Dead letters, quarantined readings and gateway status
+(4) counts the readings of unbound probes; (5) logs the late ones for the excursion spans. Dead
+letters, quarantined readings and gateway status
 go in the same transaction, so that when it commits everything about every message of the batch
 is durable and the messages may be acknowledged.
 """
@@ -21,7 +22,7 @@ import psycopg
 
 from ingest.contract import Parsed, Problem, from_us
 
-_STAGE_DDL: Final = """
+STAGE_DDL: Final = """
 CREATE TEMP TABLE IF NOT EXISTS cc_stage_readings (
     probe_id bigint NOT NULL, ts_us bigint NOT NULL, t double precision NOT NULL, rh real, bat real
 ) ON COMMIT DELETE ROWS;
@@ -31,7 +32,7 @@ CREATE TEMP TABLE IF NOT EXISTS cc_stage_status (
 ) ON COMMIT DELETE ROWS;
 """
 
-_MOVE_READINGS: Final = """
+MOVE_READINGS: Final = """
 WITH staged AS MATERIALIZED (
     -- Bindings of a probe never overlap, so the one that started last at or before ts is the only
     -- candidate; asking for it this way walks probe_bindings_probe_idx once per reading (a plain
@@ -55,6 +56,16 @@ WITH staged AS MATERIALIZED (
     ON CONFLICT (probe_id) DO UPDATE
         SET ts = excluded.ts, t = excluded.t, rh = excluded.rh, bat = excluded.bat, received_at = now()
         WHERE l.ts < excluded.ts
+), late AS (
+    -- Readings older than the excursion threshold (a gateway's upload after an outage, a
+    -- redelivery) are logged for the next refresh of the excursion spans (0009). The threshold is
+    -- read FOR SHARE, through the owner's function, so that a refresh advancing it waits for this
+    -- transaction or is seen by it. Logged here, in the one statement that writes readings, on
+    -- both storage paths: no trigger is paid per row (migration 0013).
+    INSERT INTO excursion_invalidations (probe_id, since)
+    SELECT probe_id, min(ts) FROM stored
+    WHERE ts < (SELECT cc_excursion_threshold_for_writers())
+    GROUP BY probe_id
 ), unbound AS (
     INSERT INTO probe_unbound_readings AS u (probe_id, day, n, first_ts, last_ts)
     SELECT probe_id, (ts AT TIME ZONE 'Asia/Shanghai')::date, count(*), min(ts), max(ts)
@@ -167,7 +178,7 @@ class RegistryCache:
 
 async def prepare(conn: psycopg.AsyncConnection) -> None:
     """Create the per-connection staging tables (temporary, emptied at every commit)."""
-    await conn.execute(_STAGE_DDL)
+    await conn.execute(STAGE_DDL)
     await conn.commit()
 
 
@@ -262,7 +273,7 @@ async def _write(
         if lines:
             async with cur.copy("COPY cc_stage_readings (probe_id, ts_us, t, rh, bat) FROM STDIN") as copy:
                 await copy.write("".join(lines))
-            await cur.execute(_MOVE_READINGS)
+            await cur.execute(MOVE_READINGS)
             row = await cur.fetchone()
             assert row is not None
             bound, unbound, stored = row

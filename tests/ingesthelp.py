@@ -18,6 +18,7 @@ from coldchain.core import db
 from coldchain.core.settings import parse_mqtt_url
 from coldchain.seed.demo import load_demo, plan_demo
 from ingest.ingester import IngestConfig, Ingester
+from ingest.store import MOVE_READINGS, STAGE_DDL
 
 Message = tuple[str, bytes]
 
@@ -133,3 +134,23 @@ def count(url: str, table: str) -> int:
     value = scalar(url, f"SELECT count(*) FROM {table}")  # noqa: S608 — test code, fixed table names
     assert isinstance(value, int)
     return value
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def store_readings(url: str, rows: Sequence[tuple[int, datetime, float]]) -> int:
+    """Readings stored by the ingester's own statement (``ingest.store.MOVE_READINGS``: binding
+    check, duplicates once, latest values, late readings logged), as the runtime role, without a
+    broker in between; returns how many were stored."""
+    with db.connect(as_runtime(url)) as conn:
+        conn.execute(STAGE_DDL)
+        with conn.cursor() as cur:
+            with cur.copy("COPY cc_stage_readings (probe_id, ts_us, t) FROM STDIN") as copy:
+                for probe, ts, t in rows:
+                    copy.write_row((probe, (ts - _EPOCH) // timedelta(microseconds=1), t))
+            cur.execute(MOVE_READINGS)
+            row = cur.fetchone()
+        conn.commit()
+    assert row is not None
+    return int(row[2])

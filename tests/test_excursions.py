@@ -10,24 +10,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from apihelp import World
+from apihelp import World, build_world
+from ingesthelp import store_readings
 from test_aggregates import execute, query
 
 from analytics.aggregates import refresh_aggregates
 from coldchain.core import db
 from coldchain.core.migrate import migrate
+from ingest.store import MOVE_READINGS, STAGE_DDL
 from inventory.trace import Interval, Segment, out_of_range_minutes, temperatures
 
 T0 = datetime(2026, 3, 1, 15, 2, 11, tzinfo=UTC)
 
 
 def _insert(url: str, probe: int, points: list[tuple[datetime, float]]) -> None:
-    with db.connect(url) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO probe_readings (probe_id, ts, t) VALUES (%s, %s, %s) ON CONFLICT (probe_id, ts) DO NOTHING",
-            [(probe, ts, t) for ts, t in points],
-        )
-        conn.commit()
+    """Readings stored as the ingester stores them (its staging table and its one statement, as
+    the runtime role), so late ones are logged exactly as in production."""
+    store_readings(url, [(probe, ts, t) for ts, t in points])
 
 
 def _minutes(url: str, segments: list[Segment]) -> dict[int, float]:
@@ -179,10 +178,12 @@ def test_a_hold_is_stored_only_once_the_reading_that_ends_it_can_no_longer_arriv
 
 def test_a_first_refresh_without_readings_finishes_and_later_history_is_logged(empty_db: str) -> None:
     migrate(empty_db, timescaledb="off")
+    world = build_world(empty_db, readings=False)
     assert refresh_aggregates(empty_db, until=T0).excursion_spans == 0
     with db.connect(empty_db) as conn:
         row = db.fetch_one(conn, "SELECT materialized_until FROM excursion_state")
-        conn.execute("INSERT INTO probe_readings (probe_id, ts, t) VALUES (1, %s, 9)", [T0 - timedelta(days=3)])
+    assert store_readings(empty_db, [(world.probes["108601"], T0 - timedelta(days=3), 9.0)]) == 1
+    with db.connect(empty_db) as conn:
         logged = db.fetch_one(conn, "SELECT count(*) AS n FROM excursion_invalidations")
     assert row == {"materialized_until": T0 - timedelta(hours=2, minutes=30)}
     assert logged == {"n": 1}
@@ -220,22 +221,37 @@ INSERT INTO probe_bindings (probe_id, compartment_id, gateway_id, valid) VALUES
 
 # Integer arithmetic only, so both databases hold the very same readings; every 17th step is skipped
 # and every 41st is 40 minutes late, so silences and gaps occur.
-_READINGS = """
-INSERT INTO probe_readings (probe_id, ts, t)
-SELECT p, timestamptz '2026-01-10 00:00+08' + n * INTERVAL '5 minutes' + (n % 41 = 0)::int * INTERVAL '40 minutes',
+_READINGS = "\n".join(
+    [
+        STAGE_DDL,
+        """
+INSERT INTO cc_stage_readings (probe_id, ts_us, t)
+SELECT p, (extract(epoch FROM timestamptz '2026-01-10 00:00+08' + n * INTERVAL '5 minutes'
+                   + (n % 41 = 0)::int * INTERVAL '40 minutes') * 1000000)::bigint,
        CASE WHEN p = 3 THEN -18.0 + ((n * 7 + p * 3) % 50) / 10.0
             ELSE 1.0 + ((n * 7 + p * 3) % 90) / 10.0 END
 FROM generate_series(1, 3) AS p, generate_series(0, 12 * 48) AS n
-WHERE n % 17 <> 0
-ON CONFLICT (probe_id, ts) DO NOTHING
-"""
+WHERE n % 17 <> 0;
+""",
+        MOVE_READINGS + ";",
+    ]
+)
 
-_LATE = """
-INSERT INTO probe_readings (probe_id, ts, t) VALUES
-    (1, '2026-01-10 03:02:30+08', 12.5), (2, '2026-01-10 07:01:00+08', 1.5), (3, '2026-01-10 05:00:30+08', -12.0)
-ON CONFLICT (probe_id, ts) DO NOTHING;
-UPDATE compartments SET t_min = -25 WHERE id = 2;
-"""
+# Late readings arrive as the ingester stores them: staged, then moved by its one statement, which
+# logs those older than the threshold (migration 0013) on both paths alike.
+_LATE = "\n".join(
+    [
+        STAGE_DDL,
+        """
+INSERT INTO cc_stage_readings (probe_id, ts_us, t) VALUES
+    (1, extract(epoch FROM timestamptz '2026-01-10 03:02:30+08')::bigint * 1000000, 12.5),
+    (2, extract(epoch FROM timestamptz '2026-01-10 07:01:00+08')::bigint * 1000000, 1.5),
+    (3, extract(epoch FROM timestamptz '2026-01-10 05:00:30+08')::bigint * 1000000, -12.0);
+""",
+        MOVE_READINGS + ";",
+        "UPDATE compartments SET t_min = -25 WHERE id = 2;",
+    ]
+)
 
 _SPANS = """SELECT probe_id::text AS probe_id, compartment_id::text AS compartment_id,
     extract(epoch FROM started_at)::bigint::text AS started_at, extract(epoch FROM ended_at)::bigint::text AS ended_at,
@@ -260,8 +276,7 @@ def _scenario() -> list[dict[str, str]]:
         {"name": "spans_1", "sql": _SPANS},
         {"sql": _LATE},
         {
-            # Row triggers on TimescaleDB log each late reading, the plain path's statement trigger
-            # one row per probe and statement: what counts is where each probe starts again.
+            # One row per probe and statement: where each probe starts again.
             "name": "logged",
             "sql": "SELECT probe_id::text AS probe_id, extract(epoch FROM min(since))::text AS since "
             "FROM excursion_invalidations GROUP BY 1 ORDER BY 1",

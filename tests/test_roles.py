@@ -38,6 +38,7 @@ RUNTIME_WRITES: dict[str, str] = {
     "lot_certificates": "I",
     "probe_vendor_flags": "I",
     "monthly_reports": "I",
+    "excursion_invalidations": "I",  # the ingest statement logs late readings (0013)
     # records with a life
     **dict.fromkeys(
         [
@@ -95,7 +96,6 @@ RUNTIME_WRITES: dict[str, str] = {
             "excursion_spans",
             "excursion_state",
             "excursion_threshold",
-            "excursion_invalidations",
         ],
         "",
     ),
