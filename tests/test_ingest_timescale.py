@@ -35,7 +35,7 @@ def _batch(name: str, rows: list[tuple[int, str, float]]) -> list[dict[str, str]
     return [
         # The oracle's exec() takes SQL text only; the values are this test's own numbers.
         {"sql": f"BEGIN; INSERT INTO cc_stage_readings VALUES {values};"},  # noqa: S608
-        {"sql": store._MOVE_READINGS, "name": name},
+        {"sql": store.MOVE_READINGS, "name": name},
         {"sql": "COMMIT;"},
     ]
 
@@ -44,7 +44,7 @@ def test_ingest_statements_on_hypertables_and_compressed_chunks() -> None:
     steps = [
         *_migration_steps(),
         {"sql": REGISTRY},
-        {"sql": store._STAGE_DDL},
+        {"sql": store.STAGE_DDL},
         *_batch("first", [(1, "2026-11-20 00:00", 4.5), (1, "2026-11-20 00:01", 4.7), (2, "2026-11-20 00:00", 5.0)]),
         *_batch("again", [(1, "2026-11-20 00:00", 4.5), (1, "2026-11-20 00:01", 4.7)]),
         {"sql": "SELECT count(compress_chunk(c)) AS n FROM show_chunks('probe_readings') c", "name": "compressed"},
