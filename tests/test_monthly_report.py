@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from analytics.report import maths
+from analytics.report import headline, maths, tables
 from analytics.report.build import TABLES, _change_rows, _table, final_months
 from analytics.report.maths import Piece
 from analytics.report.xlsx import sheet_name, table_frame, workbook
@@ -199,7 +199,7 @@ DRIFTS = maths.frame([{"id": 1, "equipment_id": 4}], maths.DRIFTS_SCHEMA)
 
 
 def devices() -> pl.DataFrame:
-    return maths.device_table(DEVICES, UNITS, PIECES, maths.frame(DEVICE_ALARMS, maths.ALARMS_SCHEMA), DRIFTS, 1)
+    return tables.device_table(DEVICES, UNITS, PIECES, maths.frame(DEVICE_ALARMS, maths.ALARMS_SCHEMA), DRIFTS, 1)
 
 
 def test_device_table_figures() -> None:
@@ -220,13 +220,13 @@ def test_device_table_figures() -> None:
 
 
 def test_problem_ranking_orders_by_alarms_then_hours() -> None:
-    ranking = maths.problem_ranking(devices())
+    ranking = tables.problem_ranking(devices())
     assert ranking.select("rank", "equipment_id").rows() == [(1, 3), (2, 1), (3, 2), (4, 4)]
-    assert maths.problem_ranking(devices(), limit=2).height == 2
+    assert tables.problem_ranking(devices(), limit=2).height == 2
 
 
 def test_area_shares_include_own_devices_first_and_every_area() -> None:
-    shares = maths.area_shares(devices(), UNITS, 1)
+    shares = tables.area_shares(devices(), UNITS, 1)
     assert shares.select("area_name", "devices", "problem_devices", "problem_share").rows() == [
         ("省疾控（本级）", 1, 1, 1.0),
         ("西安市", 2, 2, 1.0),
@@ -236,7 +236,7 @@ def test_area_shares_include_own_devices_first_and_every_area() -> None:
     city_units = UNITS.filter(pl.col("unit_id").is_in([2, 3])).with_columns(
         pl.when(pl.col("unit_id") == 3).then(3).otherwise(2).alias("area_id")
     )
-    none = maths.area_shares(devices().head(0), city_units, 2)
+    none = tables.area_shares(devices().head(0), city_units, 2)
     assert none.select("area_name", "devices", "problem_share").rows() == [("某卫生院", 0, None)]
 
 
@@ -251,7 +251,7 @@ def test_alarm_response_per_area_and_total() -> None:
         ],
         maths.ALARMS_SCHEMA,
     )
-    table = maths.alarm_response(frame, UNITS, 1)
+    table = tables.alarm_response(frame, UNITS, 1)
     cols = ["area_name", "alarms", "acknowledged", "ack_within_30", "ack_within_30_share", "ack_median_minutes",
             "reached_level2", "level2_share", "reached_level3", "level3_share"]
     assert table.select(cols).rows() == [
@@ -259,7 +259,7 @@ def test_alarm_response_per_area_and_total() -> None:
         ("韩城市", 1, 0, 0, 0.0, None, 1, 1.0, 1, 1.0),
         ("合计", 3, 2, 1, 0.3333, 27.5, 2, 0.6667, 1, 0.3333),
     ]
-    empty = maths.alarm_response(frame.head(0), UNITS, 1)
+    empty = tables.alarm_response(frame.head(0), UNITS, 1)
     assert empty.select(cols).rows() == [("合计", 0, 0, 0, None, None, 0, None, 0, None)]
 
 
@@ -293,7 +293,7 @@ def test_gateway_table_hours_in_month_and_evidence() -> None:
         ],
         maths.ALARMS_SCHEMA,
     )
-    table = maths.gateway_table(gateways, status, alarms, UNITS, period, 1)
+    table = tables.gateway_table(gateways, status, alarms, UNITS, period, 1)
     assert table.select("gateway_id", "problem", "problem_hours").rows() == [
         (5, True, 24.0), (2, True, 4.0), (1, True, 3.0), (3, False, 0.0),
     ]
@@ -302,7 +302,7 @@ def test_gateway_table_hours_in_month_and_evidence() -> None:
     assert (g1["alarms_gateway_power"], g1["hours_gateway_power"], g1["on_battery_share"]) == (1, 3.0, 0.05)
     assert (rows[2]["alarms_gateway_offline"], rows[2]["hours_gateway_offline"]) == (0, 4.0)
     assert (rows[3]["weak_signal_share"], rows[3]["on_battery_share"], rows[3]["area_name"]) == (0.04, None, "韩城市")
-    assert maths.GATEWAY_THRESHOLDS.battery_low == 3.5 and maths.GATEWAY_THRESHOLDS.weak_rssi == -100
+    assert tables.GATEWAY_THRESHOLDS.battery_low == 3.5 and tables.GATEWAY_THRESHOLDS.weak_rssi == -100
 
 
 def test_warranty_window_is_the_month_and_90_days_after() -> None:
@@ -319,7 +319,7 @@ def test_warranty_window_is_the_month_and_90_days_after() -> None:
         ],
         maths.HARDWARE_SCHEMA,
     )
-    table = maths.warranty_table(hw, UNITS, period, 1)
+    table = tables.warranty_table(hw, UNITS, period, 1)
     assert table.select("serial", "hardware_name", "days_after_month", "note", "area_name").rows() == [
         ("A", "网关", -16, "本月已到期", "西安市"),
         ("B", "探头", 90, "月末后 90 天到期", "韩城市"),
@@ -336,18 +336,18 @@ def test_logins_keep_their_order_and_rate_is_over_all_site_days() -> None:
         ],
         maths.LOGINS_SCHEMA,
     )
-    table = maths.login_table(logins, UNITS, 1)
+    table = tables.login_table(logins, UNITS, 1)
     assert table.select("name", "area_name", "rate").rows() == [("乙", "韩城市", 0.0), ("甲", "西安市", 0.3226)]
-    assert maths.login_rate(logins) == round(10 / 62, 4)
-    assert maths.login_rate(logins.head(0)) is None
+    assert tables.login_rate(logins) == round(10 / 62, 4)
+    assert tables.login_rate(logins.head(0)) is None
 
 
 def test_headline_and_changes() -> None:
     table = devices()
     alarms = maths.frame(DEVICE_ALARMS, maths.ALARMS_SCHEMA)
-    response = maths.alarm_response(alarms, UNITS, 1)
+    response = tables.alarm_response(alarms, UNITS, 1)
     empty_gw = maths.frame([], maths.GATEWAYS_SCHEMA).with_columns(pl.lit(True).alias("problem"))
-    head = maths.headline(table, alarms, response, empty_gw, maths.frame([], maths.LOGINS_SCHEMA),
+    head = headline.headline(table, alarms, response, empty_gw, maths.frame([], maths.LOGINS_SCHEMA),
                           maths.frame([], maths.HARDWARE_SCHEMA))
     assert head == {
         "devices": 5, "problem_devices": 4, "problem_share": 0.8, "alarms": 2,
@@ -355,16 +355,16 @@ def test_headline_and_changes() -> None:
         "drift_findings": 1, "ack_within_30_share": 0.0, "level2_share": 0.0, "level3_share": 0.0,
         "gateway_problems": 0, "login_rate": None, "warranties_due": 0,
     }
-    assert set(head) == {i.key for i in maths.INDICATORS}
+    assert set(head) == {i.key for i in headline.INDICATORS}
     previous = {**head, "problem_share": 0.9, "completeness": 0.99, "alarms": 2, "login_rate": 0.5}
-    rows = {c["key"]: c for c in maths.changes(head, previous)}
+    rows = {c["key"]: c for c in headline.changes(head, previous)}
     assert (rows["problem_share"]["change"], rows["problem_share"]["better"]) == (-0.1, True)
     assert (rows["completeness"]["change"], rows["completeness"]["better"]) == (round(round(3900 / 4100, 4) - 0.99, 4),
                                                                                 False)
     assert (rows["alarms"]["change"], rows["alarms"]["better"]) == (0.0, None)
     assert (rows["login_rate"]["change"], rows["login_rate"]["previous"]) == (None, 0.5)
-    assert all(c["change"] is None for c in maths.changes(head, None))
-    shown = {r["key"]: r for r in _change_rows(maths.changes(head, previous))}
+    assert all(c["change"] is None for c in headline.changes(head, None))
+    shown = {r["key"]: r for r in _change_rows(headline.changes(head, previous))}
     assert (shown["problem_share"]["current"], shown["problem_share"]["change"], shown["problem_share"]["verdict"]) == (
         80.0, -10.0, "好转")
     assert shown["alarms"]["unit"] == "次" and shown["alarms"]["verdict"] == "—"

@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 
 from alarms.rules import KIND_NAMES
 from analytics.logins import COLUMN_LABELS as LOGIN_LABELS
-from analytics.report import maths
+from analytics.report import headline, maths, tables
 from analytics.report.facts import Facts, first_data_month, gather, report_unit
 from coldchain.core import terms
 from coldchain.core.db import fetch_all, fetch_one
@@ -83,8 +83,8 @@ _GATEWAY_COLUMNS = (
     Column("alarms_gateway_signal", "信号弱报警", "int"),
     Column("hours_gateway_signal", "信号弱小时", "float"),
 )
-_LOW_V = f"{maths.GATEWAY_THRESHOLDS.battery_low:g}"
-_WEAK = f"{maths.GATEWAY_THRESHOLDS.weak_rssi}"
+_LOW_V = f"{tables.GATEWAY_THRESHOLDS.battery_low:g}"
+_WEAK = f"{tables.GATEWAY_THRESHOLDS.weak_rssi}"
 
 TABLES: tuple[TableSpec, ...] = (
     TableSpec("changes", "概况与环比", (
@@ -196,23 +196,23 @@ class Figures:
 def figures(facts: Facts) -> Figures:
     """Every table and the headline from the facts (pure: no database)."""
     unit_id = int(facts.unit["id"])
-    devices = maths.device_table(facts.devices, facts.units, facts.pieces, facts.alarms, facts.drifts, unit_id)
-    response = maths.alarm_response(facts.alarms, facts.units, unit_id)
-    gateways = maths.gateway_table(
+    devices = tables.device_table(facts.devices, facts.units, facts.pieces, facts.alarms, facts.drifts, unit_id)
+    response = tables.alarm_response(facts.alarms, facts.units, unit_id)
+    gateways = tables.gateway_table(
         facts.gateways, facts.gateway_status, facts.alarms, facts.units, facts.period, unit_id
     )
-    logins = maths.login_table(facts.logins, facts.units, unit_id)
-    warranties = maths.warranty_table(facts.hardware, facts.units, facts.period, unit_id)
-    tables = {
+    logins = tables.login_table(facts.logins, facts.units, unit_id)
+    warranties = tables.warranty_table(facts.hardware, facts.units, facts.period, unit_id)
+    named = {
         "devices": devices,
-        "problems": maths.problem_ranking(devices),
-        "areas": maths.area_shares(devices, facts.units, unit_id),
+        "problems": tables.problem_ranking(devices),
+        "areas": tables.area_shares(devices, facts.units, unit_id),
         "response": response,
         "gateways": gateways,
         "logins": logins,
         "warranties": warranties,
     }
-    return Figures(maths.headline(devices, facts.alarms, response, gateways, logins, warranties), tables)
+    return Figures(headline.headline(devices, facts.alarms, response, gateways, logins, warranties), named)
 
 
 def compute(
@@ -228,12 +228,12 @@ def compute(
     facts = gather(conn, unit_id, period, now)
     result = figures(facts)
     prev_headline, prev_kept = previous if previous is not None else previous_headline(conn, unit_id, month, now)
-    change_list = maths.changes(result.headline, prev_headline)
+    change_list = headline.changes(result.headline, prev_headline)
     tables = {key: _table(TABLE_BY_KEY[key], frame) for key, frame in result.tables.items()}
     tables["changes"] = _table(TABLE_BY_KEY["changes"], _change_rows(change_list))
     tables["definitions"] = _table(
         TABLE_BY_KEY["definitions"],
-        [{"key": i.key, "label": i.label, "definition": i.definition} for i in maths.INDICATORS],
+        [{"key": i.key, "label": i.label, "definition": i.definition} for i in headline.INDICATORS],
     )
     return {
         "format": FORMAT,

@@ -19,7 +19,7 @@ import psycopg
 
 from alarms.rules import params_for
 from analytics.logins import monthly_table
-from analytics.report import maths
+from analytics.report import maths, tables
 from analytics.report.maths import Period, Piece, PieceFigures
 from coldchain.core.db import fetch_all, fetch_one
 from coldchain.core.terms import BEIJING
@@ -198,8 +198,8 @@ def gather(conn: psycopg.Connection, unit_id: int, period: Period, now: datetime
         {
             **span,
             "gateways": [g["gateway_id"] for g in gateways],
-            "battery_low": maths.GATEWAY_THRESHOLDS.battery_low,
-            "weak_rssi": maths.GATEWAY_THRESHOLDS.weak_rssi,
+            "battery_low": tables.GATEWAY_THRESHOLDS.battery_low,
+            "weak_rssi": tables.GATEWAY_THRESHOLDS.weak_rssi,
         },
     )
     today = now.astimezone(BEIJING).date()
