@@ -32,8 +32,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alarms.engine import new_link
 from alarms.escalation import kind_of_key
+from alarms.life import new_link
 from alarms.messages import AlarmCard, signed_webhook, template_message, wecom_markdown, wecom_payload
 from alarms.messages import next_slot as robot_next_slot
 from alarms.rules import KIND_NAMES

@@ -1,6 +1,6 @@
 """The scheduler's database side of alarms: load what the pure rules need, run them, write what
-they decide — alarms, their history, and the notifications due — each subject in its own short
-transaction.
+they decide — alarms and their history (each transition through :mod:`alarms.life`), and the
+notifications due — each subject in its own short transaction.
 
 Concurrency: every subject's rule state row is taken ``FOR UPDATE SKIP LOCKED``, so two scheduler
 instances split the work instead of doing it twice; an alarm is opened with ``ON CONFLICT DO
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,15 +20,14 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alarms import rules
-from alarms.escalation import AlarmTimeline, EscalationPolicy, policy_from
+from alarms import life, rules
+from alarms.escalation import AlarmTimeline, policy_for
 from alarms.escalation import due_steps as escalation_due_steps
 from coldchain.core.db import fetch_all, fetch_one
 from coldchain.core.settings import Settings
 
 log = logging.getLogger("coldchain.alarms")
 
-LINK_TTL = timedelta(hours=24)
 MAX_READINGS_PER_PASS = 20_000
 
 
@@ -200,8 +198,17 @@ def _evaluate_batch(
         state, silence = rules.evaluate_silence(
             params, state, now, subject["gateway_offline"], watch_since=subject["valid_from"]
         )
+        about = life.Subject(
+            unit_id=subject["unit_id"],
+            compartment_id=cid,
+            gateway_id=subject["gateway_id"],
+            equipment_id=subject["equipment_id"],
+            probe_id=subject["probe_id"],
+            t_min=subject["t_min"],
+            t_max=subject["t_max"],
+        )
         for event in events + silence:
-            _apply_event(conn, settings, event, subject, stats, now)
+            _apply_event(conn, settings, event, about, stats, now)
         saved_ids.append(cid)
         saved_states.append(json.dumps(state.to_json()))
         cursors.append(cursor)
@@ -255,17 +262,9 @@ def evaluate_gateways(conn: psycopg.Connection, settings: Settings) -> PassStats
             seen = fetch_one(conn, _GATEWAY_SEEN, {"g": g["id"]}) or {}
             last_seen = seen.get("seen") or seen.get("watch_since")
             state, events = rules.evaluate_gateway(rules.GatewayParams(), state, statuses, last_seen, now)
-            subject = {
-                "unit_id": g["unit_id"],
-                "gateway_id": g["id"],
-                "compartment_id": None,
-                "equipment_id": None,
-                "probe_id": None,
-                "t_min": None,
-                "t_max": None,
-            }
+            about = life.Subject(unit_id=g["unit_id"], gateway_id=g["id"])
             for event in events:
-                _apply_event(conn, settings, event, subject, stats, now)
+                _apply_event(conn, settings, event, about, stats, now)
             cursor = max((s.received_at for s in statuses), default=locked["cursor"])
             conn.execute(
                 _SAVE_STATES,
@@ -281,115 +280,37 @@ def evaluate_gateways(conn: psycopg.Connection, settings: Settings) -> PassStats
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing what the rules decided
-
-_OPEN = """
-INSERT INTO alarms (kind, severity, unit_id, equipment_id, compartment_id, gateway_id, probe_id, condition_since,
-                    found_late, suppressed, cause, value, t_min, t_max)
-VALUES (%(kind)s, %(severity)s, %(unit_id)s, %(equipment_id)s, %(compartment_id)s, %(gateway_id)s, %(probe_id)s,
-        %(since)s, %(late)s, %(suppressed)s, %(cause)s, %(value)s, %(t_min)s, %(t_max)s)
-ON CONFLICT (kind, coalesce(compartment_id, 0), coalesce(gateway_id, 0)) WHERE state IN ('active', 'acknowledged')
-DO NOTHING
-RETURNING id
-"""
-_OPEN_ALARM = """
-SELECT id FROM alarms
-WHERE kind = %(kind)s AND coalesce(compartment_id, 0) = coalesce(%(compartment_id)s, 0)
-  AND coalesce(gateway_id, 0) = coalesce(%(gateway_id)s, 0) AND state IN ('active', 'acknowledged')
-FOR UPDATE
-"""
-_EVENT = "INSERT INTO alarm_events (alarm_id, action, details) VALUES (%(id)s, %(action)s, %(details)s)"
+# Writing what the rules decided (each transition is :mod:`alarms.life`'s)
 
 
 def _apply_event(
     conn: psycopg.Connection,
     settings: Settings,
     event: rules.Event,
-    subject: dict[str, Any],
+    subject: life.Subject,
     stats: PassStats,
     now: datetime,
 ) -> None:
-    key = {"kind": event.kind, "compartment_id": subject["compartment_id"], "gateway_id": subject["gateway_id"]}
     if isinstance(event, rules.AlarmOpened):
-        row = fetch_one(
-            conn,
-            _OPEN,
-            {
-                **subject,
-                **key,
-                "severity": event.severity,
-                "since": event.condition_since,
-                "late": event.found_late,
-                "suppressed": event.suppressed,
-                "cause": event.cause,
-                "value": event.value,
-            },
-        )
-        if row is None:
+        opened = life.open_alarm(conn, event, subject)
+        if opened is None:
             return  # already open (another scheduler, or a replay): nothing to raise twice
         stats.opened += 1
-        conn.execute(
-            _EVENT,
-            {
-                "id": row["id"],
-                "action": "opened",
-                "details": Jsonb(
-                    {
-                        "condition_since": event.condition_since.isoformat(),
-                        "detected_at": event.detected_at.isoformat(),
-                        "found_late": event.found_late,
-                        "value": event.value,
-                        "cause": event.cause,
-                        "measure": event.measure,
-                        "total_minutes": event.total.total_seconds() / 60 if event.total else None,
-                    }
-                ),
-            },
-        )
         if not event.suppressed:
-            stats.enqueued += enqueue_due(conn, settings, row["id"], now)
+            stats.enqueued += enqueue_due(conn, settings, opened, now)
         return
-    open_row = fetch_one(conn, _OPEN_ALARM, key)
-    if open_row is None:
+    alarm_id = life.open_alarm_of(conn, event.kind, subject)
+    if alarm_id is None:
         return
     if isinstance(event, rules.AlarmCleared):
-        conn.execute(
-            # An excursion found late may have cleared before it was raised: resolved no earlier than
-            # raised, so its first notice is still owed (escalation's timeline needs that order).
-            """UPDATE alarms SET state = 'resolved', resolved_at = greatest(%(at)s, raised_at), version = version + 1
-               WHERE id = %(id)s""",
-            {"id": open_row["id"], "at": event.at},
-        )
-        conn.execute(
-            _EVENT,
-            {
-                "id": open_row["id"],
-                "action": "resolved",
-                "details": Jsonb({"condition_cleared_at": event.at.isoformat()}),
-            },
-        )
+        life.resolve(conn, alarm_id, event.at)
         stats.resolved += 1
     elif isinstance(event, rules.AlarmWorsened):
-        conn.execute(
-            "UPDATE alarms SET value = %(v)s, version = version + 1 WHERE id = %(id)s",
-            {"id": open_row["id"], "v": event.value},
-        )
-        conn.execute(_EVENT, {"id": open_row["id"], "action": "worsened", "details": Jsonb({"value": event.value})})
+        life.worsen(conn, alarm_id, event.value)
     elif isinstance(event, rules.AlarmCauseChanged):
-        conn.execute(
-            "UPDATE alarms SET cause = %(c)s, suppressed = %(s)s, version = version + 1 WHERE id = %(id)s",
-            {"id": open_row["id"], "c": event.cause, "s": event.suppressed},
-        )
-        conn.execute(
-            _EVENT,
-            {
-                "id": open_row["id"],
-                "action": "cause_changed",
-                "details": Jsonb({"cause": event.cause, "suppressed": event.suppressed}),
-            },
-        )
+        life.change_cause(conn, alarm_id, event.cause, event.suppressed)
         if not event.suppressed:
-            stats.enqueued += enqueue_due(conn, settings, open_row["id"], now)
+            stats.enqueued += enqueue_due(conn, settings, alarm_id, now)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,15 +344,6 @@ INSERT INTO notification_outbox (alarm_id, step, channel, target, levels, due_at
 VALUES (%(alarm)s, %(step)s, %(channel)s, %(target)s, %(levels)s, %(due)s)
 ON CONFLICT (alarm_id, step, channel, target) DO NOTHING
 """
-
-
-def policy_for(settings: Settings, unit_row: dict[str, Any]) -> EscalationPolicy:
-    return policy_from(
-        settings.escalation_steps,
-        settings.reminder_interval,
-        unit_row,
-        settings_resolved_reminder=settings.resolved_reminder_interval,
-    )
 
 
 def enqueue_due(conn: psycopg.Connection, settings: Settings, alarm_id: int, now: datetime) -> int:
@@ -490,17 +402,3 @@ def escalate(conn: psycopg.Connection, settings: Settings, *, limit: int = 1000)
         stats.enqueued += enqueue_due(conn, settings, row["id"], now)
     conn.commit()
     return stats
-
-
-def new_link(conn: psycopg.Connection, alarm_id: int, user_id: int, level: int) -> str:
-    """A single-use confirmation link token for one person (never for a group: anyone in the group
-    could confirm in that person's name)."""
-    from coldchain.core.tokens import token_hash
-
-    token = secrets.token_urlsafe(32)
-    conn.execute(
-        """INSERT INTO alarm_links (token_hash, alarm_id, user_id, level, expires_at)
-           VALUES (%s, %s, %s, %s, now() + %s)""",
-        (token_hash(token), alarm_id, user_id, level, LINK_TTL),
-    )
-    return token

@@ -51,6 +51,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
+from coldchain.core.settings import Settings
+
 __all__ = [
     "AlarmState",
     "AlarmTimeline",
@@ -62,6 +64,7 @@ __all__ = [
     "next_due",
     "parse_duration",
     "parse_steps",
+    "policy_for",
     "policy_from",
 ]
 
@@ -187,6 +190,17 @@ def policy_from(
             raise ValueError(f"{_source(key, overridden)}：{exc}") from exc
     return EscalationPolicy(
         steps=steps, reminder=durations["reminder"], resolved_reminder=durations["resolved_reminder"]
+    )
+
+
+def policy_for(settings: Settings, unit_overrides: Mapping[str, object] | None) -> EscalationPolicy:
+    """A unit's policy from the system settings and the unit's ``unit_escalation`` row (or the
+    values about to be saved there): the one way the scheduler and the settings API both build it."""
+    return policy_from(
+        settings.escalation_steps,
+        settings.reminder_interval,
+        unit_overrides,
+        settings_resolved_reminder=settings.resolved_reminder_interval,
     )
 
 

@@ -356,7 +356,7 @@ ORDER BY r.ts
 """
 
 # Constant bounds and one probe per query: they reach into both halves of the plain-path views
-# (materialised ∪ live), which a join condition would not (see inventory/trace.py).
+# (materialised ∪ live), which a join condition would not (see inventory/exposure.py).
 _WHOLE: dict[Source, str] = {
     "hourly": """SELECT bucket, n, min_t, max_t, sum_t FROM probe_readings_hourly
                  WHERE probe_id = %(probe)s AND bucket >= %(lo)s AND bucket < %(hi)s""",

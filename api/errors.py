@@ -18,8 +18,6 @@ from psycopg import errors as pg_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coldchain.core.errors import Refused
-from inventory.ledger import LedgerError
-from inventory.rules import RuleError
 
 log = logging.getLogger("coldchain.api")
 
@@ -120,14 +118,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Refused)
     async def _api_error(request: Request, exc: Refused) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(LedgerError)
-    async def _ledger(request: Request, exc: LedgerError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status)
-
-    @app.exception_handler(RuleError)
-    async def _rule(request: Request, exc: RuleError) -> JSONResponse:
-        return JSONResponse(error_body("rule_violation", str(exc)), status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -39,7 +39,8 @@ from analytics.aggregates import refresh_aggregates
 from coldchain import services
 from coldchain.core import db
 from coldchain.core.migrate import migrate
-from inventory import ledger, trace
+from inventory import posting, receipts, trace, transfers
+from inventory.lots import load_lot
 from registry.auth import hash_password
 
 CITIES, COUNTIES_PER_CITY = 10, 5
@@ -121,11 +122,11 @@ def flow_lot(url: str, lot: int, units: list[int], comps: dict[int, int], start:
             if up is not None:
                 children.setdefault(up, []).append(u)
         total = 10 * len(units) * 4
-        ledger.receive(
+        receipts.receive(
             conn,
             user[units[0]],
             units[0],
-            [ledger.ReceiptLine(lot, total, comps[units[0]])],
+            [receipts.ReceiptLine(lot, total, comps[units[0]])],
             start + timedelta(hours=1),
             "生产企业",
         )
@@ -142,8 +143,8 @@ def flow_lot(url: str, lot: int, units: list[int], comps: dict[int, int], start:
             share = on_hand[0] // (len(kids) + 1)
             for j, kid in enumerate(kids):
                 shipped = start + span * (0.05 + 0.12 * order[level[u]]) + timedelta(hours=j, minutes=i % 60)
-                t = ledger.ship(conn, user[u], "issue", u, kid, lot, share, shipped)
-                ledger.receive_transfer(
+                t = transfers.ship(conn, user[u], "issue", u, kid, lot, share, shipped)
+                transfers.receive_transfer(
                     conn, user[kid], t["id"], share, 0, shipped + timedelta(hours=6), compartment_id=comps[kid]
                 )
         sites = [u for u in units if level[u] == "township"]
@@ -187,7 +188,7 @@ def throughput(
                     # Receipts and usage alternate, so balances rise and fall but never fail.
                     qty = 5 if n % 2 == 0 else -3
                     if checked:
-                        ledger.post(
+                        posting.post(
                             conn,
                             "receipt" if qty > 0 else "usage",
                             unit,
@@ -292,7 +293,7 @@ def main() -> None:
             # 2. Trace.
             now = datetime.now(UTC)
             with db.connect(url) as conn:
-                lot_row = ledger.load_lot(conn, lot)
+                lot_row = load_lot(conn, lot)
                 result = trace.trace_lot(conn, lot_row, units[0], now)
                 conn.rollback()
             segments = sum(len(c["storage"]) for c in result["custody"])

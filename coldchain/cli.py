@@ -229,8 +229,8 @@ def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
     """The platform creates a unit's system administrator (UM1) — on a fresh installation the
     province's, who then manages the rest through the API and Form 5. Prints a one-time link
     token for setting the password; no password ever passes through the command line."""
-    from registry.auth import SETUP_TOKEN_TTL, open_session
     from registry.permissions import role_allowed_at
+    from registry.sessions import SETUP_TOKEN_TTL, open_session
 
     with _database(settings) as database, db.connect(database.url, application="coldchain-cli") as conn:
         unit = conn.execute("SELECT id, level, name FROM units WHERE code = %s", (args.unit,)).fetchone()

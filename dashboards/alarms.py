@@ -1,7 +1,8 @@
 """The alarm page behind the link in a WeChat group message (``/alarms/{id}``): what happened, who
 was told and when, and the two actions a person takes — acknowledge, then close with cause, action
-and vaccine disposition once the temperature is back. The page reads and writes through the API's
-own functions and routes, so the rules (who may act, in which state) are stated once."""
+and vaccine disposition once the temperature is back. The page reads the alarm with the query
+behind ``GET /api/v1/alarms/{id}`` (:func:`alarms.queries.alarm_detail`) and its buttons post to the
+API, so the rules (who may see, who may act, in which state) are stated once."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse
 
+from alarms.queries import alarm_detail
 from alarms.rules import KIND_NAMES, SEVERITY_NAMES
 from api.deps import Conn
-from api.routes.alarms import get_alarm
 from coldchain.core.errors import Refused
 from dashboards.confirm import STATES
 from dashboards.web import PageError, PageUser, render
@@ -37,7 +38,7 @@ def alarm_page(
     request: Request, user: PageUser, conn: Conn, alarm_id: Annotated[int, Path(ge=1, le=2**62)]
 ) -> HTMLResponse:
     try:
-        alarm = get_alarm(alarm_id, user, conn)
+        alarm = alarm_detail(conn, user.unit_id, alarm_id)
     except Refused as exc:
         raise PageError(exc.status, exc.message) from exc
     return render(

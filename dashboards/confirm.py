@@ -14,40 +14,33 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
+from alarms.queries import link_preview
 from alarms.rules import KIND_NAMES
 from api.deps import Conn
-from coldchain.core.db import fetch_one
 from coldchain.core.terms import BEIJING
-from coldchain.core.tokens import token_hash
 from dashboards.web import templates
 
 router = APIRouter(include_in_schema=False)
 STATES = {"active": "未处理", "acknowledged": "已确认", "resolved": "已恢复（待关闭）", "closed": "已关闭"}
 
-_LINK = """
-SELECT l.used_at, l.expires_at > now() AS fresh, a.kind, a.state, a.value, a.condition_since,
-       n.name AS unit_name, coalesce(e.name || ' / ' || c.name, '网关 ' || g.serial) AS place
-FROM alarm_links l
-JOIN alarms a ON a.id = l.alarm_id
-JOIN units n ON n.id = a.unit_id
-LEFT JOIN equipment e ON e.id = a.equipment_id
-LEFT JOIN compartments c ON c.id = a.compartment_id
-LEFT JOIN gateways g ON g.id = a.gateway_id
-WHERE l.token_hash = %(h)s
-"""
-
 
 @router.get("/alarm-confirm", response_class=HTMLResponse)
-def confirm_page(
-    conn: Conn, token: Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{20,100}$")]
-) -> HTMLResponse:
-    link = fetch_one(conn, _LINK, {"h": token_hash(token)})
-    context: dict[str, Any] = {"api": "/api/v1", "token": token, "alarm": None, "usable": False,
-                               "reason": "链接不存在或已失效，请登录平台处理报警。"}
+def confirm_page(conn: Conn, token: Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{20,100}$")]) -> HTMLResponse:
+    link = link_preview(conn, token)
+    context: dict[str, Any] = {
+        "api": "/api/v1",
+        "token": token,
+        "alarm": None,
+        "usable": False,
+        "reason": "链接不存在或已失效，请登录平台处理报警。",
+    }
     if link is not None:
         context["alarm"] = {
-            "kind_label": KIND_NAMES.get(link["kind"], link["kind"]), "unit_name": link["unit_name"],
-            "place": link["place"], "value": link["value"], "state_label": STATES.get(link["state"], link["state"]),
+            "kind_label": KIND_NAMES.get(link["kind"], link["kind"]),
+            "unit_name": link["unit_name"],
+            "place": link["place"],
+            "value": link["value"],
+            "state_label": STATES.get(link["state"], link["state"]),
             "since": link["condition_since"].astimezone(BEIJING).strftime("%m-%d %H:%M"),
         }
         if link["used_at"] is not None:

@@ -1,7 +1,9 @@
 """Stock pages (VT9, VT11): balances by level, lots near expiry, over- and under-stock, wastage.
 
-The numbers come from the same functions as the API (``/stock/balances``, ``/analysis/stock-levels``,
-``/analysis/wastage``), called directly, so a page and an API client can never disagree; only the
+The numbers come from the inventory domain functions the API calls too (:mod:`inventory.balances`
+behind ``/stock/balances``, :mod:`inventory.findings` behind ``/analysis/stock-levels`` and
+``/analysis/wastage``), so a page and an API client can never disagree. The page asks them for the
+chosen unit's whole subtree, filtered and summed in SQL and never cut at a page size; only the
 by-level pivot is the page's own, done in polars.
 """
 
@@ -17,11 +19,10 @@ from fastapi.responses import HTMLResponse
 
 from api.deps import Conn
 from api.routes.plans import MONTH_PATTERN
-from api.routes.stock import list_balances
-from api.routes.trace import stock_levels, wastage_analysis
 from coldchain.core.db import fetch_all, fetch_one
-from coldchain.core.terms import BEIJING, previous_month
+from coldchain.core.terms import BEIJING, parse_month, previous_month
 from dashboards.web import PageUser, figure_json, render, scoped_unit
+from inventory import balances, findings
 from inventory.analysis import OVERSTOCK_MONTHS, SHORTAGE_MONTHS
 
 router = APIRouter(include_in_schema=False)
@@ -43,15 +44,6 @@ WASTAGE_FLAG_NAMES = {
 }
 NEAR_EXPIRY_DAYS = 90
 """A quarter ahead: enough time to move a lot to a unit that will use it before it expires."""
-
-_BY_LEVEL = """
-SELECT u.level, v.name AS vaccine_name, s.spec, sum(b.on_hand)::int AS vials,
-       sum(b.on_hand * s.doses_per_vial)::int AS doses
-FROM stock_balances b JOIN units u ON u.id = b.unit_id JOIN lots l ON l.id = b.lot_id
-JOIN vaccine_specs s ON s.id = l.spec_id JOIN vaccines v ON v.id = s.vaccine_id
-WHERE b.unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(unit)s) AND b.on_hand > 0
-GROUP BY 1, 2, 3
-"""
 
 
 def by_level(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -110,17 +102,18 @@ def stock_page(
     month = month or previous_month(today.replace(day=1)).strftime("%Y-%m")
     name = fetch_one(conn, "SELECT name FROM units WHERE id = %(id)s", {"id": unit})
     # The API filters one unit exactly; the page shows the chosen unit's whole subtree.
-    below = {
-        r["descendant_id"]
-        for r in fetch_all(conn, "SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(u)s", {"u": unit})
-    }
-    expiring = list_balances(user, conn, expires_before=today + timedelta(days=NEAR_EXPIRY_DAYS), limit=5000)
-    near = [r for r in expiring if r["unit_id"] in below]
-    findings = stock_levels(
-        user, conn, unit_id=unit, months=3, low=SHORTAGE_MONTHS, high=OVERSTOCK_MONTHS, only_findings=True
+    near = balances.expiring(conn, unit, today + timedelta(days=NEAR_EXPIRY_DAYS))
+    stock_findings = findings.stock_levels(
+        conn,
+        unit,
+        months=3,
+        low=SHORTAGE_MONTHS,
+        high=OVERSTOCK_MONTHS,
+        only_findings=True,
+        now=datetime.now().astimezone(),
     )
-    wastage = wastage_analysis(user, conn, month=month, unit_id=unit)
-    levels = by_level(fetch_all(conn, _BY_LEVEL, {"unit": unit}))
+    wastage = findings.wastage_by_area(conn, unit, parse_month(month), only_findings=False)
+    levels = by_level(balances.by_level(conn, unit))
     return render(
         request,
         "stock.html",
@@ -134,7 +127,7 @@ def stock_page(
         levels_columns=levels.columns,
         levels_rows=levels.rows(),
         near=[{**r, "days_left": (r["expiry_date"] - today).days} for r in near],
-        findings=findings,
+        findings=stock_findings,
         wastage=wastage,
         wastage_figure=wastage_figure(wastage, unit),
         status_names=STOCK_STATUS_NAMES,

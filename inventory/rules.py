@@ -20,12 +20,20 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
-Level = Literal["province", "city", "county", "township"]
+from coldchain.core.errors import Refused
+from coldchain.core.terms import Level
+
 RANK: dict[str, int] = {"province": 1, "city": 2, "county": 3, "township": 4}
 
 
-class RuleError(ValueError):
-    """A movement the rules forbid; the message is for the user, in Chinese."""
+class RuleError(Refused):
+    """A movement the rules forbid; the message is for the user, in Chinese.
+
+    A refusal like any other (422 ``rule_violation``), so the web layer needs no handler of its own;
+    raising it does no I/O, and the rules stay pure."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(422, "rule_violation", message)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,15 @@
-"""Sign-in: argon2id passwords, lock-out after repeated failures, sessions and tokens.
+"""Sign-in and passwords: argon2id hashes, lock-out after repeated failures, signing in by
+password or by WeChat, and changing or first setting a password.
 
 Every attempt, good or bad, is a row of ``login_events`` (CM14 counts the good ones of each
 site; the lock-out counts the bad ones), so the attempt record and the lock-out can never
-disagree. Only SHA-256 digests of session tokens are stored.
+disagree. The sessions a sign-in opens are :mod:`registry.sessions`.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -17,15 +17,13 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from coldchain.core.db import fetch_all, fetch_one
-from coldchain.core.errors import Refused
-from coldchain.core.tokens import token_hash
+from coldchain.core.db import fetch_all, fetch_one, set_action, set_actor
+from coldchain.core.errors import Refused, invalid
+from registry.sessions import SessionKind, SignedIn, claim_setup_token, open_session, revoke_session, revoke_sessions
 
 MAX_FAILURES = 5
 LOCK_WINDOW = timedelta(minutes=15)
-SETUP_TOKEN_TTL = timedelta(hours=72)
 Channel = Literal["web", "wechat", "api"]
-SessionKind = Literal["web", "api", "setup"]
 
 _hasher = PasswordHasher()  # argon2id with the library's current parameters
 # Verified against when the username does not exist, so that a wrong username and a wrong
@@ -73,20 +71,12 @@ def locked_until(failures: Sequence[datetime], now: datetime) -> datetime | None
     return recent[-MAX_FAILURES] + LOCK_WINDOW  # the count drops below MAX_FAILURES then
 
 
-def new_secret() -> str:
-    return secrets.token_urlsafe(32)
-
-
-@dataclass(frozen=True)
-class SignedIn:
-    user_id: int
-    token: str
-    csrf_token: str | None
-    expires_at: datetime
-
-
 _USER = """
 SELECT u.id, u.unit_id, u.status, u.password_hash FROM users u WHERE u.username = %(username)s
+"""
+_WECHAT_USER = "SELECT id, unit_id, username, status FROM users WHERE wechat_openid = %(o)s"
+_SET_PASSWORD = """
+UPDATE users SET password_hash = %s, password_changed_at = now(), version = version + 1 WHERE id = %s
 """
 _FAILURES = """
 SELECT ts FROM login_events
@@ -97,11 +87,6 @@ WHERE username = %(username)s AND NOT success AND reason IN ('bad_password', 'un
 _RECORD = """
 INSERT INTO login_events (user_id, unit_id, username, channel, success, reason, ip, user_agent)
 VALUES (%(user_id)s, %(unit_id)s, %(username)s, %(channel)s, %(success)s, %(reason)s, %(ip)s, %(ua)s)
-"""
-_NEW_SESSION = """
-INSERT INTO auth_sessions (token_hash, csrf_hash, user_id, kind, expires_at, ip, user_agent)
-VALUES (%(hash)s, %(csrf)s, %(user_id)s, %(kind)s, now() + %(ttl)s, %(ip)s, %(ua)s)
-RETURNING expires_at
 """
 
 
@@ -130,28 +115,6 @@ def record_login(
             "ua": (user_agent or "")[:300] or None,
         },
     )
-
-
-def open_session(
-    conn: psycopg.Connection, user_id: int, kind: SessionKind, ttl: timedelta, ip: str | None, user_agent: str | None
-) -> SignedIn:
-    token = new_secret()
-    csrf = new_secret() if kind == "web" else None
-    row = fetch_one(
-        conn,
-        _NEW_SESSION,
-        {
-            "hash": token_hash(token),
-            "csrf": token_hash(csrf) if csrf else None,
-            "user_id": user_id,
-            "kind": kind,
-            "ttl": ttl,
-            "ip": ip,
-            "ua": (user_agent or "")[:300] or None,
-        },
-    )
-    assert row is not None
-    return SignedIn(user_id, token, csrf, row["expires_at"])
 
 
 def check_password(
@@ -244,9 +207,75 @@ def sign_in(
     return open_session(conn, user["id"], kind, ttl, ip, user_agent)
 
 
-def revoke_sessions(conn: psycopg.Connection, user_id: int, *, except_session: int | None = None) -> None:
-    conn.execute(
-        """UPDATE auth_sessions SET revoked_at = now()
-           WHERE user_id = %s AND revoked_at IS NULL AND id IS DISTINCT FROM %s""",
-        (user_id, except_session),
+def sign_in_wechat(
+    conn: psycopg.Connection, *, openid: str, ttl: timedelta, ip: str | None, user_agent: str | None
+) -> SignedIn:
+    """Open a web session for the account bound to the WeChat user ``openid`` (recorded as a
+    sign-in on the WeChat channel). ``openid`` comes from the server-side code exchange
+    (:func:`registry.wechat.openid_for_code`), never from the client."""
+    user = fetch_one(conn, _WECHAT_USER, {"o": openid})
+    if user is None:
+        raise Refused(401, "wechat_not_bound", "该微信尚未绑定账号：请先用用户名和密码登录，在“我的”中绑定微信")
+    common: dict[str, Any] = {
+        "username": user["username"],
+        "user_id": user["id"],
+        "unit_id": user["unit_id"],
+        "channel": "wechat",
+        "ip": ip,
+        "user_agent": user_agent,
+    }
+    if user["status"] != "active":
+        record_login(conn, success=False, reason="closed", **common)
+        conn.commit()
+        raise Refused(403, "account_closed", "该账号已关闭或注销，请联系管理单位")
+    record_login(conn, success=True, reason=None, **common)
+    return open_session(conn, user["id"], "web", ttl, ip, user_agent)
+
+
+def set_password(conn: psycopg.Connection, user_id: int, password: str) -> None:
+    """Store a new password's hash (the caller has checked it with :func:`password_problem`)."""
+    conn.execute(_SET_PASSWORD, (hash_password(password), user_id))
+
+
+def change_password(
+    conn: psycopg.Connection,
+    *,
+    user_id: int,
+    username: str,
+    current: str,
+    new: str,
+    channel: Channel,
+    session_id: int,
+    ip: str | None,
+    user_agent: str | None,
+) -> None:
+    """A user changes their own password: the current one is checked like a sign-in (lock-out
+    included), and every other session of theirs ends — the one in use (``session_id``) stays."""
+    check_password(
+        conn,
+        username=username,
+        password=current,
+        channel=channel,
+        ip=ip,
+        user_agent=user_agent,
+        bad=Refused(403, "bad_credentials", "当前密码不正确"),
     )
+    if problem := password_problem(new, username):
+        raise invalid(problem)
+    set_action(conn, "user.password")
+    set_password(conn, user_id, new)
+    revoke_sessions(conn, user_id, except_session=session_id)
+
+
+def set_up_password(conn: psycopg.Connection, token: str, new: str) -> None:
+    """A new user sets their first password with the one-time link Form 5 (or the platform) gave
+    them; the link is then used up. The user is the actor of the audit rows, not signed in yet."""
+    link = claim_setup_token(conn, token)
+    if link is None:
+        raise Refused(401, "setup_token_invalid", "设置密码的链接无效、已使用或已过期，请联系管理单位重新生成")
+    if problem := password_problem(new, link["username"]):
+        raise invalid(problem)
+    set_actor(conn, link["user_id"])
+    set_action(conn, "user.password_setup")
+    set_password(conn, link["user_id"], new)
+    revoke_session(conn, link["id"])

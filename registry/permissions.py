@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import get_args
 
+from coldchain.core.errors import forbidden
 from coldchain.core.terms import Level, Role
 
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -69,3 +70,9 @@ def may_manage_user(actor: Actor, role: Role, unit: UnitRef) -> bool:
 def may_write(actor: Actor) -> bool:
     """Supervisors inspect and analysts read; only administrators change data (RS1)."""
     return actor.role in WRITER_ROLES
+
+
+def require_may_write(actor: Actor) -> None:
+    """Refuse a read-only role's write (403), with the one message every write answers it with."""
+    if not may_write(actor):
+        raise forbidden("只读角色（督导、分析员）不能修改数据")

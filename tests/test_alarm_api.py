@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from alarms.engine import PassStats, evaluate_compartments, new_link
+from alarms.engine import PassStats, evaluate_compartments
+from alarms.life import new_link
 from coldchain.core import db
 from coldchain.core.settings import load_settings
 

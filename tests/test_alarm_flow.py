@@ -50,7 +50,7 @@ from fakewecom import FakeWecom
 
 from alarms.delivery import deliver
 from alarms.engine import check_silence, escalate, evaluate_compartments
-from api.routes.alarms import acknowledge
+from alarms.life import acknowledge
 from coldchain.core import db
 
 UNIT_T1 = "电子城街道社区卫生服务中心"

@@ -1,4 +1,4 @@
-"""The pure alarm rules (alarms/rules.py): every rule at its exact boundary, the flapping and gap
+"""The pure alarm rules (alarms/rules/): every rule at its exact boundary, the flapping and gap
 cases the issue names, restarts through the JSON state, redelivery and late uploads. No servers."""
 
 from __future__ import annotations

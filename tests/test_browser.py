@@ -10,7 +10,7 @@ from alarmhelp import add_readings
 from apihelp import World, live_server
 from browserhelp import browser_page, require_browser, sign_in
 
-from alarms.engine import new_link
+from alarms.life import new_link
 from analytics.aggregates import refresh_aggregates
 from coldchain.core import db
 from coldchain.core.terms import BEIJING

@@ -17,7 +17,7 @@ import pytest
 from apihelp import PASSWORD, World, live_server
 from ledgerhelp import build_catalogue
 
-from alarms.engine import new_link
+from alarms.life import new_link
 from coldchain.core import db
 
 API = "/api/v1"

@@ -1,5 +1,5 @@
 """Excursion spans (sql/migrations/0009_excursions.sql): materialised out-of-range time must equal
-the rule stated in Python (inventory.trace.out_of_range_minutes) whatever arrives late, whatever the
+the rule stated in Python (inventory.exposure.out_of_range_minutes) whatever arrives late, whatever the
 refresh boundaries, across a probe moved to another compartment and a change of limits — and the
 TimescaleDB path must store the very same spans."""
 
@@ -18,7 +18,8 @@ from analytics.aggregates import refresh_aggregates
 from coldchain.core import db
 from coldchain.core.migrate import migrate
 from ingest.store import MOVE_READINGS, STAGE_DDL
-from inventory.trace import Interval, Segment, out_of_range_minutes, temperatures
+from inventory.custody import Interval
+from inventory.exposure import Segment, out_of_range_minutes, temperatures
 
 T0 = datetime(2026, 3, 1, 15, 2, 11, tzinfo=UTC)
 

@@ -2,7 +2,7 @@
 of the lot is conserved across all units and transit, no balance or reservation ever goes below zero,
 and every refusal is the ledger saying "not enough stock", never a lost or doubled update.
 
-The bookings run through :mod:`inventory.ledger` on their own connections and transactions, as the
+The bookings run through the inventory domain's booking modules on their own connections and transactions, as the
 API's worker threads do, so the races are the database's real ones.
 """
 
@@ -19,7 +19,8 @@ from apihelp import World
 from ledgerhelp import Catalogue, build_catalogue
 
 from coldchain.core import db
-from inventory import ledger
+from coldchain.core.errors import Refused
+from inventory import outgoing, receipts, requests, transfers
 
 START = 1000
 
@@ -30,7 +31,7 @@ def test_concurrent_bookings_conserve_stock_and_never_go_negative(world: World) 
     u, users = world.units, world.users
     now = datetime.now(UTC)
     with db.connect(world.url) as conn:
-        ledger.receive(conn, users["ba_P"], u["C1"], [ledger.ReceiptLine(lot, START)], now, "配送中心")
+        receipts.receive(conn, users["ba_P"], u["C1"], [receipts.ReceiptLine(lot, START)], now, "配送中心")
         conn.commit()
 
     outcomes: Counter[str] = Counter()
@@ -54,7 +55,7 @@ def test_concurrent_bookings_conserve_stock_and_never_go_negative(world: World) 
                         outcomes["insufficient"] += 1
                     return
                 raise
-            except ledger.LedgerError as exc:
+            except Refused as exc:
                 with lock:
                     outcomes[exc.code] += 1
                 return
@@ -62,11 +63,11 @@ def test_concurrent_bookings_conserve_stock_and_never_go_negative(world: World) 
 
     def issue_down(conn: psycopg.Connection) -> str:
         dst = random.choice([u["K1"], u["T1"]])
-        ledger.transfer_directly(conn, users["ba_C1"], u["C1"], dst, lot, random.randint(5, 40), datetime.now(UTC))
+        outgoing.transfer_directly(conn, users["ba_C1"], u["C1"], dst, lot, random.randint(5, 40), datetime.now(UTC))
         return "issued"
 
     def request_sideways(conn: psycopg.Connection) -> str:
-        ledger.transfer_directly(
+        outgoing.transfer_directly(
             conn, users["ba_C1"], u["C1"], u["C2"], lot, random.randint(5, 40), datetime.now(UTC), reason="调剂"
         )
         return "requested"
@@ -78,7 +79,7 @@ def test_concurrent_bookings_conserve_stock_and_never_go_negative(world: World) 
         if row is None:
             return "nothing_to_decide"
         approve = random.random() < 0.7
-        ledger.decide_request(conn, users["ba_P"], row[0], approve, None if approve else "不同意", datetime.now(UTC))
+        requests.decide_request(conn, users["ba_P"], row[0], approve, None if approve else "不同意", datetime.now(UTC))
         return "approved" if approve else "refused"
 
     def receive_one(conn: psycopg.Connection) -> str:
@@ -90,7 +91,7 @@ def test_concurrent_bookings_conserve_stock_and_never_go_negative(world: World) 
             return "nothing_to_receive"
         rejected = random.choice([0, 0, 1])
         receiver = {u[k]: f"ba_{k}" for k in ("C1", "K1", "T1", "C2")}[row[1]]
-        ledger.receive_transfer(
+        transfers.receive_transfer(
             conn,
             users[receiver],
             row[0],
@@ -102,7 +103,7 @@ def test_concurrent_bookings_conserve_stock_and_never_go_negative(world: World) 
         return "received"
 
     def k1_returns(conn: psycopg.Connection) -> str:
-        ledger.transfer_directly(
+        outgoing.transfer_directly(
             conn, users["ba_K1"], u["K1"], u["C1"], lot, random.randint(1, 10), datetime.now(UTC), reason="退回"
         )
         return "return_requested"

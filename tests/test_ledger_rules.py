@@ -9,6 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from inventory.analysis import stock_status, wastage
+from inventory.custody import Movement, code_custody, lot_custody
+from inventory.exposure import out_of_range_minutes
 from inventory.rules import (
     Node,
     RuleError,
@@ -19,7 +21,6 @@ from inventory.rules import (
     transfer_route,
     vials_needed,
 )
-from inventory.trace import Movement, code_custody, lot_custody, out_of_range_minutes
 
 # P ─┬─ C1 ─┬─ K1 ─┬─ T1
 #    │      │      └─ T1b

@@ -62,3 +62,37 @@ def test_stock_page_shows_levels_expiry_and_findings(world: World) -> None:
         outside = client.get("/stock", params={"unit_id": world.units["C1"]})
         assert outside.status_code == 404 and "不在您的辖区内" in outside.text
         assert client.get("/stock", params={"month": "2026-13"}).status_code == 422
+
+
+def test_stock_page_lists_every_expiring_balance_however_many(world: World) -> None:
+    """The near-expiry list is filtered in SQL over the unit's subtree, not a page of the API list
+    filtered afterwards: one more balance than the API's largest page (5 000) is still all listed."""
+    cat = build_catalogue(world)
+    soon = date.today() + timedelta(days=30)
+    many = 5001
+    with db.connect(world.url) as conn:
+        conn.execute(
+            """INSERT INTO lots (spec_id, lot_no, production_date, expiry_date, release_no, unit_id, entered_by)
+               SELECT %s, 'CAP' || lpad(g::text, 5, '0'), '2024-01-01', %s, 'SJCAP' || g, %s, %s
+               FROM generate_series(1, %s) g""",
+            (cat.specs["hepb"], soon, world.units["P"], world.users["ba_P"], many),
+        )
+        conn.execute(
+            """SELECT cc_post_movement(p_kind => 'receipt', p_unit => %s, p_lot => id, p_quantity => 2,
+                                       p_occurred => now(), p_user => %s, p_supplier => '配送中心')
+               FROM lots WHERE lot_no LIKE 'CAP%%' ORDER BY id""",
+            (world.units["P"], world.users["ba_P"]),
+        )
+        expected = conn.execute(
+            """SELECT count(*), sum(b.on_hand) FROM stock_balances b JOIN lots l ON l.id = b.lot_id
+               WHERE b.on_hand > 0 AND l.expiry_date < %s""",
+            (date.today() + timedelta(days=90),),
+        ).fetchone()
+        conn.commit()
+    assert expected == (many, 2 * many)
+    with api_client(world.url) as client:
+        web_session(client, "ba_P")
+        page = client.get("/stock")
+        assert page.status_code == 200, page.text
+        near_table = page.text[page.text.index('id="near-expiry"') : page.text.index('id="stock-findings"')]
+        assert near_table.count("<td>CAP") == many

@@ -262,7 +262,8 @@ def test_piecewise_temperatures_equal_the_raw_readings_for_any_boundaries(world:
     import random
 
     from analytics.aggregates import refresh_aggregates
-    from inventory.trace import Interval, Segment, out_of_range_minutes, temperatures
+    from inventory.custody import Interval
+    from inventory.exposure import Segment, out_of_range_minutes, temperatures
 
     rng = random.Random(24)
     probe, fridge = world.probes["208601"], world.compartments["T2/冷藏"]

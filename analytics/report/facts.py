@@ -1,7 +1,7 @@
 """The facts of one report: what the SQL gathers for a unit's subtree and a month, as frames.
 
 Nothing here decides a figure; :mod:`analytics.report.maths` does. Reading cost is kept down the
-way the lot trace does it (``inventory/trace.py``): the hourly aggregate is read once with
+way the lot trace does it (``inventory/exposure.py``): the hourly aggregate is read once with
 constant bounds (a join condition would not reach through the plain path's materialised ∪ live
 view), and raw readings only for the hours an aggregate shows crossing a limit and for partial
 edge hours.
@@ -23,7 +23,7 @@ from analytics.report import maths, tables
 from analytics.report.maths import Period, Piece, PieceFigures
 from coldchain.core.db import fetch_all, fetch_one
 from coldchain.core.terms import BEIJING
-from inventory.trace import MAX_GAP as HOLD_MAX
+from inventory.exposure import MAX_GAP as HOLD_MAX
 
 _UNIT = "SELECT id, code, name, level FROM units WHERE id = %(unit)s"
 

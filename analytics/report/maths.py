@@ -15,7 +15,7 @@ Definitions (the README's section on the report quotes them):
 * **Data completeness** — readings received ÷ readings expected, capped at 100 %; none when the
   device had no probe bound (nothing could be expected).
 * **Hours out of range** — exact, not estimated from aggregates: each reading holds until the next
-  one, for at most 30 minutes (:data:`inventory.trace.MAX_GAP`, the lot trace's definition, so a
+  one, for at most 30 minutes (:data:`inventory.exposure.MAX_GAP`, the lot trace's definition, so a
   vaccine's trace and its fridge's report agree); out of range means strictly outside the limits
   the alarm rules use. Only the hours whose hourly aggregate crosses a limit (plus the hour after,
   into which a reading can hold) and partial edge hours are read reading by reading. A device's
@@ -40,8 +40,8 @@ from typing import Any
 import polars as pl
 
 from coldchain.core.terms import BEIJING, current_month, next_month
-from inventory.trace import MAX_GAP as HOLD_MAX
-from inventory.trace import out_of_range_minutes
+from inventory.exposure import MAX_GAP as HOLD_MAX
+from inventory.exposure import out_of_range_minutes
 
 READING_INTERVAL = timedelta(seconds=60)
 """Nominal reading interval of a probe: the gateways (and ``coldchain simulate``, ``--interval 60``)

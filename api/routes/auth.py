@@ -1,4 +1,8 @@
-"""Sign-in routes: a session cookie for the web pages, a bearer token for API clients."""
+"""Sign-in routes: a session cookie for the web pages, a bearer token for API clients.
+
+The rules — lock-out, password checks, sessions — are :mod:`registry.auth` and
+:mod:`registry.sessions`; here are the cookies and the client's address.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser, set_action
+from api.deps import CSRF_COOKIE, SESSION_COOKIE, Conn, CurrentUser
 from api.readonly import open_to_read_only
-from coldchain.core.db import fetch_one
-from coldchain.core.errors import Refused, invalid
-from coldchain.core.tokens import token_hash
-from registry.auth import (
-    SETUP_TOKEN_TTL,
-    check_password,
-    hash_password,
-    open_session,
-    password_problem,
-    record_login,
-    revoke_sessions,
-    sign_in,
-)
+from registry.auth import change_password as change_own_password
+from registry.auth import set_up_password, sign_in, sign_in_wechat
+from registry.sessions import revoke_session
 from registry.wechat import openid_for_code
 
 router = APIRouter(prefix="/auth", tags=["登录"])
@@ -113,23 +107,7 @@ def wechat_sign_in(body: WechatCode, request: Request, response: Response, conn:
     settings = request.app.state.settings
     openid = openid_for_code(settings, body.code)
     ip, ua = _client(request)
-    user = fetch_one(conn, "SELECT id, unit_id, username, status FROM users WHERE wechat_openid = %(o)s", {"o": openid})
-    if user is None:
-        raise Refused(401, "wechat_not_bound", "该微信尚未绑定账号：请先用用户名和密码登录，在“我的”中绑定微信")
-    common = {
-        "username": user["username"],
-        "user_id": user["id"],
-        "unit_id": user["unit_id"],
-        "channel": "wechat",
-        "ip": ip,
-        "user_agent": ua,
-    }
-    if user["status"] != "active":
-        record_login(conn, success=False, reason="closed", **common)
-        conn.commit()
-        raise Refused(403, "account_closed", "该账号已关闭或注销，请联系管理单位")
-    record_login(conn, success=True, reason=None, **common)
-    signed = open_session(conn, user["id"], "web", timedelta(hours=settings.session_hours), ip, ua)
+    signed = sign_in_wechat(conn, openid=openid, ttl=timedelta(hours=settings.session_hours), ip=ip, user_agent=ua)
     _set_session_cookies(response, settings, signed.token, signed.csrf_token or "")
     return {"user_id": signed.user_id, "expires_at": signed.expires_at, "csrf_token": signed.csrf_token}
 
@@ -163,7 +141,7 @@ def token_sign_in(body: Credentials, request: Request, conn: Conn) -> dict[str, 
     openapi_extra=open_to_read_only("本人操作：作废自己的会话"),
 )
 def sign_out(principal: CurrentUser, response: Response, conn: Conn) -> Response:
-    conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = %s", (principal.session_id,))
+    revoke_session(conn, principal.session_id)
     response.status_code = 204
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
@@ -184,23 +162,17 @@ class PasswordChange(BaseModel):
 )
 def change_password(body: PasswordChange, request: Request, principal: CurrentUser, conn: Conn) -> Response:
     ip, ua = _client(request)
-    check_password(
+    change_own_password(
         conn,
+        user_id=principal.user_id,
         username=principal.username,
-        password=body.current_password,
+        current=body.current_password,
+        new=body.new_password,
         channel="web" if principal.via == "cookie" else "api",
+        session_id=principal.session_id,
         ip=ip,
         user_agent=ua,
-        bad=Refused(403, "bad_credentials", "当前密码不正确"),
     )
-    if problem := password_problem(body.new_password, principal.username):
-        raise invalid(problem)
-    set_action(conn, "user.password")
-    conn.execute(
-        "UPDATE users SET password_hash = %s, password_changed_at = now(), version = version + 1 WHERE id = %s",
-        (hash_password(body.new_password), principal.user_id),
-    )
-    revoke_sessions(conn, principal.user_id, except_session=principal.session_id)
     return Response(status_code=204)
 
 
@@ -217,26 +189,5 @@ class PasswordSetup(BaseModel):
     openapi_extra=open_to_read_only("尚未认证：凭一次性令牌设置自己的初始密码"),
 )
 def setup_password(body: PasswordSetup, conn: Conn) -> Response:
-    row = fetch_one(
-        conn,
-        """SELECT s.id, u.id AS user_id, u.username FROM auth_sessions s JOIN users u ON u.id = s.user_id
-           WHERE s.token_hash = %(hash)s AND s.kind = 'setup' AND s.revoked_at IS NULL AND s.expires_at > now()
-             AND u.status = 'active'
-           FOR UPDATE OF s""",
-        {"hash": token_hash(body.token)},
-    )
-    if row is None:
-        raise Refused(401, "setup_token_invalid", "设置密码的链接无效、已使用或已过期，请联系管理单位重新生成")
-    if problem := password_problem(body.new_password, row["username"]):
-        raise invalid(problem)
-    conn.execute("SELECT set_config('coldchain.actor_id', %s, true)", (str(row["user_id"]),))
-    set_action(conn, "user.password_setup")
-    conn.execute(
-        "UPDATE users SET password_hash = %s, password_changed_at = now(), version = version + 1 WHERE id = %s",
-        (hash_password(body.new_password), row["user_id"]),
-    )
-    conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = %s", (row["id"],))
+    set_up_password(conn, body.token, body.new_password)
     return Response(status_code=204)
-
-
-__all__ = ["SETUP_TOKEN_TTL", "router"]

@@ -3,7 +3,8 @@
 Adding, closing, deleting or changing a user is not here: every such change goes through Form 5
 (UM2) and is carried out, when the form is filed, by the system administrator UM1 names
 (:func:`registry.permissions.may_manage_user`). What stays here is a user's own WeChat binding
-(CM15) and the three levels of alarm responsibility per unit.
+(CM15) and the three levels of alarm responsibility per unit. The queries are
+:mod:`registry.users` and :mod:`registry.responsibles`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Conn, CurrentUser, require_unit_in_scope, require_writer, set_action
+from api.deps import Conn, CurrentUser, require_filter_in_scope, require_unit_in_scope, require_writer
 from api.readonly import open_to_read_only
-from coldchain.core.db import fetch_all, fetch_one
-from coldchain.core.errors import conflict, invalid, not_found
+from coldchain.core.errors import not_found
+from registry import responsibles as unit_responsibles
+from registry import users
 from registry.wechat import openid_for_code
 
 router = APIRouter(tags=["用户"])
@@ -39,26 +41,9 @@ class UserOut(BaseModel):
     version: int
 
 
-_USER_COLUMNS = """
-u.id, u.username, u.real_name, u.phone, u.email, u.unit_id, n.name AS unit_name, u.role, u.department, u.status,
-u.wechat_openid IS NOT NULL AS wechat_bound, u.created_at, u.version
-"""
-_IN_SCOPE = "u.unit_id IN (SELECT descendant_id FROM unit_tree WHERE ancestor_id = %(scope)s)"
-_LIST = f"""
-SELECT {_USER_COLUMNS} FROM users u JOIN units n ON n.id = u.unit_id
-WHERE {_IN_SCOPE}
-  AND (%(unit)s::bigint IS NULL OR u.unit_id = %(unit)s)
-  AND (%(role)s::text IS NULL OR u.role = %(role)s)
-  AND (%(status)s::text IS NULL OR u.status = %(status)s)
-ORDER BY n.code, u.username
-LIMIT %(limit)s OFFSET %(offset)s
-"""  # noqa: S608 — constant SQL fragments, parameters bound
-_ONE = f"SELECT {_USER_COLUMNS} FROM users u JOIN units n ON n.id = u.unit_id WHERE u.id = %(id)s AND {_IN_SCOPE}"  # noqa: S608 — constant SQL fragments, parameters bound
-
-
 @router.get("/users/me", response_model=UserOut, summary="当前登录用户")
 def me(principal: CurrentUser, conn: Conn) -> dict[str, Any]:
-    row = fetch_one(conn, _ONE, {"id": principal.user_id, "scope": principal.unit_id})
+    row = users.get_user(conn, principal.actor.unit, principal.user_id)
     assert row is not None
     return row
 
@@ -73,18 +58,15 @@ def list_users(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=10**6)] = 0,
 ) -> list[dict[str, Any]]:
-    if unit_id is not None:
-        require_unit_in_scope(conn, principal, unit_id)
-    return fetch_all(
-        conn,
-        _LIST,
-        {"scope": principal.unit_id, "unit": unit_id, "role": role, "status": status, "limit": limit, "offset": offset},
+    require_filter_in_scope(conn, principal, unit_id)
+    return users.list_users(
+        conn, principal.actor.unit, unit_id=unit_id, role=role, status=status, limit=limit, offset=offset
     )
 
 
 @router.get("/users/{user_id}", response_model=UserOut, summary="用户详情")
 def get_user(user_id: Annotated[int, Field(ge=1, le=2**62)], principal: CurrentUser, conn: Conn) -> dict[str, Any]:
-    row = fetch_one(conn, _ONE, {"id": user_id, "scope": principal.unit_id})
+    row = users.get_user(conn, principal.actor.unit, user_id)
     if row is None:
         raise not_found("用户")
     return row
@@ -103,18 +85,7 @@ class WechatBinding(BaseModel):
 )
 def bind_wechat(body: WechatBinding, request: Request, principal: CurrentUser, conn: Conn) -> Response:
     openid = openid_for_code(request.app.state.settings, body.code)
-    taken = fetch_one(
-        conn,
-        "SELECT id FROM users WHERE wechat_openid = %(o)s AND id <> %(id)s",
-        {"o": openid, "id": principal.user_id},
-    )
-    if taken:
-        raise conflict("wechat_taken", "该微信已绑定其他账号，请先在原账号解除绑定")
-    set_action(conn, "user.wechat_bind")
-    conn.execute(
-        "UPDATE users SET wechat_openid = %s, wechat_bound_at = now(), version = version + 1 WHERE id = %s",
-        (openid, principal.user_id),
-    )
+    users.bind_wechat(conn, principal.user_id, openid)
     return Response(status_code=204)
 
 
@@ -125,11 +96,7 @@ def bind_wechat(body: WechatBinding, request: Request, principal: CurrentUser, c
     openapi_extra=open_to_read_only("本人操作：解除自己的微信绑定"),
 )
 def unbind_wechat(principal: CurrentUser, conn: Conn) -> Response:
-    set_action(conn, "user.wechat_unbind")
-    conn.execute(
-        "UPDATE users SET wechat_openid = NULL, wechat_bound_at = NULL, version = version + 1 WHERE id = %s",
-        (principal.user_id,),
-    )
+    users.unbind_wechat(conn, principal.user_id)
     return Response(status_code=204)
 
 
@@ -153,19 +120,12 @@ class ResponsiblesIn(BaseModel):
     level3: Annotated[list[Annotated[int, Field(ge=1, le=2**62)]], Field(min_length=1, max_length=10)]
 
 
-_RESPONSIBLES = """
-SELECT r.level, u.id AS user_id, u.username, u.real_name, u.phone, u.wechat_openid IS NOT NULL AS wechat_bound
-FROM unit_responsibles r JOIN users u ON u.id = r.user_id
-WHERE r.unit_id = %(unit)s ORDER BY r.level, u.username
-"""
-
-
 @router.get("/units/{unit_id}/responsibles", response_model=list[Responsible], summary="单位三级负责人")
 def responsibles(
     unit_id: Annotated[int, Field(ge=1, le=2**62)], principal: CurrentUser, conn: Conn
 ) -> list[dict[str, Any]]:
     require_unit_in_scope(conn, principal, unit_id)
-    return fetch_all(conn, _RESPONSIBLES, {"unit": unit_id})
+    return unit_responsibles.responsibles(conn, unit_id)
 
 
 @router.put("/units/{unit_id}/responsibles", response_model=list[Responsible], summary="设置单位三级负责人")
@@ -175,23 +135,4 @@ def set_responsibles(
     require_unit_in_scope(conn, principal, unit_id)
     require_writer(principal)
     wanted = [(1, u) for u in body.level1] + [(2, u) for u in body.level2] + [(3, u) for u in body.level3]
-    ids = sorted({u for _, u in wanted})
-    found = fetch_all(
-        conn,
-        "SELECT id FROM users WHERE id = ANY(%(ids)s) AND unit_id = %(unit)s AND status = 'active'",
-        {"ids": ids, "unit": unit_id},
-    )
-    missing = sorted(set(ids) - {r["id"] for r in found})
-    if missing:
-        raise invalid(
-            f"负责人必须是本单位的在用账号：用户 {', '.join(map(str, missing))} 不符合", {"user_ids": missing}
-        )
-    set_action(conn, "unit.responsibles")
-    conn.execute("SELECT 1 FROM units WHERE id = %s FOR UPDATE", (unit_id,))
-    conn.execute("DELETE FROM unit_responsibles WHERE unit_id = %s", (unit_id,))
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO unit_responsibles (unit_id, level, user_id) VALUES (%s, %s, %s)",
-            [(unit_id, lvl, uid) for lvl, uid in wanted],
-        )
-    return fetch_all(conn, _RESPONSIBLES, {"unit": unit_id})
+    return unit_responsibles.replace_responsibles(conn, unit_id, wanted)

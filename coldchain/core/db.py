@@ -4,6 +4,10 @@ One place opens connections, so that every connection carries an application nam
 ``pg_stat_activity`` when an analyst asks "who is holding this lock?") and the session time zone
 is UTC: values are stored as timestamptz and the code does its own Asia/Shanghai conversion
 where a day or month is meant, so the server's zone setting never changes a figure.
+
+The audit naming (:func:`set_actor`, :func:`set_action`) and the optimistic-concurrency update
+(:func:`update_versioned`) are here too, because every domain writes through them: a domain must
+be able to name what it does without importing the web layer.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
+
+from coldchain.core.errors import Refused
 
 StoragePath = Literal["timescaledb", "postgresql"]
 
@@ -74,6 +80,46 @@ def fetch_one(
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)  # type: ignore[arg-type]
         return cur.fetchone()
+
+
+def set_actor(conn: psycopg.Connection, user_id: int) -> None:
+    """Name the acting user for the audit triggers of migration 0004 (this transaction only)."""
+    conn.execute("SELECT set_config('coldchain.actor_id', %s, true)", (str(user_id),))
+
+
+def set_action(conn: psycopg.Connection, action: str) -> None:
+    """Name the business action for the audit rows this transaction writes (e.g. ``form3.apply``)."""
+    conn.execute("SELECT set_config('coldchain.action', %s, true)", (action,))
+
+
+def update_versioned(
+    conn: psycopg.Connection, table: str, row_id: int, version: int, changes: Mapping[str, Any], what: str
+) -> dict[str, Any]:
+    """Optimistic concurrency: the update applies only to the version the client read.
+
+    Two administrators editing the same device: the second UPDATE waits for the first's row lock,
+    then finds the version moved on and matches nothing — a clear 409, never a lost update.
+    ``table`` is a caller's constant; ``changes`` keys are model field names (``extra="forbid"``
+    models), quoted as identifiers."""
+    if not changes:
+        raise Refused(422, "invalid", "没有需要修改的字段")
+    assignments = sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in changes)
+    query = sql.SQL(
+        "UPDATE {} SET {}, version = version + 1 WHERE id = %(_id)s AND version = %(_version)s RETURNING *"
+    ).format(sql.Identifier(table), assignments)
+    row = fetch_one(conn, query, {**changes, "_id": row_id, "_version": version})
+    if row is None:
+        current = fetch_one(
+            conn, sql.SQL("SELECT version FROM {} WHERE id = %(id)s").format(sql.Identifier(table)), {"id": row_id}
+        )
+        now = current["version"] if current else None
+        raise Refused(
+            409,
+            "version_conflict",
+            f"该{what}已被他人修改（当前版本 {now}，您提交的是版本 {version}），请刷新后重试",
+            details={"current_version": now, "your_version": version},
+        )
+    return row
 
 
 def with_database(url: str, dbname: str) -> str:

@@ -1,7 +1,7 @@
 """Demo vaccine catalogue and a month of ledger history on top of the demo province, so that the
 ledger, trace and analysis routes have something to show after ``./dev run``.
 
-Everything is booked through :mod:`inventory.ledger` exactly as users book it (receipts, transfers
+Everything is booked through the inventory domain exactly as users book it (receipts, transfers
 down the tree received into a compartment, vaccinations and the day's usage), backdated over the
 last month; nothing is written into the ledger tables directly. Product codes, GTINs and lot numbers
 are made up; names and specifications follow the national immunisation programme.
@@ -17,8 +17,9 @@ import psycopg
 
 from coldchain.core.db import connect, fetch_all, fetch_one
 from coldchain.core.terms import BEIJING
-from inventory import ledger
+from inventory import receipts, transfers, usage
 from inventory.codes import gtin_check_digit
+from inventory.lots import load_lot
 from inventory.rules import vials_needed
 
 # category, vaccine, programme, spec, doses per vial, reference wastage, 7-digit product identifier
@@ -98,8 +99,8 @@ def load_vaccines(url: str, seed: int = 20200106, now: datetime | None = None) -
             share = quantity // (len(kids) + 1)
             for k, kid in enumerate(kids):
                 shipped = at + timedelta(hours=2 + k % 6)
-                t = ledger.ship(conn, writer[unit], "issue", unit, kid, lot, share, shipped)
-                ledger.receive_transfer(
+                t = transfers.ship(conn, writer[unit], "issue", unit, kid, lot, share, shipped)
+                transfers.receive_transfer(
                     conn, writer[kid], t["id"], share, 0, shipped + timedelta(hours=5), compartment_id=store.get(kid)
                 )
                 moves += 2
@@ -107,11 +108,11 @@ def load_vaccines(url: str, seed: int = 20200106, now: datetime | None = None) -
 
         for lot in lots:
             size = 40 * len(tree)
-            ledger.receive(
+            receipts.receive(
                 conn,
                 writer[province["id"]],
                 province["id"],
-                [ledger.ReceiptLine(lot, size, store.get(province["id"]))],
+                [receipts.ReceiptLine(lot, size, store.get(province["id"]))],
                 start,
                 "演示疫苗配送企业",
             )
@@ -147,17 +148,17 @@ def _vaccinate(
                 )
                 if held is None or held["on_hand"] < 3:
                     continue
-                info = ledger.load_lot(conn, lot)
+                info = load_lot(conn, lot)
                 doses = rng.randint(1, min(6, held["on_hand"]))
                 for n in range(doses):
                     at = datetime.combine(day, datetime.min.time(), BEIJING) + timedelta(hours=9, minutes=7 * n)
-                    ledger.record_vaccination(
+                    usage.record_vaccination(
                         conn, writer[site], site, at, f"DEMO{site:05d}{day:%m%d}{lot:03d}{n:02d}", lot_id=lot
                     )
                     done += 1
                 per_lot[lot] = min(held["on_hand"], vials_needed(doses, info["doses_per_vial"]))
             if per_lot:
-                ledger.book_day_usage(conn, writer[site], site, day, per_lot, now)
+                usage.book_day_usage(conn, writer[site], site, day, per_lot, now)
     return done
 
 
