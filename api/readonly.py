@@ -6,7 +6,7 @@ route runs — before its body is even validated — so no route can forget the 
 writes a read-only user may make are marked on the route with :func:`open_to_read_only` and the
 reason, which the OpenAPI document shows as ``x-read-only-roles``: signing in and out, their own
 password and WeChat binding, the link from a WeChat message (its token is the authority), and a
-scan lookup that is a POST only because of its body. ``tests/test_read_only_roles.py`` walks
+scan lookup that is a POST only because of its body. ``tests/api/test_read_only_roles.py`` walks
 the OpenAPI document and tries every other write as each read-only role.
 """
 

@@ -87,22 +87,31 @@ def build(probes: list[tuple[str, str, int]], n: int, start: datetime) -> tuple[
 async def publish(broker: str, messages: Sequence[Message], window: int = 1000) -> float:
     addr = parse_mqtt_url(broker)
     t0 = time.perf_counter()
-    async with aiomqtt.Client(addr.host, addr.port, identifier=f"bench-pub-{os.getpid()}",
-                              max_inflight_messages=window) as c:
+    async with aiomqtt.Client(
+        addr.host, addr.port, identifier=f"bench-pub-{os.getpid()}", max_inflight_messages=window
+    ) as c:
         c.pending_calls_threshold = window + 1  # a full window in flight is the point, not a warning
         for i in range(0, len(messages), window):
             await asyncio.gather(*(c.publish(t, p, qos=1) for t, p in messages[i : i + window]))
     return time.perf_counter() - t0
 
 
-def _v5(client_id: str, receive_maximum: int, broker: str,
-        queue_type: type[asyncio.Queue[aiomqtt.Message]] | None = None) -> aiomqtt.Client:
+def _v5(
+    client_id: str, receive_maximum: int, broker: str, queue_type: type[asyncio.Queue[aiomqtt.Message]] | None = None
+) -> aiomqtt.Client:
     addr = parse_mqtt_url(broker)
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
     props.ReceiveMaximum = receive_maximum
-    return aiomqtt.Client(addr.host, addr.port, identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5,
-                          clean_start=False, properties=props, queue_type=queue_type)
+    return aiomqtt.Client(
+        addr.host,
+        addr.port,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=props,
+        queue_type=queue_type,
+    )
 
 
 async def bare_subscriber(broker: str, messages: list[Message], receive_maximum: int) -> float:
@@ -216,7 +225,12 @@ async def ingester_live(url: str, broker: str, messages: list[Message], cfg: Ing
     t0 = time.perf_counter()
     # The publisher is a separate process so that it does not share the ingester's event loop.
     pub = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--publish-only", broker, str(len(messages)), stdin=asyncio.subprocess.PIPE,
+        sys.executable,
+        __file__,
+        "--publish-only",
+        broker,
+        str(len(messages)),
+        stdin=asyncio.subprocess.PIPE,
     )
     assert pub.stdin is not None
     pub.stdin.write(json.dumps([[t, p.decode()] for t, p in messages]).encode())
@@ -252,8 +266,14 @@ async def outage(seconds: float, broker: str, probes: list[tuple[str, str, int]]
     runtime = roles.with_role(url, roles.DEFAULT_RUNTIME_LOGIN)
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": runtime, "COLDCHAIN_MQTT_URL": broker}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "coldchain.cli", "ingest", "--client-id", "bench-outage",
-        env=env, stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "coldchain.cli",
+        "ingest",
+        "--client-id",
+        "bench-outage",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
     )
     peak = 0.0
     try:
@@ -316,12 +336,19 @@ async def main() -> None:
             probes = fleet(url)
             messages, rows = build(probes, args.messages, datetime.now(UTC) - timedelta(days=2))
             total = len(rows)
-            print(f"数据：{len(probes)} 个探头，{len(messages)} 条消息 × {READINGS_PER_MESSAGE} = {total} 条读数；"
-                  f"PostgreSQL {pg.source}，Mosquitto {broker.source}")
+            print(
+                f"数据：{len(probes)} 个探头，{len(messages)} 条消息 × {READINGS_PER_MESSAGE} = {total} 条读数；"
+                f"PostgreSQL {pg.source}，Mosquitto {broker.source}"
+            )
             runtime = roles.with_role(url, roles.DEFAULT_RUNTIME_LOGIN)
-            cfg = IngestConfig(runtime, parse_mqtt_url(broker.url), client_id=f"bench-ingest-{os.getpid()}",
-                               receive_maximum=args.receive_maximum, batch_messages=args.batch_messages,
-                               session_expiry=3600)
+            cfg = IngestConfig(
+                runtime,
+                parse_mqtt_url(broker.url),
+                client_id=f"bench-ingest-{os.getpid()}",
+                receive_maximum=args.receive_maximum,
+                batch_messages=args.batch_messages,
+                session_expiry=3600,
+            )
             a = await bare_subscriber(broker.url, messages, args.receive_maximum)
             print(f"(a) 裸 aiomqtt 订阅（async for 迭代，接收 + JSON 解码）：{a:10.0f} 读数/秒")
             a2 = await bare_handoff_subscriber(broker.url, messages, args.receive_maximum)

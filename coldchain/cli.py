@@ -203,8 +203,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         roles.warn_if_overprivileged(url, "api")
         app = create_app(settings, url)
         print(f"Web API：http://{host}:{port}/api/v1/docs", flush=True)
-        uvicorn.run(app, host=host, port=port, log_level="info" if args.verbose else "warning",
-                    proxy_headers=args.proxy_headers)
+        uvicorn.run(
+            app, host=host, port=port, log_level="info" if args.verbose else "warning", proxy_headers=args.proxy_headers
+        )
     return 0
 
 
@@ -216,11 +217,18 @@ def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
         url = database.url
         require_current(url)
         roles.warn_if_overprivileged(url, "scheduler")
-        intervals = Intervals(evaluate=args.evaluate_every, deliver=args.deliver_every,
-                              escalate=args.escalate_every, silence=args.silence_every)
-        print(f"定时任务：评估每 {intervals.evaluate:g} 秒，通知每 {intervals.deliver:g} 秒，"
-              f"升级每 {intervals.escalate:g} 秒；升级时限 {settings.escalation_steps}，"
-              f"提醒间隔 {settings.reminder_interval}", flush=True)
+        intervals = Intervals(
+            evaluate=args.evaluate_every,
+            deliver=args.deliver_every,
+            escalate=args.escalate_every,
+            silence=args.silence_every,
+        )
+        print(
+            f"定时任务：评估每 {intervals.evaluate:g} 秒，通知每 {intervals.deliver:g} 秒，"
+            f"升级每 {intervals.escalate:g} 秒；升级时限 {settings.escalation_steps}，"
+            f"提醒间隔 {settings.reminder_interval}",
+            flush=True,
+        )
         run(settings, url, intervals, args.duration)
     return 0
 
@@ -328,8 +336,18 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"Web API：{api_base}/docs （演示账号如 admin{PROVINCE_CODE}，密码 {DEMO_PASSWORD}）")
         if not args.no_simulate:
             children["网关模拟器"] = _child(
-                ["simulate", "--seed", str(args.seed), "--backfill", args.backfill, "--random-faults", "3",
-                 "--malformed-rate", "0.002"], env,
+                [
+                    "simulate",
+                    "--seed",
+                    str(args.seed),
+                    "--backfill",
+                    args.backfill,
+                    "--random-faults",
+                    "3",
+                    "--malformed-rate",
+                    "0.002",
+                ],
+                env,
             )
             print(f"网关模拟器：回填 {args.backfill}，随机故障 3 个，畸形消息 0.2%")
         # Last: its first no-data check comes one interval after the simulator's back-fill began.
@@ -411,10 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="MQTT 采集服务：读数入库（确认仅在提交之后）")
     ing.add_argument("--client-id", help="MQTT 客户端标识（默认 COLDCHAIN_INGEST_CLIENT_ID 或 coldchain-ingest）")
     ing.add_argument("--share-group", help="多实例分担负载的共享订阅组名（默认不共享）")
-    ing.add_argument("--health-port", type=_bounded_int(1, 65535), default=None,
-                     help="/healthz 与 /metrics 端口（默认不开启）")
-    ing.add_argument("--receive-maximum", type=_bounded_int(1, 65535), default=2000,
-                     help="代理可同时未确认下发的消息数（内存上限，1–65535）")
+    ing.add_argument(
+        "--health-port", type=_bounded_int(1, 65535), default=None, help="/healthz 与 /metrics 端口（默认不开启）"
+    )
+    ing.add_argument(
+        "--receive-maximum",
+        type=_bounded_int(1, 65535),
+        default=2000,
+        help="代理可同时未确认下发的消息数（内存上限，1–65535）",
+    )
     ing.add_argument("--batch-messages", type=_bounded_int(1, 100_000), default=500, help="每批写入的消息数上限")
     ing.set_defaults(func=cmd_ingest)
 
@@ -429,8 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     apip.set_defaults(func=cmd_api)
 
     sch = sub.add_parser("scheduler", help="定时任务：报警评估、升级、通知发送、聚合刷新（APScheduler）")
-    for name, default, what in (("evaluate-every", 1.0, "评估新读数"), ("deliver-every", 1.0, "发送通知"),
-                                ("escalate-every", 2.0, "检查报警升级"), ("silence-every", 15.0, "无数据与网关检查")):
+    for name, default, what in (
+        ("evaluate-every", 1.0, "评估新读数"),
+        ("deliver-every", 1.0, "发送通知"),
+        ("escalate-every", 2.0, "检查报警升级"),
+        ("silence-every", 15.0, "无数据与网关检查"),
+    ):
         sch.add_argument(f"--{name}", type=float, default=default, help=f"{what}的间隔秒数（默认 {default:g}）")
     sch.add_argument("--duration", type=float, default=None, help="运行若干秒后停止（测试、演示用）")
     sch.set_defaults(func=cmd_scheduler)

@@ -97,8 +97,13 @@ def build(settings: Settings, database_url: str, intervals: Intervals) -> tuple[
     # (a scheduler that was down at 02:00 catches up), keep every final month's report still missing.
     scheduler.add_job(
         job(REPORT_JOB, lambda c: generate_missing(c, datetime.now(UTC))),
-        "cron", hour=2, minute=0, id=REPORT_JOB, name=REPORT_JOB,
-        next_run_time=datetime.now(UTC) + timedelta(minutes=1), misfire_grace_time=3600,
+        "cron",
+        hour=2,
+        minute=0,
+        id=REPORT_JOB,
+        name=REPORT_JOB,
+        next_run_time=datetime.now(UTC) + timedelta(minutes=1),
+        misfire_grace_time=3600,
     )
     return scheduler, pool
 

@@ -1,5 +1,9 @@
 """Find or start the PostgreSQL server and MQTT broker the system needs.
 
+(Slightly over 500 lines on purpose: the two fallback chains share their Started/stop plumbing and
+read best side by side; splitting them would scatter one decision — which server to use — over
+two modules.)
+
 The run command and the test harness share this chain, so "it works on my machine" and "it works
 in CI" use the same servers. In order of preference:
 
@@ -135,9 +139,20 @@ def _ensure_system_user(name: str) -> None:
         raise RuntimeError(f"以 root 运行时需要系统用户 {name}，但本机没有 useradd 无法创建")
     nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin") if Path(p).exists()), "/bin/false")
     done = subprocess.run(
-        [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-         "--shell", nologin, name],
-        capture_output=True, text=True, check=False,
+        [
+            useradd,
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            nologin,
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0 and not _user_exists(name):  # another process may have just created it
         raise RuntimeError(f"无法创建系统用户 {name}：{done.stderr.strip()}")
@@ -157,8 +172,15 @@ def _run_logged(cmd: list[str], what: str, *, cwd: Path | None = None, timeout: 
     ``pg_ctl start`` leaves a server behind that could otherwise hold the pipe open."""
     with tempfile.TemporaryFile() as out:
         try:
-            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                  cwd=cwd, timeout=timeout, check=False)
+            done = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                timeout=timeout,
+                check=False,
+            )
             failed = f"退出码 {done.returncode}" if done.returncode != 0 else ""
         except subprocess.TimeoutExpired:
             failed = f"{timeout} 秒内没有结束"
@@ -175,9 +197,7 @@ def _run_logged(cmd: list[str], what: str, *, cwd: Path | None = None, timeout: 
 def _timescale_container() -> Started:
     from testcontainers.postgres import PostgresContainer
 
-    container = PostgresContainer(
-        TIMESCALE_IMAGE, username="postgres", password="postgres", dbname="postgres"
-    )
+    container = PostgresContainer(TIMESCALE_IMAGE, username="postgres", password="postgres", dbname="postgres")
     container.start()
     url = container.get_connection_url(driver=None)
     return Started(url, f"docker:{TIMESCALE_IMAGE}", container.stop)
@@ -254,8 +274,12 @@ def start_local_cluster(data_dir: Path, port: int | None = None) -> Started:
 
     def stop() -> None:
         try:
-            _run_logged(_as_postgres_user([pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "-t", "60",
-                                           "stop"]), "停止数据库", cwd=data_dir, timeout=90)
+            _run_logged(
+                _as_postgres_user([pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "-t", "60", "stop"]),
+                "停止数据库",
+                cwd=data_dir,
+                timeout=90,
+            )
         except RuntimeError as exc:
             log.warning("%s", exc)
 
@@ -267,20 +291,44 @@ def start_local_cluster(data_dir: Path, port: int | None = None) -> Started:
 
     if not (data_dir / "PG_VERSION").exists():
         _run_logged(
-            _as_postgres_user([str(bindir / "initdb"), "-D", str(data_dir), "-U", "postgres",
-                               "--auth=trust", "--encoding=UTF8", *_initdb_locale(), "--no-instructions"]),
-            "初始化数据库（initdb）", cwd=data_dir,
+            _as_postgres_user(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    *_initdb_locale(),
+                    "--no-instructions",
+                ]
+            ),
+            "初始化数据库（initdb）",
+            cwd=data_dir,
         )
     port = port or free_port()
     log_file = data_dir / "server.log"
     try:
         _run_logged(
-            _as_postgres_user([
-                pg_ctl, "-D", str(data_dir), "-l", str(log_file), "-w", "-t", "60",
-                "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
-                "start",
-            ]),
-            "启动数据库（pg_ctl start）", cwd=data_dir, timeout=90,
+            _as_postgres_user(
+                [
+                    pg_ctl,
+                    "-D",
+                    str(data_dir),
+                    "-l",
+                    str(log_file),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
+                    "start",
+                ]
+            ),
+            "启动数据库（pg_ctl start）",
+            cwd=data_dir,
+            timeout=90,
         )
     except RuntimeError as exc:
         server_log = ""
@@ -441,8 +489,9 @@ def start_mosquitto(work_dir: Path, port: int | None = None, extra_config: str =
         encoding="utf-8",
     )
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=log_file)
+        proc = subprocess.Popen(
+            [exe, "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file
+        )
     try:
         _wait_port("127.0.0.1", port, 15, proc)
     except RuntimeError as exc:
@@ -465,7 +514,8 @@ def start_amqtt(port: int | None = None) -> Started:
     _check_port_free(port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "coldchain.pybroker", "--port", str(port)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
     )
     try:
         _wait_port("127.0.0.1", port, 30, proc)

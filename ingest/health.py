@@ -53,9 +53,17 @@ class Metrics:
     def prometheus(self) -> str:
         lines: list[str] = []
         for name, value in self.as_dict().items():
-            kind = "counter" if isinstance(value, int) and not isinstance(value, bool) and name not in (
-                "pending_messages", "pending_peak",
-            ) else "gauge"
+            kind = (
+                "counter"
+                if isinstance(value, int)
+                and not isinstance(value, bool)
+                and name
+                not in (
+                    "pending_messages",
+                    "pending_peak",
+                )
+                else "gauge"
+            )
             metric = f"coldchain_ingest_{name}" + ("_total" if kind == "counter" else "")
             lines.append(f"# TYPE {metric} {kind}")
             lines.append(f"{metric} {float(value)}")
@@ -79,7 +87,8 @@ async def serve_health(metrics: Metrics, host: str, port: int) -> asyncio.Server
             data = body.encode()
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
-                f"Connection: close\r\n\r\n".encode() + data
+                f"Connection: close\r\n\r\n".encode()
+                + data
             )
             await writer.drain()
         except (TimeoutError, ConnectionError, IndexError):

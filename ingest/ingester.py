@@ -171,11 +171,16 @@ class Ingester:
                     # connects. On 3.1.1 the broker's own in-flight limit (max_inflight_messages)
                     # bounds our unacknowledged messages; acknowledgement after commit is unchanged.
                     self._protocol = (
-                        aiomqtt.ProtocolVersion.V311 if self._protocol is aiomqtt.ProtocolVersion.V5
+                        aiomqtt.ProtocolVersion.V311
+                        if self._protocol is aiomqtt.ProtocolVersion.V5
                         else aiomqtt.ProtocolVersion.V5
                     )
-                    log.warning("无法连接 MQTT 代理（%s），%.1f 秒后改用 MQTT %s 重试", exc, delay,
-                                "3.1.1" if self._protocol is aiomqtt.ProtocolVersion.V311 else "5")
+                    log.warning(
+                        "无法连接 MQTT 代理（%s），%.1f 秒后改用 MQTT %s 重试",
+                        exc,
+                        delay,
+                        "3.1.1" if self._protocol is aiomqtt.ProtocolVersion.V311 else "5",
+                    )
                 else:
                     log.warning("MQTT 连接中断或无法连接（%s），%.1f 秒后重连", exc, delay)
             finally:
@@ -209,13 +214,20 @@ class Ingester:
             props.SessionExpiryInterval = self.config.session_expiry
             props.ReceiveMaximum = self.config.receive_maximum
             client = aiomqtt.Client(
-                self.config.mqtt.host, self.config.mqtt.port, protocol=aiomqtt.ProtocolVersion.V5,
-                clean_start=False, properties=props, **common,
+                self.config.mqtt.host,
+                self.config.mqtt.port,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=False,
+                properties=props,
+                **common,
             )
         else:
             client = aiomqtt.Client(
-                self.config.mqtt.host, self.config.mqtt.port, protocol=aiomqtt.ProtocolVersion.V311,
-                clean_session=False, **common,
+                self.config.mqtt.host,
+                self.config.mqtt.port,
+                protocol=aiomqtt.ProtocolVersion.V311,
+                clean_session=False,
+                **common,
             )
         # See the module docstring: PUBACK only after commit. Must precede connect().
         client._client.manual_ack_set(True)
@@ -401,6 +413,12 @@ class Ingester:
             m = self.metrics
             log.info(
                 "累计：收到消息 %d、读数 %d；入库 %d，重复 %d，未绑定 %d，隔离 %d，拒收读数 %d，死信消息 %d",
-                m.messages_received, m.readings_received, m.readings_stored, m.readings_duplicate,
-                m.readings_unbound, m.readings_quarantined, m.readings_rejected, m.messages_dead_lettered,
+                m.messages_received,
+                m.readings_received,
+                m.readings_stored,
+                m.readings_duplicate,
+                m.readings_unbound,
+                m.readings_quarantined,
+                m.readings_rejected,
+                m.messages_dead_lettered,
             )

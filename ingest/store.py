@@ -193,9 +193,7 @@ def _reading_line(pid: int, ts_us: int, t: float, rh: float | None, bat: float |
     return f"{pid}\t{ts_us}\t{t!r}\t{_copy_value(rh)}\t{_copy_value(bat)}\n"
 
 
-async def write_batch(
-    conn: psycopg.AsyncConnection, messages: Sequence[Incoming], cache: RegistryCache
-) -> BatchResult:
+async def write_batch(conn: psycopg.AsyncConnection, messages: Sequence[Incoming], cache: RegistryCache) -> BatchResult:
     """Store a batch in one transaction and commit it; raises (after rollback) on any database error."""
     result = BatchResult(messages=len(messages))
     try:
@@ -212,7 +210,8 @@ async def _write(
     conn: psycopg.AsyncConnection, messages: Sequence[Incoming], cache: RegistryCache, result: BatchResult
 ) -> None:
     gateways = {
-        m.parsed.gateway for m in messages
+        m.parsed.gateway
+        for m in messages
         if m.parsed.gateway is not None and (m.parsed.readings or m.parsed.status is not None)
     }
     await cache.resolve(conn, gateways, set())

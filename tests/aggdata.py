@@ -6,6 +6,12 @@ the very same readings in PostgreSQL and in the WASM TimescaleDB build.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from dbhelp import Rows, execute, query
+
+from analytics.aggregates import refresh_aggregates
+
 # Four probes, every 5 minutes, 2026-11-20 00:00 to 2026-11-23 06:00 Beijing time; probe 4 frozen.
 INITIAL = """
 INSERT INTO probe_readings (probe_id, ts, t)
@@ -50,3 +56,18 @@ _RAW_HOURLY = _RAW.format(bucket="time_bucket('1 hour', ts)")
 _RAW_DAILY = _RAW.format(bucket="time_bucket('1 day', ts, 'Asia/Shanghai')")
 RAW_HOURLY = f"SELECT {_COLUMNS} FROM ({_RAW_HOURLY}) r ORDER BY 1, 2"  # noqa: S608 - constants
 RAW_DAILY = f"SELECT {_COLUMNS} FROM ({_RAW_DAILY}) r ORDER BY 1, 2"  # noqa: S608 - constants
+
+
+def run_plain_scenario(url: str) -> dict[str, Rows]:
+    """The scenario of the TimescaleDB oracle, on plain PostgreSQL."""
+    out: dict[str, Rows] = {}
+    execute(url, INITIAL)
+    out["hourly_1"], out["daily_1"] = query(url, HOURLY), query(url, DAILY)
+    refresh_aggregates(url, until=datetime.fromisoformat(REFRESH_1))
+    out["hourly_2"], out["daily_2"] = query(url, HOURLY), query(url, DAILY)
+    execute(url, LATE)
+    out["hourly_3"], out["daily_3"] = query(url, HOURLY), query(url, DAILY)
+    refresh_aggregates(url, until=datetime.fromisoformat(REFRESH_2))
+    out["hourly_4"], out["daily_4"] = query(url, HOURLY), query(url, DAILY)
+    out["raw_hourly"], out["raw_daily"] = query(url, RAW_HOURLY), query(url, RAW_DAILY)
+    return out

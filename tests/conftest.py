@@ -9,19 +9,20 @@ once per run; each test gets ``CREATE DATABASE … TEMPLATE`` of it, which takes
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from apihelp import World, build_world
+from dbhelp import DatabaseFactory
 from fakewechat import FakeWechat
 
 from coldchain import services
 from coldchain.core import db
 from coldchain.core.migrate import migrate
 
-RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+# Fixtures shared by several test modules live in plugins, not in test modules.
+pytest_plugins = ["analysthelp"]
 
 
 @pytest.fixture(scope="session")
@@ -34,24 +35,6 @@ def pg_server(state_dir: Path) -> Iterator[services.Started]:
     server = services.find_postgres(os.environ.get("COLDCHAIN_TEST_DATABASE_URL"), state_dir)
     yield server
     server.stop()
-
-
-class DatabaseFactory:
-    """Creates databases named after this run and drops every one of them at the end."""
-
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self.created: list[str] = []
-
-    def create(self, template: str | None = None) -> str:
-        name = f"cc_test_{RUN_ID}_{len(self.created)}"
-        db.create_database(self.server_url, name, template=template or "template0")
-        self.created.append(name)
-        return db.with_database(self.server_url, name)
-
-    def drop_all(self) -> None:
-        for name in reversed(self.created):
-            db.drop_database(self.server_url, name)
 
 
 @pytest.fixture(scope="session")

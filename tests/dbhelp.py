@@ -5,9 +5,13 @@ services — connects as the runtime role, as in production, so a missing grant 
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import threading
+from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from coldchain.core import db, roles
 
@@ -31,3 +35,37 @@ def as_runtime(url: str) -> str:
             roles.ensure_runtime_login(url)
             _ready.add(server)
     return roles.with_role(url, roles.DEFAULT_RUNTIME_LOGIN)
+
+
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+
+
+class DatabaseFactory:
+    """Creates databases named after this run and drops every one of them at the end."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.created: list[str] = []
+
+    def create(self, template: str | None = None) -> str:
+        name = f"cc_test_{RUN_ID}_{len(self.created)}"
+        db.create_database(self.server_url, name, template=template or "template0")
+        self.created.append(name)
+        return db.with_database(self.server_url, name)
+
+    def drop_all(self) -> None:
+        for name in reversed(self.created):
+            db.drop_database(self.server_url, name)
+
+
+Rows = list[dict[str, Any]]
+
+
+def query(url: str, sql: str) -> Rows:
+    with db.connect(url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute(sql.encode()).fetchall())
+
+
+def execute(url: str, sql: str) -> None:
+    with db.connect(url, autocommit=True) as conn:
+        conn.execute(sql.encode())

@@ -43,12 +43,18 @@ class FakeWecom:
                     self.send_response(500)
                     self.end_headers()
                     return
-                answer = {"errcode": 45009, "errmsg": "api freq out of limit"} if fake.mode == "limited" else {
-                    "errcode": 0, "errmsg": "ok"}
+                answer = (
+                    {"errcode": 45009, "errmsg": "api freq out of limit"}
+                    if fake.mode == "limited"
+                    else {"errcode": 0, "errmsg": "ok"}
+                )
                 if fake.mode == "up":
                     with fake.lock:
-                        fake.received.append(Received(query.get("key", [""])[0], json.loads(raw), time.time(),
-                                                      dict(self.headers.items())))
+                        fake.received.append(
+                            Received(
+                                query.get("key", [""])[0], json.loads(raw), time.time(), dict(self.headers.items())
+                            )
+                        )
                 data = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

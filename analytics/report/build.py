@@ -87,58 +87,139 @@ _LOW_V = f"{tables.GATEWAY_THRESHOLDS.battery_low:g}"
 _WEAK = f"{tables.GATEWAY_THRESHOLDS.weak_rssi}"
 
 TABLES: tuple[TableSpec, ...] = (
-    TableSpec("changes", "概况与环比", (
-        Column("label", "指标"), Column("current", "本月", "float"), Column("previous", "上月", "float"),
-        Column("change", "变化", "float"), Column("unit", "单位"), Column("verdict", "评价"),
-    ), ("key",)),
-    TableSpec("devices", "设备明细", (
-        Column("area_name", "地区"), Column("unit_name", "单位"), Column("unit_code", "单位编码"),
-        Column("name", "设备"), Column("kind_name", "类型"), Column("compartments", "温区数", "int"),
-        *_DEVICE_KIND_COLUMNS, Column("alarms_total", "报警合计", "int"),
-        Column("out_of_range_hours", "超温小时", "float"), Column("offline_hours", "离线小时", "int"),
-        Column("received", "收到读数", "int"), Column("expected", "应收读数", "int"),
-        Column("completeness", "数据完整率", "share"), Column("drift_findings", "比对偏差", "int"),
-        Column("problem", "问题设备", "bool"), Column("problems", "问题"),
-    ), ("equipment_id", "unit_id", "area_id")),
-    TableSpec("problems", "问题设备排名", (
-        Column("rank", "排名", "int"), Column("area_name", "地区"), Column("unit_name", "单位"),
-        Column("name", "设备"), Column("kind_name", "类型"), Column("alarms_total", "报警", "int"),
-        Column("out_of_range_hours", "超温小时", "float"), Column("offline_hours", "离线小时", "int"),
-        Column("completeness", "数据完整率", "share"), Column("drift_findings", "比对偏差", "int"),
-        Column("problems", "问题"),
-    ), ("equipment_id", "unit_id")),
-    TableSpec("areas", "各地区问题设备占比", (
-        Column("area_name", "地区"), Column("area_code", "单位编码"), Column("devices", "设备数", "int"),
-        Column("problem_devices", "问题设备数", "int"), Column("problem_share", "问题设备占比", "share"),
-    ), ("area_id",)),
-    TableSpec("response", "报警响应", (
-        Column("area_name", "地区"), Column("alarms", "报警数", "int"), Column("acknowledged", "已确认", "int"),
-        Column("ack_within_30", "30 分钟内确认", "int"), Column("ack_within_30_share", "30 分钟内确认率", "share"),
-        Column("ack_median_minutes", "确认用时中位数（分钟）", "float"),
-        Column("reached_level2", "升级到二级", "int"), Column("level2_share", "二级比例", "share"),
-        Column("reached_level3", "升级到三级", "int"), Column("level3_share", "三级比例", "share"),
-    ), ("area_id",)),
-    TableSpec("gateways", "网关电源与信号", (
-        Column("area_name", "地区"), Column("unit_name", "单位"), Column("serial", "网关号"),
-        Column("vendor", "厂家"), Column("model", "型号"), *_GATEWAY_COLUMNS,
-        Column("statuses", "状态上报数", "int"), Column("on_battery_share", "电池供电占比", "share"),
-        Column("min_battery", "最低电压（V）", "float"),
-        Column("battery_low_share", f"低于 {_LOW_V} V 占比", "share"),
-        Column("min_rssi", "最低信号（dBm）", "int"), Column("weak_signal_share", f"低于 {_WEAK} dBm 占比", "share"),
-        Column("problem", "有报警", "bool"),
-    ), ("gateway_id", "unit_id")),
-    TableSpec("logins", "登录检查", (
-        Column("area_name", "地区"), Column("code", LOGIN_LABELS["code"]), Column("name", LOGIN_LABELS["name"]),
-        Column("days", LOGIN_LABELS["days"], "int"), Column("compliant_days", LOGIN_LABELS["compliant_days"], "int"),
-        Column("noncompliant_days", LOGIN_LABELS["noncompliant_days"], "int"),
-        Column("days_without_login", LOGIN_LABELS["days_without_login"], "int"),
-        Column("rate", LOGIN_LABELS["rate"], "share"),
-    ), ("unit_id",)),
-    TableSpec("warranties", "保修到期", (
-        Column("hardware_name", "类别"), Column("serial", "编号"), Column("area_name", "地区"),
-        Column("unit_name", "单位"), Column("vendor", "厂家"), Column("model", "型号"),
-        Column("warranty_end", "保修截止", "date"), Column("note", "说明"),
-    ), ("unit_id",)),
+    TableSpec(
+        "changes",
+        "概况与环比",
+        (
+            Column("label", "指标"),
+            Column("current", "本月", "float"),
+            Column("previous", "上月", "float"),
+            Column("change", "变化", "float"),
+            Column("unit", "单位"),
+            Column("verdict", "评价"),
+        ),
+        ("key",),
+    ),
+    TableSpec(
+        "devices",
+        "设备明细",
+        (
+            Column("area_name", "地区"),
+            Column("unit_name", "单位"),
+            Column("unit_code", "单位编码"),
+            Column("name", "设备"),
+            Column("kind_name", "类型"),
+            Column("compartments", "温区数", "int"),
+            *_DEVICE_KIND_COLUMNS,
+            Column("alarms_total", "报警合计", "int"),
+            Column("out_of_range_hours", "超温小时", "float"),
+            Column("offline_hours", "离线小时", "int"),
+            Column("received", "收到读数", "int"),
+            Column("expected", "应收读数", "int"),
+            Column("completeness", "数据完整率", "share"),
+            Column("drift_findings", "比对偏差", "int"),
+            Column("problem", "问题设备", "bool"),
+            Column("problems", "问题"),
+        ),
+        ("equipment_id", "unit_id", "area_id"),
+    ),
+    TableSpec(
+        "problems",
+        "问题设备排名",
+        (
+            Column("rank", "排名", "int"),
+            Column("area_name", "地区"),
+            Column("unit_name", "单位"),
+            Column("name", "设备"),
+            Column("kind_name", "类型"),
+            Column("alarms_total", "报警", "int"),
+            Column("out_of_range_hours", "超温小时", "float"),
+            Column("offline_hours", "离线小时", "int"),
+            Column("completeness", "数据完整率", "share"),
+            Column("drift_findings", "比对偏差", "int"),
+            Column("problems", "问题"),
+        ),
+        ("equipment_id", "unit_id"),
+    ),
+    TableSpec(
+        "areas",
+        "各地区问题设备占比",
+        (
+            Column("area_name", "地区"),
+            Column("area_code", "单位编码"),
+            Column("devices", "设备数", "int"),
+            Column("problem_devices", "问题设备数", "int"),
+            Column("problem_share", "问题设备占比", "share"),
+        ),
+        ("area_id",),
+    ),
+    TableSpec(
+        "response",
+        "报警响应",
+        (
+            Column("area_name", "地区"),
+            Column("alarms", "报警数", "int"),
+            Column("acknowledged", "已确认", "int"),
+            Column("ack_within_30", "30 分钟内确认", "int"),
+            Column("ack_within_30_share", "30 分钟内确认率", "share"),
+            Column("ack_median_minutes", "确认用时中位数（分钟）", "float"),
+            Column("reached_level2", "升级到二级", "int"),
+            Column("level2_share", "二级比例", "share"),
+            Column("reached_level3", "升级到三级", "int"),
+            Column("level3_share", "三级比例", "share"),
+        ),
+        ("area_id",),
+    ),
+    TableSpec(
+        "gateways",
+        "网关电源与信号",
+        (
+            Column("area_name", "地区"),
+            Column("unit_name", "单位"),
+            Column("serial", "网关号"),
+            Column("vendor", "厂家"),
+            Column("model", "型号"),
+            *_GATEWAY_COLUMNS,
+            Column("statuses", "状态上报数", "int"),
+            Column("on_battery_share", "电池供电占比", "share"),
+            Column("min_battery", "最低电压（V）", "float"),
+            Column("battery_low_share", f"低于 {_LOW_V} V 占比", "share"),
+            Column("min_rssi", "最低信号（dBm）", "int"),
+            Column("weak_signal_share", f"低于 {_WEAK} dBm 占比", "share"),
+            Column("problem", "有报警", "bool"),
+        ),
+        ("gateway_id", "unit_id"),
+    ),
+    TableSpec(
+        "logins",
+        "登录检查",
+        (
+            Column("area_name", "地区"),
+            Column("code", LOGIN_LABELS["code"]),
+            Column("name", LOGIN_LABELS["name"]),
+            Column("days", LOGIN_LABELS["days"], "int"),
+            Column("compliant_days", LOGIN_LABELS["compliant_days"], "int"),
+            Column("noncompliant_days", LOGIN_LABELS["noncompliant_days"], "int"),
+            Column("days_without_login", LOGIN_LABELS["days_without_login"], "int"),
+            Column("rate", LOGIN_LABELS["rate"], "share"),
+        ),
+        ("unit_id",),
+    ),
+    TableSpec(
+        "warranties",
+        "保修到期",
+        (
+            Column("hardware_name", "类别"),
+            Column("serial", "编号"),
+            Column("area_name", "地区"),
+            Column("unit_name", "单位"),
+            Column("vendor", "厂家"),
+            Column("model", "型号"),
+            Column("warranty_end", "保修截止", "date"),
+            Column("note", "说明"),
+        ),
+        ("unit_id",),
+    ),
     TableSpec("definitions", "指标说明", (Column("label", "指标"), Column("definition", "口径")), ("key",)),
 )
 TABLE_BY_KEY: Mapping[str, TableSpec] = {t.key: t for t in TABLES}
@@ -176,10 +257,17 @@ def _change_rows(changes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             return None if v is None else round(float(v) * scale, 2)
 
         verdict = {True: "好转", False: "变差", None: "—"}[c["better"]]
-        rows.append({
-            "key": c["key"], "label": c["label"], "current": shown(c["current"]), "previous": shown(c["previous"]),
-            "change": shown(c["change"]), "unit": "%（变化为百分点）" if share else c["unit"], "verdict": verdict,
-        })
+        rows.append(
+            {
+                "key": c["key"],
+                "label": c["label"],
+                "current": shown(c["current"]),
+                "previous": shown(c["previous"]),
+                "change": shown(c["change"]),
+                "unit": "%（变化为百分点）" if share else c["unit"],
+                "verdict": verdict,
+            }
+        )
     return rows
 
 
@@ -296,8 +384,13 @@ def keep(conn: psycopg.Connection, unit_id: int, month: date, report: Mapping[st
     """Store a final report unless one is stored already; True if this one was stored."""
     cur = conn.execute(
         _KEEP,
-        {"unit": unit_id, "month": month, "generated_at": now, "report": Jsonb(dict(report)),
-         "sha": content_hash(report)},
+        {
+            "unit": unit_id,
+            "month": month,
+            "generated_at": now,
+            "report": Jsonb(dict(report)),
+            "sha": content_hash(report),
+        },
     )
     return cur.rowcount == 1
 

@@ -207,8 +207,7 @@ def gather(conn: psycopg.Connection, unit_id: int, period: Period, now: datetime
     hardware = fetch_all(
         conn,
         _HARDWARE,
-        {"unit": unit_id, "from": period.month,
-         "to": period.last_day + timedelta(days=maths.WARRANTY_HORIZON_DAYS)},
+        {"unit": unit_id, "from": period.month, "to": period.last_day + timedelta(days=maths.WARRANTY_HORIZON_DAYS)},
     )
     return Facts(
         period=period,
@@ -243,8 +242,15 @@ def _pieces(conn: psycopg.Connection, span: dict[str, Any]) -> list[PieceFigures
         limits = params_for(b["mode"], b["t_min"], b["t_max"])
         pieces.append(
             Piece(
-                key=i, probe_id=b["probe_id"], compartment_id=b["compartment_id"], equipment_id=b["equipment_id"],
-                bound_from=b["bound_from"], lo=b["lo"], hi=b["hi"], t_min=limits.t_min, t_max=limits.t_max,
+                key=i,
+                probe_id=b["probe_id"],
+                compartment_id=b["compartment_id"],
+                equipment_id=b["equipment_id"],
+                bound_from=b["bound_from"],
+                lo=b["lo"],
+                hi=b["hi"],
+                t_min=limits.t_min,
+                t_max=limits.t_max,
             )
         )
     if not pieces:

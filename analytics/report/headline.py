@@ -27,31 +27,87 @@ class Indicator:
 
 INDICATORS: tuple[Indicator, ...] = (
     Indicator("devices", "设备数", "台", True, "月内在用（未在月初前停用）的冷链设备，按台计，含其全部温区。"),
-    Indicator("problem_devices", "问题设备数", "台", False,
-              "月内有报警、超温累计 ≥ 1 小时、数据完整率 < 90% 或有温度计比对偏差的设备。"),
+    Indicator(
+        "problem_devices",
+        "问题设备数",
+        "台",
+        False,
+        "月内有报警、超温累计 ≥ 1 小时、数据完整率 < 90% 或有温度计比对偏差的设备。",
+    ),
     Indicator("problem_share", "问题设备占比", "%", False, "问题设备数 ÷ 设备数。"),
-    Indicator("alarms", "报警数", "次", False,
-              "月内发出的报警（含网关报警；网关离线时其后探头的无数据状态并入网关报警，不单独计）。"),
-    Indicator("out_of_range_hours", "超温小时数", "小时", False,
-              "各温区超出上下限的时长之和：每条读数持续到下一条读数，最长 30 分钟；恰在限值上不算超温。"),
-    Indicator("offline_hours", "离线小时数", "小时", False,
-              "各设备离线小时数之和；设备离线小时数 = 其温区中整点小时内没有任何读数的小时数的最大值。"),
-    Indicator("completeness", "数据完整率", "%", True,
-              "收到的读数 ÷ 应收读数；应收 = 探头在月内绑定的时长 ÷ 标称间隔 1 分钟（网关每分钟上报），最高 100%。"),
-    Indicator("drift_findings", "温度计比对偏差", "次", False,
-              "温度计读数与探头相差超过 ±0.5 ℃（冷藏）/ ±1 ℃（冷冻）的次数，按温度计读数时间计入月份（CM10）。"),
-    Indicator("ack_within_30_share", "30 分钟内确认率", "%", True,
-              "月内发出的报警中，自报警起 30 分钟内在平台或微信确认的比例（CM16）。"),
-    Indicator("level2_share", "升级到二级的比例", "%", False,
-              "月内发出的报警中，解除前到了二级负责人通知时限（默认 30 分钟）的比例。"),
-    Indicator("level3_share", "升级到三级的比例", "%", False,
-              "月内发出的报警中，解除前到了三级负责人通知时限（默认 60 分钟）的比例。"),
-    Indicator("gateway_problems", "电源或信号有问题的网关", "个", False,
-              "月内有离线、断电（电池供电）、电量低（< 3.5 V）或信号弱（< −100 dBm 持续 15 分钟）报警的网关。"),
-    Indicator("login_rate", "登录达标率", "%", True,
-              "各接种单位每天两次、间隔至少 6 小时登录（平台或微信）的天数 ÷ 统计天数（CM14）。"),
-    Indicator("warranties_due", "保修即将到期", "件", False,
-              "网关和探头中保修在本月内或月末后 90 天内到期的件数（CM4）。"),
+    Indicator(
+        "alarms",
+        "报警数",
+        "次",
+        False,
+        "月内发出的报警（含网关报警；网关离线时其后探头的无数据状态并入网关报警，不单独计）。",
+    ),
+    Indicator(
+        "out_of_range_hours",
+        "超温小时数",
+        "小时",
+        False,
+        "各温区超出上下限的时长之和：每条读数持续到下一条读数，最长 30 分钟；恰在限值上不算超温。",
+    ),
+    Indicator(
+        "offline_hours",
+        "离线小时数",
+        "小时",
+        False,
+        "各设备离线小时数之和；设备离线小时数 = 其温区中整点小时内没有任何读数的小时数的最大值。",
+    ),
+    Indicator(
+        "completeness",
+        "数据完整率",
+        "%",
+        True,
+        "收到的读数 ÷ 应收读数；应收 = 探头在月内绑定的时长 ÷ 标称间隔 1 分钟（网关每分钟上报），最高 100%。",
+    ),
+    Indicator(
+        "drift_findings",
+        "温度计比对偏差",
+        "次",
+        False,
+        "温度计读数与探头相差超过 ±0.5 ℃（冷藏）/ ±1 ℃（冷冻）的次数，按温度计读数时间计入月份（CM10）。",
+    ),
+    Indicator(
+        "ack_within_30_share",
+        "30 分钟内确认率",
+        "%",
+        True,
+        "月内发出的报警中，自报警起 30 分钟内在平台或微信确认的比例（CM16）。",
+    ),
+    Indicator(
+        "level2_share",
+        "升级到二级的比例",
+        "%",
+        False,
+        "月内发出的报警中，解除前到了二级负责人通知时限（默认 30 分钟）的比例。",
+    ),
+    Indicator(
+        "level3_share",
+        "升级到三级的比例",
+        "%",
+        False,
+        "月内发出的报警中，解除前到了三级负责人通知时限（默认 60 分钟）的比例。",
+    ),
+    Indicator(
+        "gateway_problems",
+        "电源或信号有问题的网关",
+        "个",
+        False,
+        "月内有离线、断电（电池供电）、电量低（< 3.5 V）或信号弱（< −100 dBm 持续 15 分钟）报警的网关。",
+    ),
+    Indicator(
+        "login_rate",
+        "登录达标率",
+        "%",
+        True,
+        "各接种单位每天两次、间隔至少 6 小时登录（平台或微信）的天数 ÷ 统计天数（CM14）。",
+    ),
+    Indicator(
+        "warranties_due", "保修即将到期", "件", False, "网关和探头中保修在本月内或月末后 90 天内到期的件数（CM4）。"
+    ),
 )
 INDICATOR_BY_KEY: Mapping[str, Indicator] = {i.key: i for i in INDICATORS}
 
@@ -107,8 +163,15 @@ def changes(
             change = round(float(now_value) - float(before), 4)
             if not math.isclose(change, 0.0, abs_tol=1e-12):
                 better = (change > 0) == ind.higher_is_better
-        rows.append({
-            "key": ind.key, "label": ind.label, "unit": ind.unit, "current": now_value, "previous": before,
-            "change": change, "better": better,
-        })
+        rows.append(
+            {
+                "key": ind.key,
+                "label": ind.label,
+                "unit": ind.unit,
+                "current": now_value,
+                "previous": before,
+                "change": change,
+                "better": better,
+            }
+        )
     return rows

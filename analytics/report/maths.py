@@ -250,36 +250,75 @@ def piece_figures(
 # Frames: the shapes the facts arrive in
 
 UNITS_SCHEMA: dict[str, Any] = {
-    "unit_id": pl.Int64, "code": pl.String, "name": pl.String, "level": pl.String, "area_id": pl.Int64,
+    "unit_id": pl.Int64,
+    "code": pl.String,
+    "name": pl.String,
+    "level": pl.String,
+    "area_id": pl.Int64,
 }
 DEVICES_SCHEMA: dict[str, Any] = {"equipment_id": pl.Int64, "unit_id": pl.Int64, "kind": pl.String, "name": pl.String}
 PIECES_SCHEMA: dict[str, Any] = {
-    "key": pl.Int64, "compartment_id": pl.Int64, "equipment_id": pl.Int64, "expected": pl.Float64,
-    "received": pl.Int64, "minutes_out": pl.Float64, "silent_hours": pl.Int64,
+    "key": pl.Int64,
+    "compartment_id": pl.Int64,
+    "equipment_id": pl.Int64,
+    "expected": pl.Float64,
+    "received": pl.Int64,
+    "minutes_out": pl.Float64,
+    "silent_hours": pl.Int64,
 }
 ALARMS_SCHEMA: dict[str, Any] = {
-    "id": pl.Int64, "kind": pl.String, "unit_id": pl.Int64, "equipment_id": pl.Int64, "gateway_id": pl.Int64,
-    "condition_since": pl.Datetime("us", "UTC"), "raised_at": pl.Datetime("us", "UTC"),
-    "acknowledged_at": pl.Datetime("us", "UTC"), "resolved_at": pl.Datetime("us", "UTC"),
-    "suppressed": pl.Boolean, "raised_in_period": pl.Boolean, "reached_level2": pl.Boolean,
+    "id": pl.Int64,
+    "kind": pl.String,
+    "unit_id": pl.Int64,
+    "equipment_id": pl.Int64,
+    "gateway_id": pl.Int64,
+    "condition_since": pl.Datetime("us", "UTC"),
+    "raised_at": pl.Datetime("us", "UTC"),
+    "acknowledged_at": pl.Datetime("us", "UTC"),
+    "resolved_at": pl.Datetime("us", "UTC"),
+    "suppressed": pl.Boolean,
+    "raised_in_period": pl.Boolean,
+    "reached_level2": pl.Boolean,
     "reached_level3": pl.Boolean,
 }
 DRIFTS_SCHEMA: dict[str, Any] = {"id": pl.Int64, "equipment_id": pl.Int64}
 GATEWAYS_SCHEMA: dict[str, Any] = {
-    "gateway_id": pl.Int64, "serial": pl.String, "unit_id": pl.Int64, "vendor": pl.String, "model": pl.String,
+    "gateway_id": pl.Int64,
+    "serial": pl.String,
+    "unit_id": pl.Int64,
+    "vendor": pl.String,
+    "model": pl.String,
 }
 GATEWAY_STATUS_SCHEMA: dict[str, Any] = {
-    "gateway_id": pl.Int64, "statuses": pl.Int64, "power_reports": pl.Int64, "on_battery": pl.Int64,
-    "battery_reports": pl.Int64, "battery_low": pl.Int64, "rssi_reports": pl.Int64, "weak_signal": pl.Int64,
-    "min_battery": pl.Float64, "min_rssi": pl.Int64,
+    "gateway_id": pl.Int64,
+    "statuses": pl.Int64,
+    "power_reports": pl.Int64,
+    "on_battery": pl.Int64,
+    "battery_reports": pl.Int64,
+    "battery_low": pl.Int64,
+    "rssi_reports": pl.Int64,
+    "weak_signal": pl.Int64,
+    "min_battery": pl.Float64,
+    "min_rssi": pl.Int64,
 }
 LOGINS_SCHEMA: dict[str, Any] = {
-    "unit_id": pl.Int64, "code": pl.String, "name": pl.String, "days": pl.Int64, "compliant_days": pl.Int64,
-    "noncompliant_days": pl.Int64, "days_without_login": pl.Int64, "rate": pl.Float64,
+    "unit_id": pl.Int64,
+    "code": pl.String,
+    "name": pl.String,
+    "days": pl.Int64,
+    "compliant_days": pl.Int64,
+    "noncompliant_days": pl.Int64,
+    "days_without_login": pl.Int64,
+    "rate": pl.Float64,
 }
 HARDWARE_SCHEMA: dict[str, Any] = {
-    "hardware": pl.String, "serial": pl.String, "unit_id": pl.Int64, "vendor": pl.String, "model": pl.String,
-    "warranty_end": pl.Date, "status": pl.String,
+    "hardware": pl.String,
+    "serial": pl.String,
+    "unit_id": pl.Int64,
+    "vendor": pl.String,
+    "model": pl.String,
+    "warranty_end": pl.Date,
+    "status": pl.String,
 }
 
 

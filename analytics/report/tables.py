@@ -55,8 +55,12 @@ def device_table(
     findings, whether it is a problem and why. Sorted by area, unit and device name."""
     per_device = (
         pieces.group_by("equipment_id", "compartment_id")
-        .agg(pl.col("expected").sum(), pl.col("received").sum(), pl.col("minutes_out").sum(),
-             pl.col("silent_hours").sum())
+        .agg(
+            pl.col("expected").sum(),
+            pl.col("received").sum(),
+            pl.col("minutes_out").sum(),
+            pl.col("silent_hours").sum(),
+        )
         .group_by("equipment_id")
         .agg(
             pl.len().alias("compartments"),
@@ -67,7 +71,9 @@ def device_table(
         )
     )
     notified = alarms.filter(
-        pl.col("raised_in_period") & ~pl.col("suppressed") & pl.col("equipment_id").is_not_null()
+        pl.col("raised_in_period")
+        & ~pl.col("suppressed")
+        & pl.col("equipment_id").is_not_null()
         & pl.col("kind").is_in(DEVICE_ALARM_KINDS)
     )
     counts = notified.group_by("equipment_id").agg(
@@ -106,8 +112,9 @@ def device_table(
     reasons = problem_expressions()
     table = table.with_columns(
         pl.any_horizontal([cond for _, cond in reasons]).fill_null(False).alias("problem"),
-        pl.concat_str([pl.when(cond).then(pl.lit(label)) for label, cond in reasons],
-                      separator="、", ignore_nulls=True).alias("problems"),
+        pl.concat_str(
+            [pl.when(cond).then(pl.lit(label)) for label, cond in reasons], separator="、", ignore_nulls=True
+        ).alias("problems"),
     )
     return table.with_columns(
         pl.col("out_of_range_hours").round(2),
@@ -122,8 +129,15 @@ def problem_ranking(devices: pl.DataFrame, limit: int = TOP_PROBLEMS) -> pl.Data
     return (
         devices.filter(pl.col("problem"))
         .sort(
-            ["alarms_total", "out_of_range_hours", "offline_hours", "drift_findings", "completeness",
-             "unit_code", "name"],
+            [
+                "alarms_total",
+                "out_of_range_hours",
+                "offline_hours",
+                "drift_findings",
+                "completeness",
+                "unit_code",
+                "name",
+            ],
             descending=[True, True, True, True, False, False, False],
             nulls_last=True,
         )
@@ -137,13 +151,13 @@ def area_shares(devices: pl.DataFrame, units: pl.DataFrame, report_unit: int) ->
     """Per area: devices, problem devices and their share (none for an area without devices). Every
     area below the report unit is listed, with or without devices; "本级" only when it has any."""
     named = unit_areas(units, report_unit)
-    areas = (
-        named.filter((pl.col("unit_id") == pl.col("area_id")) & (pl.col("unit_id") != report_unit))
-        .select("area_id", "area_code", "area_name")
+    areas = named.filter((pl.col("unit_id") == pl.col("area_id")) & (pl.col("unit_id") != report_unit)).select(
+        "area_id", "area_code", "area_name"
     )
     own = named.filter(pl.col("unit_id") == report_unit).select("area_id", "area_code", "area_name")
     counted = (
-        devices.select("unit_id", "problem").join(named.select("unit_id", "area_id"), on="unit_id", how="left")
+        devices.select("unit_id", "problem")
+        .join(named.select("unit_id", "area_id"), on="unit_id", how="left")
         .group_by("area_id")
         .agg(pl.len().cast(pl.Int64).alias("devices"), pl.col("problem").sum().cast(pl.Int64).alias("problem_devices"))
     )
@@ -153,8 +167,11 @@ def area_shares(devices: pl.DataFrame, units: pl.DataFrame, report_unit: int) ->
         areas.join(counted, on="area_id", how="left")
         .with_columns(pl.col("devices", "problem_devices").fill_null(0))
         .with_columns(
-            pl.when(pl.col("devices") > 0).then(pl.col("problem_devices") / pl.col("devices")).otherwise(None)
-            .round(4).alias("problem_share")
+            pl.when(pl.col("devices") > 0)
+            .then(pl.col("problem_devices") / pl.col("devices"))
+            .otherwise(None)
+            .round(4)
+            .alias("problem_share")
         )
         .with_columns((pl.col("area_id") != report_unit).alias("_below"))
         .sort("_below", "area_code")
@@ -188,14 +205,19 @@ def alarm_response(alarms: pl.DataFrame, units: pl.DataFrame, report_unit: int) 
     ]
     per_area = notified.group_by("area_id", "area_code", "area_name").agg(*figures).sort("area_code")
     total = notified.select(
-        pl.lit(None, pl.Int64).alias("area_id"), pl.lit(None, pl.String).alias("area_code"),
-        pl.lit("合计").alias("area_name"), *figures,
+        pl.lit(None, pl.Int64).alias("area_id"),
+        pl.lit(None, pl.String).alias("area_code"),
+        pl.lit("合计").alias("area_name"),
+        *figures,
     )
     return pl.concat([per_area, total]).with_columns(
         *[
             pl.when(pl.col("alarms") > 0).then(pl.col(n) / pl.col("alarms")).otherwise(None).round(4).alias(name)
-            for n, name in (("ack_within_30", "ack_within_30_share"), ("reached_level2", "level2_share"),
-                            ("reached_level3", "level3_share"))
+            for n, name in (
+                ("ack_within_30", "ack_within_30_share"),
+                ("reached_level2", "level2_share"),
+                ("reached_level3", "level3_share"),
+            )
         ]
     )
 
@@ -231,12 +253,16 @@ def gateway_table(
         pl.min_horizontal(pl.col("resolved_at").fill_null(pl.lit(cut)), pl.lit(cut))
         - pl.max_horizontal(pl.col("condition_since"), pl.lit(start))
     ).dt.total_seconds().clip(lower_bound=0) / 3600
-    per_kind = gw_alarms.with_columns(overlap.alias("hours")).group_by("gateway_id").agg(
-        *[
-            (pl.col("raised_in_period") & (pl.col("kind") == k)).sum().cast(pl.Int64).alias(f"alarms_{k}")
-            for k in GATEWAY_ALARM_KINDS
-        ],
-        *[pl.col("hours").filter(pl.col("kind") == k).sum().alias(f"hours_{k}") for k in GATEWAY_ALARM_KINDS],
+    per_kind = (
+        gw_alarms.with_columns(overlap.alias("hours"))
+        .group_by("gateway_id")
+        .agg(
+            *[
+                (pl.col("raised_in_period") & (pl.col("kind") == k)).sum().cast(pl.Int64).alias(f"alarms_{k}")
+                for k in GATEWAY_ALARM_KINDS
+            ],
+            *[pl.col("hours").filter(pl.col("kind") == k).sum().alias(f"hours_{k}") for k in GATEWAY_ALARM_KINDS],
+        )
     )
     named = unit_areas(units, report_unit).select("unit_id", "code", "name", "area_id", "area_code", "area_name")
     hour_cols = [f"hours_{k}" for k in GATEWAY_ALARM_KINDS]
@@ -247,15 +273,25 @@ def gateway_table(
         .join(per_kind, on="gateway_id", how="left")
         .with_columns(pl.col(*count_cols).fill_null(0), pl.col(*hour_cols).fill_null(0.0))
         .with_columns(
-            pl.col("statuses", "power_reports", "on_battery", "battery_reports", "battery_low", "rssi_reports",
-                   "weak_signal").fill_null(0),
+            pl.col(
+                "statuses",
+                "power_reports",
+                "on_battery",
+                "battery_reports",
+                "battery_low",
+                "rssi_reports",
+                "weak_signal",
+            ).fill_null(0),
             pl.sum_horizontal(hour_cols).alias("problem_hours"),
         )
         .with_columns(
             *[
                 pl.when(pl.col(d) > 0).then(pl.col(n) / pl.col(d)).otherwise(None).round(4).alias(f"{n}_share")
-                for n, d in (("on_battery", "power_reports"), ("battery_low", "battery_reports"),
-                             ("weak_signal", "rssi_reports"))
+                for n, d in (
+                    ("on_battery", "power_reports"),
+                    ("battery_low", "battery_reports"),
+                    ("weak_signal", "rssi_reports"),
+                )
             ],
             (pl.col("problem_hours") > 0).alias("problem"),
             pl.col(*hour_cols).round(2),
@@ -266,7 +302,6 @@ def gateway_table(
     return table.filter(
         pl.col("problem") | (pl.col("on_battery") > 0) | (pl.col("battery_low") > 0) | (pl.col("weak_signal") > 0)
     ).sort(["problem", "problem_hours", "unit_code", "serial"], descending=[True, True, False, False])
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,8 +345,10 @@ def warranty_table(hardware: pl.DataFrame, units: pl.DataFrame, period: Period, 
             pl.col("hardware").replace_strict(HARDWARE_NAMES, default=pl.col("hardware")).alias("hardware_name"),
         )
         .with_columns(
-            pl.when(pl.col("days_after_month") <= 0).then(pl.lit("本月已到期"))
-            .otherwise(pl.format("月末后 {} 天到期", pl.col("days_after_month"))).alias("note")
+            pl.when(pl.col("days_after_month") <= 0)
+            .then(pl.lit("本月已到期"))
+            .otherwise(pl.format("月末后 {} 天到期", pl.col("days_after_month")))
+            .alias("note")
         )
         .sort("warranty_end", "hardware", "serial")
     )

@@ -14,7 +14,12 @@ import polars as pl
 import xlsxwriter  # type: ignore[import-untyped]
 
 _DTYPES: Mapping[str, Any] = {
-    "text": pl.String, "int": pl.Int64, "float": pl.Float64, "share": pl.Float64, "date": pl.String, "bool": pl.String,
+    "text": pl.String,
+    "int": pl.Int64,
+    "float": pl.Float64,
+    "share": pl.Float64,
+    "date": pl.String,
+    "bool": pl.String,
 }
 _FORBIDDEN = str.maketrans({c: "_" for c in "[]:*?/\\"})
 
@@ -41,11 +46,13 @@ def workbook(report: Mapping[str, Any]) -> bytes:
     """The workbook's bytes: each table on its own sheet, in report order, headings frozen."""
     buffer = io.BytesIO()
     with xlsxwriter.Workbook(buffer, {"in_memory": True}) as book:
-        book.set_properties({
-            "title": f"{report['unit']['name']} {report['month']} 月度冷链报告",
-            "subject": "月度冷链报告（CM17）",
-            "comments": "临时（本月尚未结束或尚在补传期内）" if report.get("provisional") else "已定稿",
-        })
+        book.set_properties(
+            {
+                "title": f"{report['unit']['name']} {report['month']} 月度冷链报告",
+                "subject": "月度冷链报告（CM17）",
+                "comments": "临时（本月尚未结束或尚在补传期内）" if report.get("provisional") else "已定稿",
+            }
+        )
         for key in report.get("table_order") or list(report["tables"]):
             table = report["tables"][key]
             df = table_frame(table)

@@ -43,7 +43,7 @@ class Settings:
     # database_url is the runtime role's (services); owner_database_url the owner's (migrations,
     # refreshing TimescaleDB's continuous aggregates by hand, loading the demo). Unset: the same
     # URL, and each service warns at start-up that it runs with more privileges than it needs.
-    database_url: str | None
+    database_url: str | None = field(repr=False)  # may carry a password
     mqtt_url: str | None
     # auto: use TimescaleDB when the server offers the extension; require: refuse to
     # migrate without it; off: build the plain-PostgreSQL path even if it is offered.
@@ -81,7 +81,7 @@ class Settings:
     wechat_template_id: str | None = None
     public_url: str = "http://127.0.0.1:8000"
     link_secret: str | None = field(default=None, repr=False)
-    owner_database_url: str | None = None
+    owner_database_url: str | None = field(default=None, repr=False)  # may carry a password
 
     @property
     def migration_url(self) -> str | None:

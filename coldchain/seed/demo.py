@@ -225,11 +225,15 @@ def load_demo(url: str, plan: DemoPlan) -> None:
             _copy(cur, "gateways", "id serial unit_id vendor model installed_on warranty_end", plan.gateways)
             _copy(cur, "probes", "id serial unit_id vendor model installed_on warranty_end", plan.probes)
             _copy(
-                cur, "probe_bindings", "probe_id compartment_id gateway_id valid reason",
+                cur,
+                "probe_bindings",
+                "probe_id compartment_id gateway_id valid reason",
                 [(p, c, g, f"[{since.isoformat()},)", "演示数据初始绑定") for p, c, g, since in plan.bindings],
             )
             _copy(
-                cur, "users", "id username real_name phone unit_id role department password_hash",
+                cur,
+                "users",
+                "id username real_name phone unit_id role department password_hash",
                 [(*u, password_hash) for u in plan.users],
             )
             _copy(cur, "unit_responsibles", "unit_id level user_id", plan.responsibles)

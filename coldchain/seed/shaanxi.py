@@ -5,7 +5,7 @@ ten city CDCs, one CDC per county-level division and a number of vaccination sit
 (township health centres, community health service centres) under each county. This
 module holds the pure data that generator draws on, so the generator itself stays
 free of long literal tables and the data can be checked on its own
-(``tests/test_seed_data.py``).
+(``tests/coldchain/test_seed_data.py``).
 
 The division codes are the real 6-digit GB/T 2260 administrative division codes
 (as of the 2020s, after e.g. 神木县 → 神木市, 子长县 → 子长市, 彬县 → 彬州市,

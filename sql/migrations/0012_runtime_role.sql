@@ -17,7 +17,7 @@
 -- SELECT only (append-only by privilege; 0010 adds the triggers that also stop the owner).
 --
 -- A later migration that adds a table grants to coldchain_runtime what its work needs;
--- tests/test_roles.py fails on a table the runtime role cannot read or may write beyond this.
+-- tests/core/test_roles.py fails on a table the runtime role cannot read or may write beyond this.
 
 DO $do$
 BEGIN

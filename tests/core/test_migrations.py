@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import DatabaseFactory
+from dbhelp import DatabaseFactory
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import schemathesis
 from apihelp import PASSWORD, build_world
-from conftest import DatabaseFactory
+from dbhelp import DatabaseFactory
 from fakewechat import FakeWechat
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -89,7 +89,7 @@ for _media_type in ("image/jpeg", "image/png", "application/pdf"):
 def test_no_input_makes_a_server_error(case: Any, fuzz_target: dict[str, Any]) -> None:
     headers = dict(fuzz_target["headers"])
     if case.path.startswith("/api/v1/auth/logout"):
-        return  # would sign the fuzzer itself out; covered by tests/test_auth.py
+        return  # would sign the fuzzer itself out; covered by tests/api/test_auth.py
     response = RequestsTransport().send(
         case, session=fuzz_target["client"], base_url="http://testserver", headers=headers
     )

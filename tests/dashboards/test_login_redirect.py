@@ -15,7 +15,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
 from apihelp import api_client
-from conftest import DatabaseFactory
+from dbhelp import DatabaseFactory
 from fastapi.testclient import TestClient
 
 from coldchain.core.migrate import migrate

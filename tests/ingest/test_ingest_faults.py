@@ -23,9 +23,22 @@ from coldchain.core.migrate import migrate
 def _start_ingest(db_url: str, broker_url: str, client_id: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": as_runtime(db_url), "COLDCHAIN_MQTT_URL": broker_url}
     return subprocess.Popen(
-        [sys.executable, "-m", "coldchain.cli", "ingest", "--client-id", client_id, "--health-port", str(port),
-         "--batch-messages", "100"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "coldchain.cli",
+            "ingest",
+            "--client-id",
+            client_id,
+            "--health-port",
+            str(port),
+            "--batch-messages",
+            "100",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 

@@ -428,9 +428,7 @@ def test_load_fleet_reads_the_current_bindings(db_url: str) -> None:
         )
 
     def as_fleet(groups: dict[str, list[SimProbe]]) -> Fleet:
-        return tuple(
-            SimGateway(g, tuple(sorted(ps, key=lambda p: p.serial))) for g, ps in sorted(groups.items()) if ps
-        )
+        return tuple(SimGateway(g, tuple(sorted(ps, key=lambda p: p.serial))) for g, ps in sorted(groups.items()) if ps)
 
     with db.connect(db_url) as conn:
         fleet = load_fleet(conn)
@@ -501,7 +499,12 @@ async def test_publishes_ticks_to_the_broker(mqtt_broker: services.Started) -> N
     async with aiomqtt.Client(address.host, address.port, identifier=f"test-sub-{tag}") as sub:
         await sub.subscribe("coldchain/v1/+/telemetry", qos=1)
         count = await publish_forever(
-            address, sim, until=START + 3 * MINUTE, stop=None, realtime=False, client_id=f"test-sim-{tag}",
+            address,
+            sim,
+            until=START + 3 * MINUTE,
+            stop=None,
+            realtime=False,
+            client_id=f"test-sim-{tag}",
             on_tick=lambda t, n: ticks.append((t, n)),
         )
         received: list[tuple[str, bytes]] = []
@@ -528,7 +531,12 @@ async def test_realtime_never_publishes_a_tick_before_its_time(mqtt_broker: serv
     published_at: list[tuple[datetime, datetime]] = []
     began = time.monotonic()
     await publish_forever(
-        address, sim, until=start + 4 * second, stop=None, realtime=True, client_id=f"test-sim-{tag}",
+        address,
+        sim,
+        until=start + 4 * second,
+        stop=None,
+        realtime=True,
+        client_id=f"test-sim-{tag}",
         on_tick=lambda t, _: published_at.append((t, datetime.now(UTC))),
     )
     assert [t for t, _ in published_at] == [start + k * second for k in (1, 2, 3, 4)]
@@ -611,7 +619,11 @@ def _parse(*argv: str) -> argparse.Namespace:
 def test_parser_defaults_and_faults(capsys: pytest.CaptureFixture[str]) -> None:
     args = _parse()
     assert (args.seed, args.interval, args.backfill, args.fault, args.random_faults) == (
-        20200106, 60.0, timedelta(0), [], 0
+        20200106,
+        60.0,
+        timedelta(0),
+        [],
+        0,
     )
     assert args.malformed_rate == 0.0 and args.duration is None and args.client_id == "coldchain-simulator"
     args = _parse("--fault", "power_cut:10003:10m:3h", "--fault", "probe_offline:208601:0s:5m", "--backfill", "6h")
@@ -637,8 +649,16 @@ async def test_cmd_simulate_backfills_then_stops_after_its_duration(
     plan = plan_demo(probes=40, seed=1)
     load_demo(db_url, plan)
     settings = load_settings({"COLDCHAIN_MQTT_URL": mqtt_broker.url})
-    args = _parse("--backfill", "5m", "--duration", "1", "--client-id", f"test-sim-{secrets.token_hex(4)}",
-                  "--fault", f"gateway_battery:{plan.gateways[0][1]}:0s:1h")
+    args = _parse(
+        "--backfill",
+        "5m",
+        "--duration",
+        "1",
+        "--client-id",
+        f"test-sim-{secrets.token_hex(4)}",
+        "--fault",
+        f"gateway_battery:{plan.gateways[0][1]}:0s:1h",
+    )
     # In a worker thread, as the CLI's own event loop must not be nested in the test's.
     assert await asyncio.to_thread(cmd_simulate, settings, args, db_url) == 0
     out = capsys.readouterr().out
@@ -661,7 +681,11 @@ def test_cmd_simulate_stops_cleanly_on_ctrl_c(db_url: str, mqtt_broker: services
     env = {**os.environ, "COLDCHAIN_MQTT_URL": mqtt_broker.url, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", script, db_url, "--backfill", "2m", "--client-id", f"test-sim-{secrets.token_hex(4)}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert proc.stdout is not None

@@ -16,11 +16,13 @@ def test_defaults_mean_embedded_servers() -> None:
 
 
 def test_values_are_read_and_trimmed() -> None:
-    s = load_settings({
-        "COLDCHAIN_DATABASE_URL": " postgresql://u@db:5433/cc ",
-        "COLDCHAIN_MQTT_URL": "mqtt://broker:1884",
-        "COLDCHAIN_TIMESCALEDB": "require",
-    })
+    s = load_settings(
+        {
+            "COLDCHAIN_DATABASE_URL": " postgresql://u@db:5433/cc ",
+            "COLDCHAIN_MQTT_URL": "mqtt://broker:1884",
+            "COLDCHAIN_TIMESCALEDB": "require",
+        }
+    )
     assert s.database_url == "postgresql://u@db:5433/cc"
     assert s.mqtt is not None and (s.mqtt.host, s.mqtt.port) == ("broker", 1884)
     assert s.timescaledb == "require"
@@ -42,3 +44,15 @@ def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], fra
 
 def test_mqtt_port_defaults_to_1883() -> None:
     assert parse_mqtt_url("mqtt://localhost").port == 1883
+
+
+def test_database_passwords_stay_out_of_the_settings_repr() -> None:
+    """Settings are logged and shown in errors; a URL's password must not go with them."""
+    settings = load_settings(
+        {
+            "COLDCHAIN_DATABASE_URL": "postgresql://app:RuntimePw-91@db.example/coldchain",
+            "COLDCHAIN_OWNER_DATABASE_URL": "postgresql://owner:OwnerPw-37@db.example/coldchain",
+        }
+    )
+    assert settings.migration_url == "postgresql://owner:OwnerPw-37@db.example/coldchain"
+    assert "RuntimePw-91" not in repr(settings) and "OwnerPw-37" not in repr(settings)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from apihelp import World, build_world
+from dbhelp import execute, query
 from ingesthelp import store_readings
-from test_aggregates import execute, query
 
 from analytics.aggregates import refresh_aggregates
 from coldchain.core import db
@@ -298,10 +298,10 @@ def _run_plain(url: str, steps: list[dict[str, str]]) -> dict[str, list[dict[str
 
 
 def test_the_timescaledb_path_stores_the_same_spans(empty_db: str) -> None:
-    from test_timescale_oracle import _migration_steps, run_oracle
+    from oraclehelp import migration_steps, run_oracle
 
     steps = _scenario()
-    oracle = run_oracle(_migration_steps() + steps)
+    oracle = run_oracle(migration_steps() + steps)
     migrate(empty_db, timescaledb="off")
     plain = _run_plain(empty_db, steps)
     assert plain["spans_1"] and plain["spans_2"] != plain["spans_1"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from alarms.rules import DEFAULTS, defaults_table_markdown
 from alarms.rules.params import OVERRIDABLE
 
-README = Path(__file__).resolve().parent.parent / "docs" / "alarms.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "alarms.md"
 HEADER = "| parameter | default | source |\n"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import aggdata
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+from dbhelp import execute, query
 
 from analytics.aggregates import refresh_aggregates
 from coldchain.core import db
@@ -26,33 +26,8 @@ def plain_url(empty_db: str) -> str:
     return empty_db
 
 
-def query(url: str, sql: str) -> Rows:
-    with db.connect(url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
-        return list(cur.execute(sql.encode()).fetchall())
-
-
-def execute(url: str, sql: str) -> None:
-    with db.connect(url, autocommit=True) as conn:
-        conn.execute(sql.encode())
-
-
-def run_plain_scenario(url: str) -> dict[str, Rows]:
-    """The scenario of the TimescaleDB oracle, on plain PostgreSQL."""
-    out: dict[str, Rows] = {}
-    execute(url, aggdata.INITIAL)
-    out["hourly_1"], out["daily_1"] = query(url, aggdata.HOURLY), query(url, aggdata.DAILY)
-    refresh_aggregates(url, until=datetime.fromisoformat(aggdata.REFRESH_1))
-    out["hourly_2"], out["daily_2"] = query(url, aggdata.HOURLY), query(url, aggdata.DAILY)
-    execute(url, aggdata.LATE)
-    out["hourly_3"], out["daily_3"] = query(url, aggdata.HOURLY), query(url, aggdata.DAILY)
-    refresh_aggregates(url, until=datetime.fromisoformat(aggdata.REFRESH_2))
-    out["hourly_4"], out["daily_4"] = query(url, aggdata.HOURLY), query(url, aggdata.DAILY)
-    out["raw_hourly"], out["raw_daily"] = query(url, aggdata.RAW_HOURLY), query(url, aggdata.RAW_DAILY)
-    return out
-
-
 def test_views_match_raw_data_before_and_after_refresh(plain_url: str) -> None:
-    r = run_plain_scenario(plain_url)
+    r = aggdata.run_plain_scenario(plain_url)
     # Before the late data arrives, the raw readings are those of INITIAL: refresh changes nothing.
     assert r["hourly_1"] == r["hourly_2"]
     assert r["daily_1"] == r["daily_2"]
@@ -63,7 +38,7 @@ def test_views_match_raw_data_before_and_after_refresh(plain_url: str) -> None:
 
 
 def test_late_data_below_the_watermark_waits_for_the_next_refresh(plain_url: str) -> None:
-    r = run_plain_scenario(plain_url)
+    r = aggdata.run_plain_scenario(plain_url)
     # Like TimescaleDB: materialised buckets keep their values until a refresh re-materialises them.
     assert r["hourly_3"] == r["hourly_2"]
     assert r["daily_3"] == r["daily_2"]
@@ -75,7 +50,7 @@ def test_late_data_below_the_watermark_waits_for_the_next_refresh(plain_url: str
 
 
 def test_days_are_beijing_days(plain_url: str) -> None:
-    r = run_plain_scenario(plain_url)
+    r = aggdata.run_plain_scenario(plain_url)
     days = {(row["bucket"], row["n"]) for row in r["daily_4"] if row["probe_id"] == "9"}
     beijing_midnight_20 = int(datetime.fromisoformat("2026-11-20T00:00:00+08:00").timestamp())
     beijing_midnight_21 = int(datetime.fromisoformat("2026-11-21T00:00:00+08:00").timestamp())

@@ -76,8 +76,9 @@ def test_final_months_start_at_the_first_data_and_skip_the_grace_period() -> Non
 
 
 def piece(lo: datetime, hi: datetime, t_min: float | None = 2.0, t_max: float = 8.0) -> Piece:
-    return Piece(key=0, probe_id=1, compartment_id=1, equipment_id=1, bound_from=lo, lo=lo, hi=hi,
-                 t_min=t_min, t_max=t_max)
+    return Piece(
+        key=0, probe_id=1, compartment_id=1, equipment_id=1, bound_from=lo, lo=lo, hi=hi, t_min=t_min, t_max=t_max
+    )
 
 
 def test_piece_hours_edges_and_expected_readings() -> None:
@@ -98,7 +99,8 @@ def test_excursion_windows_merge_and_clip() -> None:
     q = piece(ts(1, 0), ts(1, 5))
     # The hour before the piece crossed: its excursion may hold into the first hour.
     assert maths.excursion_windows(q, [ts(1, 0) - timedelta(hours=1), ts(1, 2)]) == [
-        (ts(1, 0), ts(1, 1)), (ts(1, 2), ts(1, 4)),
+        (ts(1, 0), ts(1, 1)),
+        (ts(1, 2), ts(1, 4)),
     ]
     assert maths.excursion_windows(q, [ts(1, 4)]) == [(ts(1, 4), ts(1, 5))]
     assert maths.excursion_windows(q, []) == []
@@ -106,8 +108,14 @@ def test_excursion_windows_merge_and_clip() -> None:
 
 def test_piece_figures_out_of_range_minutes_and_silence() -> None:
     p = piece(ts(1, 0), ts(1, 3))
-    readings = [(ts(1, 0, 59), 5.0), (ts(1, 1), 9.0), (ts(1, 1, 10), 9.5), (ts(1, 1, 20), 5.0),
-                (ts(1, 2, 50), 9.0), (ts(1, 3, 5), 5.0)]
+    readings = [
+        (ts(1, 0, 59), 5.0),
+        (ts(1, 1), 9.0),
+        (ts(1, 1, 10), 9.5),
+        (ts(1, 1, 20), 5.0),
+        (ts(1, 2, 50), 9.0),
+        (ts(1, 3, 5), 5.0),
+    ]
     f = maths.piece_figures(p, hourly_received=150, hours_with_data=2, windows=[((ts(1, 1), ts(1, 3)), readings)])
     # 01:00–01:20 out (two readings of 10 min), 02:50 holds until the window's end at 03:00.
     assert f.minutes_out == pytest.approx(30.0)
@@ -159,8 +167,15 @@ DEVICES = maths.frame(
 def piece_row(
     key: int, comp: int, eq: int, expected: float, received: int, minutes: float, silent: int
 ) -> dict[str, Any]:
-    return {"key": key, "compartment_id": comp, "equipment_id": eq, "expected": expected, "received": received,
-            "minutes_out": minutes, "silent_hours": silent}
+    return {
+        "key": key,
+        "compartment_id": comp,
+        "equipment_id": eq,
+        "expected": expected,
+        "received": received,
+        "minutes_out": minutes,
+        "silent_hours": silent,
+    }
 
 
 PIECES = maths.frame(
@@ -179,14 +194,37 @@ PIECES = maths.frame(
 OCT_10 = ts(10, 2)
 
 
-def alarm(id_: int, kind: str, unit: int, *, eq: int | None = None, gw: int | None = None,
-          raised: datetime = OCT_10, since: datetime | None = None, ack: datetime | None = None,
-          resolved: datetime | None = None, suppressed: bool = False, in_period: bool = True,
-          level2: bool = False, level3: bool = False) -> dict[str, Any]:
-    return {"id": id_, "kind": kind, "unit_id": unit, "equipment_id": eq, "gateway_id": gw,
-            "condition_since": since or raised, "raised_at": raised, "acknowledged_at": ack,
-            "resolved_at": resolved, "suppressed": suppressed, "raised_in_period": in_period,
-            "reached_level2": level2, "reached_level3": level3}
+def alarm(
+    id_: int,
+    kind: str,
+    unit: int,
+    *,
+    eq: int | None = None,
+    gw: int | None = None,
+    raised: datetime = OCT_10,
+    since: datetime | None = None,
+    ack: datetime | None = None,
+    resolved: datetime | None = None,
+    suppressed: bool = False,
+    in_period: bool = True,
+    level2: bool = False,
+    level3: bool = False,
+) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "kind": kind,
+        "unit_id": unit,
+        "equipment_id": eq,
+        "gateway_id": gw,
+        "condition_since": since or raised,
+        "raised_at": raised,
+        "acknowledged_at": ack,
+        "resolved_at": resolved,
+        "suppressed": suppressed,
+        "raised_in_period": in_period,
+        "reached_level2": level2,
+        "reached_level3": level3,
+    }
 
 
 DEVICE_ALARMS = [
@@ -252,8 +290,18 @@ def test_alarm_response_per_area_and_total() -> None:
         maths.ALARMS_SCHEMA,
     )
     table = tables.alarm_response(frame, UNITS, 1)
-    cols = ["area_name", "alarms", "acknowledged", "ack_within_30", "ack_within_30_share", "ack_median_minutes",
-            "reached_level2", "level2_share", "reached_level3", "level3_share"]
+    cols = [
+        "area_name",
+        "alarms",
+        "acknowledged",
+        "ack_within_30",
+        "ack_within_30_share",
+        "ack_median_minutes",
+        "reached_level2",
+        "level2_share",
+        "reached_level3",
+        "level3_share",
+    ]
     assert table.select(cols).rows() == [
         ("西安市", 2, 2, 1, 0.5, 27.5, 1, 0.5, 0, 0.0),
         ("韩城市", 1, 0, 0, 0.0, None, 1, 1.0, 1, 1.0),
@@ -267,26 +315,62 @@ def test_gateway_table_hours_in_month_and_evidence() -> None:
     period = maths.month_period(OCT, NOW)
     start = period.start
     gateways = maths.frame(
-        [{"gateway_id": g, "serial": f"1000{g}", "unit_id": 3 if g == 1 else 4, "vendor": "精创", "model": "GW"}
-         for g in (1, 2, 3, 4, 5)],
+        [
+            {"gateway_id": g, "serial": f"1000{g}", "unit_id": 3 if g == 1 else 4, "vendor": "精创", "model": "GW"}
+            for g in (1, 2, 3, 4, 5)
+        ],
         maths.GATEWAYS_SCHEMA,
     )
     status = maths.frame(
         [
-            {"gateway_id": 1, "statuses": 100, "power_reports": 100, "on_battery": 5, "battery_reports": 100,
-             "battery_low": 0, "rssi_reports": 100, "weak_signal": 0, "min_battery": 3.8, "min_rssi": -80},
-            {"gateway_id": 3, "statuses": 50, "power_reports": 0, "on_battery": 0, "battery_reports": 0,
-             "battery_low": 0, "rssi_reports": 50, "weak_signal": 2, "min_battery": None, "min_rssi": -104},
+            {
+                "gateway_id": 1,
+                "statuses": 100,
+                "power_reports": 100,
+                "on_battery": 5,
+                "battery_reports": 100,
+                "battery_low": 0,
+                "rssi_reports": 100,
+                "weak_signal": 0,
+                "min_battery": 3.8,
+                "min_rssi": -80,
+            },
+            {
+                "gateway_id": 3,
+                "statuses": 50,
+                "power_reports": 0,
+                "on_battery": 0,
+                "battery_reports": 0,
+                "battery_low": 0,
+                "rssi_reports": 50,
+                "weak_signal": 2,
+                "min_battery": None,
+                "min_rssi": -104,
+            },
         ],
         maths.GATEWAY_STATUS_SCHEMA,
     )
     alarms = maths.frame(
         [
-            alarm(1, "gateway_power", 3, gw=1, raised=start + timedelta(days=10),
-                  resolved=start + timedelta(days=10, hours=3), level2=True),
+            alarm(
+                1,
+                "gateway_power",
+                3,
+                gw=1,
+                raised=start + timedelta(days=10),
+                resolved=start + timedelta(days=10, hours=3),
+                level2=True,
+            ),
             # Raised in September, resolved four hours into October: a problem of October too.
-            alarm(2, "gateway_offline", 4, gw=2, raised=start - timedelta(hours=2),
-                  resolved=start + timedelta(hours=4), in_period=False),
+            alarm(
+                2,
+                "gateway_offline",
+                4,
+                gw=2,
+                raised=start - timedelta(hours=2),
+                resolved=start + timedelta(hours=4),
+                in_period=False,
+            ),
             # Still open at the month's end: counted to the end.
             alarm(3, "gateway_battery_low", 4, gw=5, raised=start + timedelta(days=30)),
             alarm(4, "high", 4, eq=3),
@@ -295,7 +379,10 @@ def test_gateway_table_hours_in_month_and_evidence() -> None:
     )
     table = tables.gateway_table(gateways, status, alarms, UNITS, period, 1)
     assert table.select("gateway_id", "problem", "problem_hours").rows() == [
-        (5, True, 24.0), (2, True, 4.0), (1, True, 3.0), (3, False, 0.0),
+        (5, True, 24.0),
+        (2, True, 4.0),
+        (1, True, 3.0),
+        (3, False, 0.0),
     ]
     rows = {r["gateway_id"]: r for r in table.to_dicts()}
     g1 = rows[1]
@@ -309,13 +396,23 @@ def test_warranty_window_is_the_month_and_90_days_after() -> None:
     period = maths.month_period(OCT, NOW)
     hw = maths.frame(
         [
-            {"hardware": "gateway", "serial": "A", "unit_id": 3, "warranty_end": date(2026, 10, 15),
-             "status": "active"},
+            {
+                "hardware": "gateway",
+                "serial": "A",
+                "unit_id": 3,
+                "warranty_end": date(2026, 10, 15),
+                "status": "active",
+            },
             {"hardware": "probe", "serial": "B", "unit_id": 4, "warranty_end": date(2027, 1, 29), "status": "in_stock"},
             {"hardware": "probe", "serial": "C", "unit_id": 4, "warranty_end": date(2027, 1, 30), "status": "active"},
             {"hardware": "probe", "serial": "D", "unit_id": 4, "warranty_end": date(2026, 9, 30), "status": "active"},
-            {"hardware": "probe", "serial": "E", "unit_id": 4, "warranty_end": date(2026, 11, 10),
-             "status": "decommissioned"},
+            {
+                "hardware": "probe",
+                "serial": "E",
+                "unit_id": 4,
+                "warranty_end": date(2026, 11, 10),
+                "status": "decommissioned",
+            },
         ],
         maths.HARDWARE_SCHEMA,
     )
@@ -329,10 +426,26 @@ def test_warranty_window_is_the_month_and_90_days_after() -> None:
 def test_logins_keep_their_order_and_rate_is_over_all_site_days() -> None:
     logins = maths.frame(
         [
-            {"unit_id": 4, "code": "6105810001", "name": "乙", "days": 31, "compliant_days": 0,
-             "noncompliant_days": 1, "days_without_login": 30, "rate": 0.0},
-            {"unit_id": 3, "code": "6101130001", "name": "甲", "days": 31, "compliant_days": 10,
-             "noncompliant_days": 0, "days_without_login": 21, "rate": 10 / 31},
+            {
+                "unit_id": 4,
+                "code": "6105810001",
+                "name": "乙",
+                "days": 31,
+                "compliant_days": 0,
+                "noncompliant_days": 1,
+                "days_without_login": 30,
+                "rate": 0.0,
+            },
+            {
+                "unit_id": 3,
+                "code": "6101130001",
+                "name": "甲",
+                "days": 31,
+                "compliant_days": 10,
+                "noncompliant_days": 0,
+                "days_without_login": 21,
+                "rate": 10 / 31,
+            },
         ],
         maths.LOGINS_SCHEMA,
     )
@@ -347,26 +460,42 @@ def test_headline_and_changes() -> None:
     alarms = maths.frame(DEVICE_ALARMS, maths.ALARMS_SCHEMA)
     response = tables.alarm_response(alarms, UNITS, 1)
     empty_gw = maths.frame([], maths.GATEWAYS_SCHEMA).with_columns(pl.lit(True).alias("problem"))
-    head = headline.headline(table, alarms, response, empty_gw, maths.frame([], maths.LOGINS_SCHEMA),
-                          maths.frame([], maths.HARDWARE_SCHEMA))
+    head = headline.headline(
+        table, alarms, response, empty_gw, maths.frame([], maths.LOGINS_SCHEMA), maths.frame([], maths.HARDWARE_SCHEMA)
+    )
     assert head == {
-        "devices": 5, "problem_devices": 4, "problem_share": 0.8, "alarms": 2,
-        "out_of_range_hours": 2.0, "offline_hours": 12, "completeness": round(3900 / 4100, 4),
-        "drift_findings": 1, "ack_within_30_share": 0.0, "level2_share": 0.0, "level3_share": 0.0,
-        "gateway_problems": 0, "login_rate": None, "warranties_due": 0,
+        "devices": 5,
+        "problem_devices": 4,
+        "problem_share": 0.8,
+        "alarms": 2,
+        "out_of_range_hours": 2.0,
+        "offline_hours": 12,
+        "completeness": round(3900 / 4100, 4),
+        "drift_findings": 1,
+        "ack_within_30_share": 0.0,
+        "level2_share": 0.0,
+        "level3_share": 0.0,
+        "gateway_problems": 0,
+        "login_rate": None,
+        "warranties_due": 0,
     }
     assert set(head) == {i.key for i in headline.INDICATORS}
     previous = {**head, "problem_share": 0.9, "completeness": 0.99, "alarms": 2, "login_rate": 0.5}
     rows = {c["key"]: c for c in headline.changes(head, previous)}
     assert (rows["problem_share"]["change"], rows["problem_share"]["better"]) == (-0.1, True)
-    assert (rows["completeness"]["change"], rows["completeness"]["better"]) == (round(round(3900 / 4100, 4) - 0.99, 4),
-                                                                                False)
+    assert (rows["completeness"]["change"], rows["completeness"]["better"]) == (
+        round(round(3900 / 4100, 4) - 0.99, 4),
+        False,
+    )
     assert (rows["alarms"]["change"], rows["alarms"]["better"]) == (0.0, None)
     assert (rows["login_rate"]["change"], rows["login_rate"]["previous"]) == (None, 0.5)
     assert all(c["change"] is None for c in headline.changes(head, None))
     shown = {r["key"]: r for r in _change_rows(headline.changes(head, previous))}
     assert (shown["problem_share"]["current"], shown["problem_share"]["change"], shown["problem_share"]["verdict"]) == (
-        80.0, -10.0, "好转")
+        80.0,
+        -10.0,
+        "好转",
+    )
     assert shown["alarms"]["unit"] == "次" and shown["alarms"]["verdict"] == "—"
 
 

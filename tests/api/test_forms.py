@@ -169,11 +169,23 @@ def test_form3_binding_goes_live_after_the_chain_with_every_step_recorded(env: E
     assert (r.status_code, error_code(r)) == (409, "form_state")
     assert r.json()["error"]["message"] == "附表2 为申请，无需执行"
 
-    form = submit(env, "ba_T1", {
-        "form_type": 3, **common(w), "request_form_id": request["id"],
-        "rows": [{"compartment_id": new_comp, "gateway_serial": "10001", "probe_serial": "108602",
-                  "mode": "refrigerated"}],
-    })
+    form = submit(
+        env,
+        "ba_T1",
+        {
+            "form_type": 3,
+            **common(w),
+            "request_form_id": request["id"],
+            "rows": [
+                {
+                    "compartment_id": new_comp,
+                    "gateway_serial": "10001",
+                    "probe_serial": "108602",
+                    "mode": "refrigerated",
+                }
+            ],
+        },
+    )
     assert re.fullmatch(r"F3-\d{8}-\d{6}", form["form_no"]) and form["form_no"].endswith(f"{form['id']:06d}")
     assert form["current_unit_id"] == w.units["K1"] and form["unit_name"] == "电子城街道社区卫生服务中心"
     assert rows(env, "SELECT * FROM probe_bindings_current WHERE probe_id = %s", (w.probes["108602"],)) == []
@@ -183,8 +195,11 @@ def test_form3_binding_goes_live_after_the_chain_with_every_step_recorded(env: E
     assert done["result"]["bindings"] == [
         {"binding_id": binding_id, "compartment_id": new_comp, "probe_serial": "108602", "gateway_serial": "10001"}
     ]
-    assert one(env, "SELECT id, compartment_id, gateway_id FROM probe_bindings_current WHERE probe_id = %s",
-               (w.probes["108602"],)) == (binding_id, new_comp, w.gateways["10001"])
+    assert one(
+        env,
+        "SELECT id, compartment_id, gateway_id FROM probe_bindings_current WHERE probe_id = %s",
+        (w.probes["108602"],),
+    ) == (binding_id, new_comp, w.gateways["10001"])
     assert probe_state(env, "108602") == ("active", w.units["T1"])
     assert [(s["action"], s["unit_name"], s["username"]) for s in done["steps"]] == [
         ("submit", "电子城街道社区卫生服务中心", "ba_T1"),
@@ -196,8 +211,9 @@ def test_form3_binding_goes_live_after_the_chain_with_every_step_recorded(env: E
     assert [s["comment"] for s in done["steps"][1:3]] == ["同意上报", "同意上报"]
     assert done["steps"] == sorted(done["steps"], key=lambda s: (s["ts"], s["id"]))
     # The audit log names the action and the actor of the binding.
-    assert one(env, "SELECT action, actor_id FROM audit_log WHERE entity = 'probe_bindings' AND entity_id = %s",
-               (binding_id,)) == ("form3.apply", w.users["sa_K1"])
+    assert one(
+        env, "SELECT action, actor_id FROM audit_log WHERE entity = 'probe_bindings' AND entity_id = %s", (binding_id,)
+    ) == ("form3.apply", w.users["sa_K1"])
     # Applying twice is refused: the form is done.
     r = apply(env, "sa_K1", done)
     assert (r.status_code, error_code(r)) == (409, "form_state")
@@ -206,14 +222,36 @@ def test_form3_binding_goes_live_after_the_chain_with_every_step_recorded(env: E
 def test_form3_refusals_list_every_problem_with_its_row(env: Env) -> None:
     w = env.world
     refrigerated, frozen = add_fridge(env, ("refrigerated", "frozen"))
-    error = refused(env, "ba_T1", {"form_type": 3, **common(w), "request_form_id": 999999, "rows": [
-        {"compartment_id": w.compartments["T1/冷藏"], "gateway_serial": "10001", "probe_serial": "108602",
-         "mode": "refrigerated"},
-        {"compartment_id": w.compartments["T2/冷藏"], "gateway_serial": "10001", "probe_serial": "208699",
-         "mode": "refrigerated"},
-        {"compartment_id": frozen, "gateway_serial": "20001", "probe_serial": "108601", "mode": "refrigerated"},
-        {"compartment_id": refrigerated, "gateway_serial": "19999", "probe_serial": "208602", "mode": "refrigerated"},
-    ]})
+    error = refused(
+        env,
+        "ba_T1",
+        {
+            "form_type": 3,
+            **common(w),
+            "request_form_id": 999999,
+            "rows": [
+                {
+                    "compartment_id": w.compartments["T1/冷藏"],
+                    "gateway_serial": "10001",
+                    "probe_serial": "108602",
+                    "mode": "refrigerated",
+                },
+                {
+                    "compartment_id": w.compartments["T2/冷藏"],
+                    "gateway_serial": "10001",
+                    "probe_serial": "208699",
+                    "mode": "refrigerated",
+                },
+                {"compartment_id": frozen, "gateway_serial": "20001", "probe_serial": "108601", "mode": "refrigerated"},
+                {
+                    "compartment_id": refrigerated,
+                    "gateway_serial": "19999",
+                    "probe_serial": "208602",
+                    "mode": "refrigerated",
+                },
+            ],
+        },
+    )
     problems = {(d["row"], d["field"]): d["problem"] for d in error["details"]}
     assert "该温区已有探头" in problems[(1, "rows.compartment_id")] and "108601" in problems[(1, "rows.compartment_id")]
     assert problems[(2, "rows.compartment_id")] == f"温区 {w.compartments['T2/冷藏']} 不存在或不属于本单位"
@@ -229,22 +267,55 @@ def test_form3_refusals_list_every_problem_with_its_row(env: Env) -> None:
     assert rows(env, "SELECT id FROM forms") == []
 
     # The same probe twice in one form.
-    error = refused(env, "ba_T1", {"form_type": 3, **common(w), "rows": [
-        {"compartment_id": refrigerated, "gateway_serial": "10001", "probe_serial": "108602", "mode": "refrigerated"},
-        {"compartment_id": frozen, "gateway_serial": "10001", "probe_serial": "108602", "mode": "frozen"},
-    ]})
+    error = refused(
+        env,
+        "ba_T1",
+        {
+            "form_type": 3,
+            **common(w),
+            "rows": [
+                {
+                    "compartment_id": refrigerated,
+                    "gateway_serial": "10001",
+                    "probe_serial": "108602",
+                    "mode": "refrigerated",
+                },
+                {"compartment_id": frozen, "gateway_serial": "10001", "probe_serial": "108602", "mode": "frozen"},
+            ],
+        },
+    )
     assert [d["problem"] for d in error["details"]] == ["探头 108602 在本表中重复出现"] * 2
 
 
 def test_form3_is_checked_again_when_applied(env: Env) -> None:
     w = env.world
     refrigerated, frozen = add_fridge(env, ("refrigerated", "frozen"))
-    form = to_filed(env, submit(env, "ba_T1", {"form_type": 3, **common(w), "rows": [
-        {"compartment_id": refrigerated, "gateway_serial": "10001", "probe_serial": "108602", "mode": "refrigerated"},
-    ]}))
+    form = to_filed(
+        env,
+        submit(
+            env,
+            "ba_T1",
+            {
+                "form_type": 3,
+                **common(w),
+                "rows": [
+                    {
+                        "compartment_id": refrigerated,
+                        "gateway_serial": "10001",
+                        "probe_serial": "108602",
+                        "mode": "refrigerated",
+                    },
+                ],
+            },
+        ),
+    )
     # Meanwhile the spare probe was bound elsewhere.
-    execute(env, "INSERT INTO probe_bindings (probe_id, compartment_id, gateway_id, valid) "
-                 "VALUES (%s, %s, %s, tstzrange(now(), NULL))", (w.probes["108602"], frozen, w.gateways["10001"]))
+    execute(
+        env,
+        "INSERT INTO probe_bindings (probe_id, compartment_id, gateway_id, valid) "
+        "VALUES (%s, %s, %s, tstzrange(now(), NULL))",
+        (w.probes["108602"], frozen, w.gateways["10001"]),
+    )
     r = apply(env, "sa_K1", form)
     assert (r.status_code, error_code(r)) == (422, "form_invalid"), r.text
     assert "探头 108602 已绑定" in r.json()["error"]["message"]
@@ -257,29 +328,54 @@ def test_form3_is_checked_again_when_applied(env: Env) -> None:
 
 def test_form1_swaps_the_probe_and_renames_the_fridge_keeping_history(env: Env) -> None:
     w = env.world
-    form = submit(env, "ba_T1", {"form_type": 1, **common(w), "remarks": "原探头漂移超过 0.5 ℃", "rows": [
-        {"compartment_id": w.compartments["T1/冷藏"], "equipment_name_after": "美菱医用冷藏柜",
-         "probe_before": "108601", "probe_after": "108602", "mode": "refrigerated"},
-    ]})
+    form = submit(
+        env,
+        "ba_T1",
+        {
+            "form_type": 1,
+            **common(w),
+            "remarks": "原探头漂移超过 0.5 ℃",
+            "rows": [
+                {
+                    "compartment_id": w.compartments["T1/冷藏"],
+                    "equipment_name_after": "美菱医用冷藏柜",
+                    "probe_before": "108601",
+                    "probe_after": "108602",
+                    "mode": "refrigerated",
+                },
+            ],
+        },
+    )
     assert form["steps"][0]["comment"] == "原探头漂移超过 0.5 ℃"
     done = applied(env, "sa_K1", to_filed(env, form))
     new_id = done["result"]["rows"][0]["new_binding_id"]
     assert done["result"]["rows"][0]["closed_binding_id"] == w.bindings["108601"]
 
-    old_upper, new_lower, new_open = one(env, """
+    old_upper, new_lower, new_open = one(
+        env,
+        """
         SELECT upper(o.valid), lower(n.valid), upper_inf(n.valid)
-        FROM probe_bindings o, probe_bindings n WHERE o.id = %s AND n.id = %s""", (w.bindings["108601"], new_id))
+        FROM probe_bindings o, probe_bindings n WHERE o.id = %s AND n.id = %s""",
+        (w.bindings["108601"], new_id),
+    )
     assert old_upper is not None and old_upper == new_lower and new_open is True
-    assert one(env, "SELECT probe_id, compartment_id, gateway_id FROM probe_bindings_current WHERE id = %s",
-               (new_id,)) == (w.probes["108602"], w.compartments["T1/冷藏"], w.gateways["10001"])
-    assert rows(env, "SELECT probe_id FROM probe_bindings WHERE compartment_id = %s ORDER BY lower(valid)",
-                (w.compartments["T1/冷藏"],)) == [(w.probes["108601"],), (w.probes["108602"],)]
+    assert one(
+        env, "SELECT probe_id, compartment_id, gateway_id FROM probe_bindings_current WHERE id = %s", (new_id,)
+    ) == (w.probes["108602"], w.compartments["T1/冷藏"], w.gateways["10001"])
+    assert rows(
+        env,
+        "SELECT probe_id FROM probe_bindings WHERE compartment_id = %s ORDER BY lower(valid)",
+        (w.compartments["T1/冷藏"],),
+    ) == [(w.probes["108601"],), (w.probes["108602"],)]
     assert probe_state(env, "108601") == ("in_stock", w.units["T1"])
     assert probe_state(env, "108602") == ("active", w.units["T1"])
     assert one(env, "SELECT name, version FROM equipment WHERE id = %s", (w.equipment["T1"],)) == ("美菱医用冷藏柜", 2)
-    assert one(env, """SELECT before ->> 'name', after ->> 'name', actor_id FROM audit_log
+    assert one(
+        env,
+        """SELECT before ->> 'name', after ->> 'name', actor_id FROM audit_log
                        WHERE entity = 'equipment' AND entity_id = %s AND action = 'form1.apply'""",
-               (w.equipment["T1"],)) == ("海尔双温冰箱", "美菱医用冷藏柜", w.users["sa_K1"])
+        (w.equipment["T1"],),
+    ) == ("海尔双温冰箱", "美菱医用冷藏柜", w.users["sa_K1"])
 
 
 def test_form1_refusals(env: Env) -> None:
@@ -335,40 +431,64 @@ def test_form1_refusals(env: Env) -> None:
 
 def test_form4_stops_equipment_and_probes_and_hardware_goes_back_to_the_county(env: Env) -> None:
     w = env.world
-    form = submit(env, "ba_T1", {"form_type": 4, **common(w),
-                                 "equipment": [{"equipment_id": w.equipment["T1"], "stop": True}],
-                                 "probes": [{"probe_serial": "108602", "stop": True}]})
+    form = submit(
+        env,
+        "ba_T1",
+        {
+            "form_type": 4,
+            **common(w),
+            "equipment": [{"equipment_id": w.equipment["T1"], "stop": True}],
+            "probes": [{"probe_serial": "108602", "stop": True}],
+        },
+    )
     done = applied(env, "ba_K1", to_filed(env, form))
     assert done["result"]["probes_returned"] == ["108601", "108602", "108604"]
     assert done["result"]["returned_to_unit_id"] == w.units["K1"]
     assert sorted(done["result"]["closed_binding_ids"]) == sorted([w.bindings["108601"], w.bindings["108604"]])
 
-    status, decommissioned_at = one(env, "SELECT status, decommissioned_at FROM equipment WHERE id = %s",
-                                    (w.equipment["T1"],))
+    status, decommissioned_at = one(
+        env, "SELECT status, decommissioned_at FROM equipment WHERE id = %s", (w.equipment["T1"],)
+    )
     assert status == "decommissioned" and decommissioned_at is not None
-    assert rows(env, "SELECT DISTINCT status FROM compartments WHERE equipment_id = %s",
-                (w.equipment["T1"],)) == [("decommissioned",)]
+    assert rows(env, "SELECT DISTINCT status FROM compartments WHERE equipment_id = %s", (w.equipment["T1"],)) == [
+        ("decommissioned",)
+    ]
     for serial in ("108601", "108604"):
         (upper,) = one(env, "SELECT upper(valid) FROM probe_bindings WHERE id = %s", (w.bindings[serial],))
         assert upper is not None
     for serial in ("108601", "108604", "108602"):
         assert probe_state(env, serial) == ("in_stock", w.units["K1"]), serial
-    assert rows(env, "SELECT id FROM probe_bindings_current WHERE compartment_id = ANY(%s)",
-                ([w.compartments["T1/冷藏"], w.compartments["T1/冷冻"]],)) == []
+    assert (
+        rows(
+            env,
+            "SELECT id FROM probe_bindings_current WHERE compartment_id = ANY(%s)",
+            ([w.compartments["T1/冷藏"], w.compartments["T1/冷冻"]],),
+        )
+        == []
+    )
     # Nothing was deleted: both bindings are still there, now closed.
-    assert one(env, "SELECT count(*) FROM probe_bindings WHERE probe_id = ANY(%s)",
-               ([w.probes["108601"], w.probes["108604"]],)) == (2,)
+    assert one(
+        env, "SELECT count(*) FROM probe_bindings WHERE probe_id = ANY(%s)", ([w.probes["108601"], w.probes["108604"]],)
+    ) == (2,)
     # T2's fridge is untouched.
     assert one(env, "SELECT status FROM equipment WHERE id = %s", (w.equipment["T2"],)) == ("active",)
 
 
 def test_form4_refusals(env: Env) -> None:
     w = env.world
-    error = refused(env, "ba_T1", {"form_type": 4, **common(w),
-                                   "equipment": [{"equipment_id": w.equipment["T2"], "stop": True},
-                                                 {"equipment_id": w.equipment["T2"], "stop": True}],
-                                   "probes": [{"probe_serial": "208601", "stop": True},
-                                              {"probe_serial": "108699", "stop": False}]})
+    error = refused(
+        env,
+        "ba_T1",
+        {
+            "form_type": 4,
+            **common(w),
+            "equipment": [
+                {"equipment_id": w.equipment["T2"], "stop": True},
+                {"equipment_id": w.equipment["T2"], "stop": True},
+            ],
+            "probes": [{"probe_serial": "208601", "stop": True}, {"probe_serial": "108699", "stop": False}],
+        },
+    )
     problems = [(d["row"], d["field"], d["problem"]) for d in error["details"]]
     assert (1, "equipment.equipment_id", f"设备 {w.equipment['T2']} 不存在或不属于本单位") in problems
     assert (2, "equipment.equipment_id", f"设备 {w.equipment['T2']} 在本表中重复出现") in problems
@@ -385,11 +505,24 @@ def test_form4_refusals(env: Env) -> None:
 
 def test_form5_add_user_by_the_um1_manager_with_a_one_time_setup_token(env: Env) -> None:
     w = env.world
-    form = submit(env, "ba_T1", {
-        "form_type": 5, **common(w), "change_type": "add", "applicant_department": "预防接种门诊",
-        "after": {"username": "ba_T1b", "real_name": "赵敏", "phone": "13900000001", "role": "business_admin",
-                  "unit_id": w.units["T1"], "email": "zm@example.cn"},
-    })
+    form = submit(
+        env,
+        "ba_T1",
+        {
+            "form_type": 5,
+            **common(w),
+            "change_type": "add",
+            "applicant_department": "预防接种门诊",
+            "after": {
+                "username": "ba_T1b",
+                "real_name": "赵敏",
+                "phone": "13900000001",
+                "role": "business_admin",
+                "unit_id": w.units["T1"],
+                "email": "zm@example.cn",
+            },
+        },
+    )
     assert form["payload"]["before"] is None
     filed = to_filed(env, form)
     # The county manages township users (UM1): not the city, and not a business administrator.
@@ -403,15 +536,24 @@ def test_form5_add_user_by_the_um1_manager_with_a_one_time_setup_token(env: Env)
     token = done["setup_token"]
     assert isinstance(token, str) and len(token) > 20
     user_id = done["result"]["user_id"]
-    new_user = one(env, "SELECT username, unit_id, role, created_by, password_hash IS NULL, status FROM users "
-                        "WHERE id = %s", (user_id,))
+    new_user = one(
+        env,
+        "SELECT username, unit_id, role, created_by, password_hash IS NULL, status FROM users WHERE id = %s",
+        (user_id,),
+    )
     assert new_user == ("ba_T1b", w.units["T1"], "business_admin", w.users["sa_K1"], True, "active")
     # The token is returned once and stored nowhere in clear.
     assert env.get(f"/forms/{form['id']}", "ba_T1").json().get("setup_token") is None
-    assert one(env, "SELECT count(*) FROM forms WHERE payload::text LIKE %s OR result::text LIKE %s",
-               (f"%{token}%", f"%{token}%")) == (0,)
-    assert one(env, "SELECT count(*) FROM audit_log WHERE before::text LIKE %s OR after::text LIKE %s",
-               (f"%{token}%", f"%{token}%")) == (0,)
+    assert one(
+        env,
+        "SELECT count(*) FROM forms WHERE payload::text LIKE %s OR result::text LIKE %s",
+        (f"%{token}%", f"%{token}%"),
+    ) == (0,)
+    assert one(
+        env,
+        "SELECT count(*) FROM audit_log WHERE before::text LIKE %s OR after::text LIKE %s",
+        (f"%{token}%", f"%{token}%"),
+    ) == (0,)
 
     r = env.client.post(f"{API}/auth/setup-password", json={"token": token, "new_password": NEW_PASSWORD})
     assert r.status_code == 204, r.text
@@ -421,8 +563,9 @@ def test_form5_add_user_by_the_um1_manager_with_a_one_time_setup_token(env: Env)
 
 def test_form5_close_modify_and_delete_keep_the_user_row(env: Env) -> None:
     w = env.world
-    close = submit(env, "ba_K1", {"form_type": 5, **common(w, "K1"), "change_type": "close",
-                                  "target_user_id": w.users["ana_K1"]})
+    close = submit(
+        env, "ba_K1", {"form_type": 5, **common(w, "K1"), "change_type": "close", "target_user_id": w.users["ana_K1"]}
+    )
     before = close["payload"]["before"]
     assert before["username"] == "ana_K1" and before["role"] == "analyst" and "password_hash" not in before
     assert close["current_unit_id"] == w.units["C1"]
@@ -435,23 +578,38 @@ def test_form5_close_modify_and_delete_keep_the_user_row(env: Env) -> None:
     r = env.client.post(f"{API}/auth/token", json={"username": "ana_K1", "password": "Test@Pass2026"})
     assert (r.status_code, error_code(r)) == (403, "account_closed")
 
-    modify = submit(env, "ba_T1", {"form_type": 5, **common(w), "change_type": "modify",
-                                   "target_user_id": w.users["ba_T1"],
-                                   "after": {"real_name": "王芳芳", "phone": "13911112222"}})
+    modify = submit(
+        env,
+        "ba_T1",
+        {
+            "form_type": 5,
+            **common(w),
+            "change_type": "modify",
+            "target_user_id": w.users["ba_T1"],
+            "after": {"real_name": "王芳芳", "phone": "13911112222"},
+        },
+    )
     done = applied(env, "sa_K1", to_filed(env, modify))
     assert done["result"]["changed"] == {"real_name": "王芳芳", "phone": "13911112222"}
-    assert one(env, "SELECT real_name, phone, role, version FROM users WHERE id = %s",
-               (w.users["ba_T1"],)) == ("王芳芳", "13911112222", "business_admin", 2)
+    assert one(env, "SELECT real_name, phone, role, version FROM users WHERE id = %s", (w.users["ba_T1"],)) == (
+        "王芳芳",
+        "13911112222",
+        "business_admin",
+        2,
+    )
 
-    delete = submit(env, "ba_K3", {"form_type": 5, **common(w, "K3"), "change_type": "delete",
-                                   "target_user_id": w.users["ba_T3"]})
+    delete = submit(
+        env, "ba_K3", {"form_type": 5, **common(w, "K3"), "change_type": "delete", "target_user_id": w.users["ba_T3"]}
+    )
     filed = to_filed(env, delete, ())  # 韩城 reports straight to the province
     r = apply(env, "sa_P", filed)  # the province does not manage a township's users
     assert (r.status_code, error_code(r)) == (403, "forbidden")
     assert "韩城市疾病预防控制中心的系统管理员" in r.json()["error"]["message"]
     with db.connect(w.url) as conn:  # ba_T3 is the site's level-1 alarm contact (CM15)
-        conn.execute("INSERT INTO unit_responsibles (unit_id, level, user_id) VALUES (%s, 1, %s)",
-                     (w.units["T3"], w.users["ba_T3"]))
+        conn.execute(
+            "INSERT INTO unit_responsibles (unit_id, level, user_id) VALUES (%s, 1, %s)",
+            (w.units["T3"], w.users["ba_T3"]),
+        )
         conn.commit()
     done = applied(env, "sa_K3", filed)
     assert one(env, "SELECT status FROM users WHERE id = %s", (w.users["ba_T3"],)) == ("deleted",)
@@ -467,29 +625,48 @@ def test_form5_refusals(env: Env) -> None:
         return [d["problem"] for d in refused(env, username, {"form_type": 5, **common(w), **body})["details"]]
 
     def add(**after: Any) -> dict[str, Any]:
-        return {"change_type": "add", "after": {"username": "new_user", "real_name": "新人", "phone": "13900000009",
-                                                "role": "business_admin", "unit_id": w.units["T1"], **after}}
+        return {
+            "change_type": "add",
+            "after": {
+                "username": "new_user",
+                "real_name": "新人",
+                "phone": "13900000009",
+                "role": "business_admin",
+                "unit_id": w.units["T1"],
+                **after,
+            },
+        }
 
     assert problems(add(role="system_admin")) == [NO_TOWNSHIP_SA]
     assert problems(add(role="supervisor")) == ["督导（只读）角色属于省级卫生健康主管部门，只能设在省级单位"]
     assert problems(add(username="ba_T2")) == ["用户名 ba_T2 已被使用"]
     assert problems({"change_type": "add", "after": {"username": "x_y_z"}}) == [
-        "新增用户须填写姓名", "新增用户须填写电话", "新增用户须填写角色", "新增用户须填写所在单位"]
+        "新增用户须填写姓名",
+        "新增用户须填写电话",
+        "新增用户须填写角色",
+        "新增用户须填写所在单位",
+    ]
     assert problems({"change_type": "close"}) == ["关闭用户须填写变更对象"]
-    assert problems({"change_type": "modify", "target_user_id": w.users["ba_T1"],
-                     "after": {"real_name": "测试ba_T1"}}) == ["没有任何变更"]
-    assert problems({"change_type": "modify", "target_user_id": w.users["ba_T1"],
-                     "after": {"role": "system_admin"}}) == [NO_TOWNSHIP_SA]
+    assert problems(
+        {"change_type": "modify", "target_user_id": w.users["ba_T1"], "after": {"real_name": "测试ba_T1"}}
+    ) == ["没有任何变更"]
+    assert problems(
+        {"change_type": "modify", "target_user_id": w.users["ba_T1"], "after": {"role": "system_admin"}}
+    ) == [NO_TOWNSHIP_SA]
     # A unit may only apply for itself and below.
     assert problems({"change_type": "close", "target_user_id": w.users["ba_K1"]}, "sa_K1") == [
-        "该用户不属于申请单位或其下级单位"]
+        "该用户不属于申请单位或其下级单位"
+    ]
     execute(env, "UPDATE users SET status = 'closed', closed_at = now() WHERE id = %s", (w.users["ana_K1"],))
     assert problems({**common(w, "K1"), "change_type": "close", "target_user_id": w.users["ana_K1"]}, "ba_K1") == [
-        "用户 ana_K1 已关闭"]
+        "用户 ana_K1 已关闭"
+    ]
     # Users and units outside the submitter's jurisdiction do not exist for them.
-    for body in ({"change_type": "close", "target_user_id": w.users["ba_T2"]},
-                 {"change_type": "close", "target_user_id": 10**9},
-                 add(unit_id=w.units["T2"])):
+    for body in (
+        {"change_type": "close", "target_user_id": w.users["ba_T2"]},
+        {"change_type": "close", "target_user_id": 10**9},
+        add(unit_id=w.units["T2"]),
+    ):
         r = env.post("/forms", "ba_T1", {"form_type": 5, **common(w), **body})
         assert (r.status_code, error_code(r)) == (404, "not_found"), r.text
     r = env.post("/forms", "ba_T1", {"form_type": 5, **common(w), **add(role="root")})
@@ -548,9 +725,26 @@ def test_workflow_refuses_wrong_level_wrong_state_stale_version_and_read_only_ro
     r = env.post(f"/forms/{fid}/forward", "ba_P")
     assert (r.status_code, error_code(r)) == (409, "form_state")
 
-    form1 = to_filed(env, submit(env, "ba_T1", {"form_type": 1, **common(w), "rows": [
-        {"compartment_id": w.compartments["T1/冷藏"], "equipment_name_after": "新名", "probe_before": "108601",
-         "probe_after": "108601", "mode": "refrigerated"}]}))
+    form1 = to_filed(
+        env,
+        submit(
+            env,
+            "ba_T1",
+            {
+                "form_type": 1,
+                **common(w),
+                "rows": [
+                    {
+                        "compartment_id": w.compartments["T1/冷藏"],
+                        "equipment_name_after": "新名",
+                        "probe_before": "108601",
+                        "probe_after": "108601",
+                        "mode": "refrigerated",
+                    }
+                ],
+            },
+        ),
+    )
     r = env.post(f"/forms/{form1['id']}/apply", "sa_K1", {})
     assert (r.status_code, error_code(r)) == (422, "invalid_request")  # apply needs the version
     r = env.post(f"/forms/{form1['id']}/apply", "sa_K1", {"version": form1["version"] - 1})
@@ -596,12 +790,18 @@ def test_other_counties_get_404_whatever_id(env: Env) -> None:
         for target in (fid, fid + 1, 10**9):
             r = env.get(f"/forms/{target}", username)
             bodies.append((r.status_code, r.json()))
-            for action, body in (("forward", {}), ("file", {}), ("return", {"reason": "无理由退回"}),
-                                 ("withdraw", {}), ("apply", {"version": 1})):
+            for action, body in (
+                ("forward", {}),
+                ("file", {}),
+                ("return", {"reason": "无理由退回"}),
+                ("withdraw", {}),
+                ("apply", {"version": 1}),
+            ):
                 r = env.post(f"/forms/{target}/{action}", username, body)
                 bodies.append((r.status_code, r.json()))
-        assert {repr(b) for b in bodies} == {repr((404, {"error": {
-            "code": "not_found", "message": "表单不存在或不在您的辖区内", "details": None}}))}, username
+        assert {repr(b) for b in bodies} == {
+            repr((404, {"error": {"code": "not_found", "message": "表单不存在或不在您的辖区内", "details": None}}))
+        }, username
         r = env.get("/forms", username)
         assert r.status_code == 200 and r.json() == []
     # Nothing happened to it.
@@ -643,25 +843,35 @@ T1 = UnitFact(4, "电子城", "township", 3, "雁塔区疾控")
 
 def test_county_of_and_manager_naming() -> None:
     assert county_of(T1) == 3 and county_of(K1) == 3 and county_of(P) == 1
-    add = Form5(form_type=5, unit_id=4, submitter_name="王", submitter_phone="12345", change_type="add",
-                after=UserFields(username="abc", real_name="甲", phone="12345", role="business_admin", unit_id=4))
+    add = Form5(
+        form_type=5,
+        unit_id=4,
+        submitter_name="王",
+        submitter_phone="12345",
+        change_type="add",
+        after=UserFields(username="abc", real_name="甲", phone="12345", role="business_admin", unit_id=4),
+    )
     facts = UserFacts(T1, target_unit=T1, under_form_unit=True)
     city_admin = Actor(9, "system_admin", UnitRef(2, "city", 1))
     county_admin = Actor(8, "system_admin", UnitRef(3, "county", 2))
     assert form5_refusal(county_admin, add, facts) is None
     assert form5_refusal(city_admin, add, facts) == (
-        "电子城（乡级）的业务管理员由雁塔区疾控的系统管理员管理，您无权执行此变更")
+        "电子城（乡级）的业务管理员由雁塔区疾控的系统管理员管理，您无权执行此变更"
+    )
     # A county system administrator is managed by the level above.
     target = UserFact(5, "sa_K1", "甲", None, None, "system_admin", None, "active", 1, K1)
-    close = Form5(form_type=5, unit_id=3, submitter_name="王", submitter_phone="12345", change_type="close",
-                  target_user_id=5)
+    close = Form5(
+        form_type=5, unit_id=3, submitter_name="王", submitter_phone="12345", change_type="close", target_user_id=5
+    )
     close_facts = UserFacts(K1, target=target, under_form_unit=True)
     assert form5_refusal(county_admin, close, close_facts) == (
-        "雁塔区疾控（县级）的系统管理员由西安市疾控的系统管理员管理，您无权执行此变更")
+        "雁塔区疾控（县级）的系统管理员由西安市疾控的系统管理员管理，您无权执行此变更"
+    )
     assert form5_refusal(city_admin, close, close_facts) is None
     assert check_form5(close, close_facts, before_version=1) == []
     assert [p.problem for p in check_form5(close, close_facts, before_version=0)] == [
-        "用户 sa_K1 的信息在提交后已被修改，请重新填报"]
+        "用户 sa_K1 的信息在提交后已被修改，请重新填报"
+    ]
 
 
 def test_check_form1_without_a_database() -> None:
@@ -680,19 +890,39 @@ def test_check_form1_without_a_database() -> None:
     def form(*rows: Form1Row) -> Form1:
         return Form1(form_type=1, unit_id=4, submitter_name="王", submitter_phone="12345", rows=list(rows))
 
-    assert check_form1(form(Form1Row(compartment_id=10, probe_before="108601", probe_after="108602",
-                                     mode="refrigerated")), facts) == []
+    assert (
+        check_form1(
+            form(Form1Row(compartment_id=10, probe_before="108601", probe_after="108602", mode="refrigerated")), facts
+        )
+        == []
+    )
     scrapped = Form1Row(compartment_id=10, probe_before="108601", probe_after="108603", mode="refrigerated")
     assert [p.text() for p in check_form1(form(scrapped), facts)] == ["第 1 行：探头 108603 已报废"]
-    assert [p.problem for p in check_form1(form(Form1Row(compartment_id=10, probe_before="108601",
-                                                         probe_after="108605", mode="refrigerated")), facts)] == [
-        "探头 108605 属于其他单位，不能在本单位使用"]
-    both = check_form1(form(
-        Form1Row(compartment_id=10, probe_before="108601", probe_after="108602", mode="refrigerated",
-                 equipment_name_after="甲"),
-        Form1Row(compartment_id=10, probe_before="108602", probe_after="108601", mode="refrigerated",
-                 equipment_name_after="乙"),
-    ), facts)
+    assert [
+        p.problem
+        for p in check_form1(
+            form(Form1Row(compartment_id=10, probe_before="108601", probe_after="108605", mode="refrigerated")), facts
+        )
+    ] == ["探头 108605 属于其他单位，不能在本单位使用"]
+    both = check_form1(
+        form(
+            Form1Row(
+                compartment_id=10,
+                probe_before="108601",
+                probe_after="108602",
+                mode="refrigerated",
+                equipment_name_after="甲",
+            ),
+            Form1Row(
+                compartment_id=10,
+                probe_before="108602",
+                probe_after="108601",
+                mode="refrigerated",
+                equipment_name_after="乙",
+            ),
+        ),
+        facts,
+    )
     texts = [p.text() for p in both]
     assert "第 1 行：温区 10 在本表中重复出现" in texts
     assert "第 2 行：探头 108602 当前并未绑定在温区「海尔 冷藏」" in texts

@@ -20,8 +20,14 @@ def _us(dt: datetime) -> int:
 def test_topics() -> None:
     assert split_topic("coldchain/v1/10001/telemetry") == ("10001", "telemetry")
     assert split_topic("coldchain/v1/10001/status") == ("10001", "status")
-    for bad in ("coldchain/v1/10001", "coldchain/v2/10001/telemetry", "coldchain/v1/10 01/telemetry",
-                "coldchain/v1//telemetry", "coldchain/v1/10001/telemetry/x", "other/v1/10001/telemetry"):
+    for bad in (
+        "coldchain/v1/10001",
+        "coldchain/v2/10001/telemetry",
+        "coldchain/v1/10 01/telemetry",
+        "coldchain/v1//telemetry",
+        "coldchain/v1/10001/telemetry/x",
+        "other/v1/10001/telemetry",
+    ):
         assert split_topic(bad) is None, bad
 
 
@@ -41,10 +47,15 @@ def _telemetry(doc: object, now_us: int = NOW_US) -> tuple[list[tuple[object, ..
 
 def test_reading_ts_overrides_message_ts_and_optional_fields() -> None:
     ms = NOW_US // 1000 - 300_000
-    readings, problems = _telemetry({
-        "ts": "2026-11-23T08:00:00+08:00",
-        "readings": [{"probe": "208601", "t": 4.6, "rh": 50, "bat": 3.1}, {"probe": "208604", "t": -18.2, "ts": ms}],
-    })
+    readings, problems = _telemetry(
+        {
+            "ts": "2026-11-23T08:00:00+08:00",
+            "readings": [
+                {"probe": "208601", "t": 4.6, "rh": 50, "bat": 3.1},
+                {"probe": "208604", "t": -18.2, "ts": ms},
+            ],
+        }
+    )
     assert problems == []
     assert readings == [("208601", NOW_US, 4.6, 50.0, 3.1), ("208604", ms * 1000, -18.2, None, None)]
 
@@ -52,27 +63,37 @@ def test_reading_ts_overrides_message_ts_and_optional_fields() -> None:
 def test_each_bad_reading_is_named_and_the_good_ones_kept() -> None:
     future = (NOW + timedelta(minutes=6)).isoformat()
     near_future = (NOW + timedelta(minutes=4)).isoformat()
-    readings, problems = _telemetry({
-        "ts": NOW.isoformat(),
-        "readings": [
-            {"probe": "A", "t": 4.0},
-            {"probe": "B", "t": "4.0"},
-            {"probe": "C"},
-            {"probe": "D", "t": 60.1},
-            {"probe": "E", "t": -90.1},
-            {"probe": "F", "t": 5, "ts": future},
-            {"probe": "G", "t": 5, "ts": near_future},  # within 5 minutes: a clock a little ahead
-            {"probe": "H/1", "t": 5},
-            "junk",
-            {"probe": "I", "t": 5, "rh": 140},  # bad optional field: reading kept without it
-            {"probe": "J", "t": 60},
-            {"probe": "K", "t": -90},
-        ],
-    })
+    readings, problems = _telemetry(
+        {
+            "ts": NOW.isoformat(),
+            "readings": [
+                {"probe": "A", "t": 4.0},
+                {"probe": "B", "t": "4.0"},
+                {"probe": "C"},
+                {"probe": "D", "t": 60.1},
+                {"probe": "E", "t": -90.1},
+                {"probe": "F", "t": 5, "ts": future},
+                {"probe": "G", "t": 5, "ts": near_future},  # within 5 minutes: a clock a little ahead
+                {"probe": "H/1", "t": 5},
+                "junk",
+                {"probe": "I", "t": 5, "rh": 140},  # bad optional field: reading kept without it
+                {"probe": "J", "t": 60},
+                {"probe": "K", "t": -90},
+            ],
+        }
+    )
     assert [r[0] for r in readings] == ["A", "G", "I", "J", "K"]
     assert readings[2][3] is None
-    assert problems == [("bad_t", 1), ("missing_t", 2), ("out_of_range", 3), ("out_of_range", 4),
-                        ("future_ts", 5), ("bad_probe", 7), ("bad_message", 8), ("bad_field", 9)]
+    assert problems == [
+        ("bad_t", 1),
+        ("missing_t", 2),
+        ("out_of_range", 3),
+        ("out_of_range", 4),
+        ("future_ts", 5),
+        ("bad_probe", 7),
+        ("bad_message", 8),
+        ("bad_field", 9),
+    ]
 
 
 def test_message_level_problems() -> None:
@@ -87,8 +108,11 @@ def test_message_level_problems() -> None:
 
 @pytest.mark.parametrize(
     ("payload", "online", "reason"),
-    [(b'{"online": true}', True, None), (b'{"online": false}', False, None),
-     (b'{"online": "yes"}', None, "bad_message")],
+    [
+        (b'{"online": true}', True, None),
+        (b'{"online": false}', False, None),
+        (b'{"online": "yes"}', None, "bad_message"),
+    ],
 )
 def test_status(payload: bytes, online: bool | None, reason: str | None) -> None:
     parsed = parse_message("coldchain/v1/10001/status", payload, NOW_US, retained=True)
@@ -104,16 +128,26 @@ def test_gateway_fields_become_status_series() -> None:
         NOW_US,
     )
     assert parsed.status is not None
-    assert (parsed.status.ts_us, parsed.status.online, parsed.status.power, parsed.status.battery,
-            parsed.status.rssi) == (NOW_US, True, "battery", 3.6, -97)
-    bad = parse_message("coldchain/v1/10001/telemetry", b'{"ts": 1795392000000, "readings": [], "power": "solar",'
-                        b' "battery": 3.9}', NOW_US)
+    assert (
+        parsed.status.ts_us,
+        parsed.status.online,
+        parsed.status.power,
+        parsed.status.battery,
+        parsed.status.rssi,
+    ) == (NOW_US, True, "battery", 3.6, -97)
+    bad = parse_message(
+        "coldchain/v1/10001/telemetry",
+        b'{"ts": 1795392000000, "readings": [], "power": "solar", "battery": 3.9}',
+        NOW_US,
+    )
     assert bad.status is not None and bad.status.power is None and bad.status.battery == 3.9
     assert [p.reason for p in bad.problems] == ["bad_field"]
 
 
-@pytest.mark.parametrize("argv", [["--receive-maximum", "0"], ["--receive-maximum", "70000"],
-                                  ["--batch-messages", "x"], ["--health-port", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--receive-maximum", "0"], ["--receive-maximum", "70000"], ["--batch-messages", "x"], ["--health-port", "0"]],
+)
 def test_ingest_command_refuses_bad_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from coldchain.cli import build_parser
 

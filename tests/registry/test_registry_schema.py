@@ -103,9 +103,11 @@ def _device(conn: psycopg.Connection, unit: int) -> dict[str, int]:
 
 def test_compartment_limits_default_by_mode(conn: psycopg.Connection, tree: dict[str, int]) -> None:
     ids = _device(conn, tree["site"])
-    limits: dict[str, str] = dict(conn.execute(
-        "SELECT mode, (t_min, t_max)::text FROM compartments WHERE equipment_id = %s", (ids["equipment"],)
-    ).fetchall())
+    limits: dict[str, str] = dict(
+        conn.execute(
+            "SELECT mode, (t_min, t_max)::text FROM compartments WHERE equipment_id = %s", (ids["equipment"],)
+        ).fetchall()
+    )
     assert limits == {"refrigerated": "(2.0,8.0)", "frozen": "(,-15.0)"}
 
 
@@ -129,8 +131,9 @@ def test_readings_are_attributed_to_the_binding_at_their_time(conn: psycopg.Conn
     ).fetchall()
     # The reading from before the first binding is not attributed to anything.
     assert rows == [(4.5, ids["refrigerated"]), (-18.0, ids["frozen"])]
-    current = conn.execute("SELECT compartment_id FROM probe_bindings_current WHERE probe_id = %s",
-                           (ids["probe"],)).fetchall()
+    current = conn.execute(
+        "SELECT compartment_id FROM probe_bindings_current WHERE probe_id = %s", (ids["probe"],)
+    ).fetchall()
     assert current == [(ids["frozen"],)]
 
 

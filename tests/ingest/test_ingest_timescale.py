@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from test_timescale_oracle import _migration_steps, run_oracle
+from oraclehelp import migration_steps, run_oracle
 
 from ingest import store
 
@@ -42,7 +42,7 @@ def _batch(name: str, rows: list[tuple[int, str, float]]) -> list[dict[str, str]
 
 def test_ingest_statements_on_hypertables_and_compressed_chunks() -> None:
     steps = [
-        *_migration_steps(),
+        *migration_steps(),
         {"sql": REGISTRY},
         {"sql": store.STAGE_DDL},
         *_batch("first", [(1, "2026-11-20 00:00", 4.5), (1, "2026-11-20 00:01", 4.7), (2, "2026-11-20 00:00", 5.0)]),
@@ -50,10 +50,12 @@ def test_ingest_statements_on_hypertables_and_compressed_chunks() -> None:
         {"sql": "SELECT count(compress_chunk(c)) AS n FROM show_chunks('probe_readings') c", "name": "compressed"},
         # A buffered upload into the compressed chunk: one new reading, one already stored.
         *_batch("late", [(1, "2026-11-20 00:02", 4.9), (1, "2026-11-20 00:01", 4.7)]),
-        {"sql": (
-            f"BEGIN; INSERT INTO cc_stage_status VALUES (1, {_us('2026-11-20 00:00')}, true, 'battery', 3.7, -95,"  # noqa: S608
-            f" false), (1, {_us('2026-11-20 00:01')}, NULL, NULL, NULL, NULL, false);"
-        )},
+        {
+            "sql": (
+                f"BEGIN; INSERT INTO cc_stage_status VALUES (1, {_us('2026-11-20 00:00')}, true, 'battery', 3.7, -95,"  # noqa: S608
+                f" false), (1, {_us('2026-11-20 00:01')}, NULL, NULL, NULL, NULL, false);"
+            )
+        },
         {"sql": store._MOVE_STATUS},
         {"sql": "COMMIT;"},
         {"sql": "SELECT count(*)::int AS n, max(t) AS max_t FROM probe_readings", "name": "readings"},

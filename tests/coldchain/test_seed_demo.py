@@ -70,8 +70,14 @@ def test_demo_refuses_a_registry_that_has_units(db_url: str) -> None:
 
 def _cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": url}
-    return subprocess.run([sys.executable, "-m", "coldchain.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "coldchain.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_migrate_twice_then_seed_15000_probes(empty_db: str) -> None:
@@ -108,9 +114,7 @@ def test_demo_ledger_is_booked_through_the_ledger_and_consistent(db_url: str) ->
                WHERE b.on_hand < 0 OR b.on_hand <> (SELECT coalesce(sum(quantity), 0) FROM stock_movements m
                                                    WHERE m.unit_id = b.unit_id AND m.lot_id = b.lot_id)"""
         ).fetchone()
-        sites = conn.execute(
-            """SELECT count(DISTINCT unit_id) FROM stock_movements WHERE kind = 'usage'"""
-        ).fetchone()
+        sites = conn.execute("""SELECT count(DISTINCT unit_id) FROM stock_movements WHERE kind = 'usage'""").fetchone()
         in_transit = conn.execute("SELECT count(*) FROM stock_transfers WHERE state = 'in_transit'").fetchone()
     assert bad == (0,) and sites is not None and sites[0] > 0 and in_transit == (0,)
     with pytest.raises(RuntimeError, match="已有数据"):

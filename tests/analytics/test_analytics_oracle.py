@@ -1,6 +1,6 @@
 """The analysts' views on the TimescaleDB path, inside the WASM TimescaleDB (see test_timescale_oracle).
 
-Same registry as tests/apihelp.py, same seed statements as tests/test_analytics_views.py; the
+Same registry as tests/apihelp.py, same seed statements as tests/analytics/test_analytics_views.py; the
 readings are partly compressed and the continuous aggregates partly materialised. Roles work in
 the single-user WASM database through SET ROLE (logging in as a role cannot be tried there: it has
 no connections), so scoping, privileges and the guide's queries run as the analyst, and every
@@ -13,8 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from apihelp import _SITE_SERIALS, _UNITS, BOUND_FROM
-from test_analytics_views import (
+from analysthelp import (
     K1_CODE,
     K2_CODE,
     READABLE_SQL,
@@ -25,13 +24,13 @@ from test_analytics_views import (
     VIEWS,
     Analysts,
     DocBlock,
-    analysts,  # noqa: F401 - the plain-path fixture, compared with below
     connect_as,
     doc_blocks,
     forbidden_readable,
     unreached_indexes,
 )
-from test_timescale_oracle import _migration_steps, _refresh, run_oracle
+from apihelp import _SITE_SERIALS, _UNITS, BOUND_FROM
+from oraclehelp import migration_steps, refresh_steps, run_oracle
 
 Results = dict[str, list[dict[str, Any]]]
 
@@ -54,8 +53,14 @@ def registry_sql() -> str:
     two-zone fridge, its gateway, a bound probe per zone and a spare probe, in the same order."""
     codes = {key: code for key, code, *_ in _UNITS}
     out = [
-        _insert("units", "code, name, level, parent_id", _q(code), _q(name), _q(level),
-                _id("units", f"code = {_q(codes[parent])}") if parent else "NULL")
+        _insert(
+            "units",
+            "code, name, level, parent_id",
+            _q(code),
+            _q(name),
+            _q(level),
+            _id("units", f"code = {_q(codes[parent])}") if parent else "NULL",
+        )
         for _, code, name, level, parent in _UNITS
     ]
     for site, digit in _SITE_SERIALS.items():
@@ -63,22 +68,50 @@ def registry_sql() -> str:
         equipment = _id("equipment", f"unit_id = {unit}")
         gateway = f"{digit}0001"
         out.append(_insert("equipment", "unit_id, kind, name, brand", unit, "'fridge'", "'海尔双温冰箱'", "'海尔'"))
-        out.append(_insert("gateways", "serial, unit_id, vendor, installed_on, warranty_end",
-                           _q(gateway), unit, "'精创'", "'2024-01-01'", "current_date + 20"))
+        out.append(
+            _insert(
+                "gateways",
+                "serial, unit_id, vendor, installed_on, warranty_end",
+                _q(gateway),
+                unit,
+                "'精创'",
+                "'2024-01-01'",
+                "current_date + 20",
+            )
+        )
         for zone, mode, tail in (("冷藏", "refrigerated", "8601"), ("冷冻", "frozen", "8604")):
             probe = f"{digit}0{tail}"
             out += [
                 _insert("compartments", "equipment_id, name, mode", equipment, _q(zone), _q(mode)),
-                _insert("probes", "serial, unit_id, vendor, installed_on, warranty_end",
-                        _q(probe), unit, "'精创'", "'2024-01-01'", "current_date + 400"),
-                _insert("probe_bindings", "probe_id, compartment_id, gateway_id, valid",
-                        _id("probes", f"serial = {_q(probe)}"),
-                        _id("compartments", f"equipment_id = {equipment} AND name = {_q(zone)}"),
-                        _id("gateways", f"serial = {_q(gateway)}"),
-                        f"tstzrange({_q(BOUND_FROM.isoformat())}, NULL)"),
+                _insert(
+                    "probes",
+                    "serial, unit_id, vendor, installed_on, warranty_end",
+                    _q(probe),
+                    unit,
+                    "'精创'",
+                    "'2024-01-01'",
+                    "current_date + 400",
+                ),
+                _insert(
+                    "probe_bindings",
+                    "probe_id, compartment_id, gateway_id, valid",
+                    _id("probes", f"serial = {_q(probe)}"),
+                    _id("compartments", f"equipment_id = {equipment} AND name = {_q(zone)}"),
+                    _id("gateways", f"serial = {_q(gateway)}"),
+                    f"tstzrange({_q(BOUND_FROM.isoformat())}, NULL)",
+                ),
             ]
-        out.append(_insert("probes", "serial, unit_id, vendor, status, warranty_end",
-                           _q(f"{digit}08602"), unit, "'精创'", "'in_stock'", "current_date + 10"))
+        out.append(
+            _insert(
+                "probes",
+                "serial, unit_id, vendor, status, warranty_end",
+                _q(f"{digit}08602"),
+                unit,
+                "'精创'",
+                "'in_stock'",
+                "current_date + 10",
+            )
+        )
     return "\n".join(out)
 
 
@@ -181,14 +214,17 @@ def _guide_steps(prefix: str) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def oracle() -> Results:
     steps = [
-        *_migration_steps(),
+        *migration_steps(),
         {"sql": registry_sql()},
         *({"sql": statement} for statement in SEED_SQL),
         {"sql": f"SELECT cc_grant_analyst('ana_k1', '{K1_CODE}'), cc_grant_analyst('ana_k2', '{K2_CODE}')"},
         {"sql": "CREATE ROLE ana_none LOGIN IN ROLE coldchain_analyst"},
-        *_refresh(REFRESH_UNTIL),
-        {"name": "compressed", "sql": "SELECT count(compress_chunk(c))::int AS n FROM show_chunks('probe_readings', "
-                                      "older_than => timestamptz '2026-11-22 00:00+08') c"},
+        *refresh_steps(REFRESH_UNTIL),
+        {
+            "name": "compressed",
+            "sql": "SELECT count(compress_chunk(c))::int AS n FROM show_chunks('probe_readings', "
+            "older_than => timestamptz '2026-11-22 00:00+08') c",
+        },
         {"name": "chunks", "sql": "SELECT c::text AS chunk FROM show_chunks('probe_readings') c"},
         {"sql": _RLS},
         {"name": "rls", "sql": "SELECT current_setting('cc_test.rls') AS outcome"},
@@ -303,7 +339,7 @@ def _normalised(text: str) -> Any:
     return walk(json.loads(text))
 
 
-def test_the_guide_gives_the_same_rows_on_both_paths(oracle: Results, analysts: Analysts) -> None:  # noqa: F811
+def test_the_guide_gives_the_same_rows_on_both_paths(oracle: Results, analysts: Analysts) -> None:
     blocks = doc_blocks()
     plain = {i: b for i, b in enumerate(blocks) if b.kind == "plain" and f"k1_doc_{i}" in oracle}
     assert len(plain) >= 15

@@ -23,16 +23,17 @@ from coldchain import services
 from coldchain.core import db
 
 
-async def test_round_trip_stores_readings_latest_and_gateway_status(
-    db_url: str, mqtt_broker: services.Started
-) -> None:
+async def test_round_trip_stores_readings_latest_and_gateway_status(db_url: str, mqtt_broker: services.Started) -> None:
     fleet = seed_fleet(db_url)
     gateway, probes = sorted(fleet.gateways.items())[0]
     ts = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
     msg = telemetry(
         gateway,
         [{"probe": p, "t": 4.0 + i / 10, "rh": 55.5} for i, p in enumerate(probes)],
-        ts=ts.isoformat(), power="battery", battery=3.7, rssi=-91,
+        ts=ts.isoformat(),
+        power="battery",
+        battery=3.7,
+        rssi=-91,
     )
     later_ms = int((ts + timedelta(minutes=1)).timestamp() * 1000)
     later = telemetry(gateway, [{"probe": probes[0], "t": 5.5, "ts": later_ms}])
@@ -44,16 +45,18 @@ async def test_round_trip_stores_readings_latest_and_gateway_status(
         rows = conn.execute(
             "SELECT p.serial, r.ts, r.t, r.rh FROM probe_readings r JOIN probes p ON p.id = r.probe_id ORDER BY 1, 2"
         ).fetchall()
-        latest: dict[str, float] = dict(conn.execute(
-            "SELECT p.serial, l.t FROM probe_latest l JOIN probes p ON p.id = l.probe_id"
-        ).fetchall())
+        latest: dict[str, float] = dict(
+            conn.execute("SELECT p.serial, l.t FROM probe_latest l JOIN probes p ON p.id = l.probe_id").fetchall()
+        )
         status = conn.execute(
             "SELECT s.ts, s.online, s.power, s.battery, s.rssi FROM gateway_status s"
-            " JOIN gateways g ON g.id = s.gateway_id WHERE g.serial = %s ORDER BY s.ts", (gateway,)
+            " JOIN gateways g ON g.id = s.gateway_id WHERE g.serial = %s ORDER BY s.ts",
+            (gateway,),
         ).fetchall()
         gl = conn.execute(
             "SELECT l.online, l.power, l.rssi FROM gateway_latest l JOIN gateways g ON g.id = l.gateway_id"
-            " WHERE g.serial = %s", (gateway,)
+            " WHERE g.serial = %s",
+            (gateway,),
         ).fetchone()
     assert len(rows) == len(probes) + 1
     first = [r for r in rows if r[1] == ts]
@@ -107,8 +110,13 @@ async def test_every_bad_input_class_goes_to_dead_letters_with_raw_bytes(
     future = (now + timedelta(minutes=10)).isoformat()
     topic = f"coldchain/v1/{gateway}/telemetry"
     cases = [
-        (p.replace(b'"P"', json.dumps(probes[0]).encode()).replace(b'"T"', json.dumps(good_ts).encode())
-         .replace(b'"FUTURE"', json.dumps(future).encode()), reason, whole)
+        (
+            p.replace(b'"P"', json.dumps(probes[0]).encode())
+            .replace(b'"T"', json.dumps(good_ts).encode())
+            .replace(b'"FUTURE"', json.dumps(future).encode()),
+            reason,
+            whole,
+        )
         for p, reason, whole in BAD_INPUT
     ]
     unknown_gateway = telemetry("99999", [{"probe": probes[0], "t": 4}], ts=good_ts)
@@ -148,19 +156,23 @@ async def test_unbound_decommissioned_and_unregistered_probes(db_url: str, mqtt_
         # Decommission `retired` two hours ago (Form 4): its binding ends then.
         conn.execute(
             "UPDATE probe_bindings SET valid = tstzrange(lower(valid), %s)"
-            " WHERE probe_id = (SELECT id FROM probes WHERE serial = %s) AND upper_inf(valid)", (cut, retired)
+            " WHERE probe_id = (SELECT id FROM probes WHERE serial = %s) AND upper_inf(valid)",
+            (cut, retired),
         )
         conn.execute("UPDATE probes SET status = 'decommissioned' WHERE serial = %s", (retired,))
         conn.execute("INSERT INTO probes (serial, status) VALUES ('777001', 'in_stock')")  # registered, never bound
     before = int((cut - timedelta(minutes=30)).timestamp() * 1000)
     after = int((cut + timedelta(minutes=30)).timestamp() * 1000)
-    msg = telemetry(gateway, [
-        {"probe": bound, "t": 5.0, "ts": after},
-        {"probe": retired, "t": 5.1, "ts": before},  # still bound then: stored
-        {"probe": retired, "t": 5.2, "ts": after},  # decommissioned by then: counted only
-        {"probe": "777001", "t": 5.3, "ts": after},  # registered but never bound: counted only
-        {"probe": "NEW-9", "t": 5.4, "ts": after},  # never registered: quarantine
-    ])
+    msg = telemetry(
+        gateway,
+        [
+            {"probe": bound, "t": 5.0, "ts": after},
+            {"probe": retired, "t": 5.1, "ts": before},  # still bound then: stored
+            {"probe": retired, "t": 5.2, "ts": after},  # decommissioned by then: counted only
+            {"probe": "777001", "t": 5.3, "ts": after},  # registered but never bound: counted only
+            {"probe": "NEW-9", "t": 5.4, "ts": after},  # never registered: quarantine
+        ],
+    )
     async with running(config(db_url, mqtt_broker.url)) as ing:
         await publish(mqtt_broker.url, [msg])
         await wait_until(lambda: ing.metrics.messages_acked == 1, what="acked")
@@ -173,9 +185,7 @@ async def test_unbound_decommissioned_and_unregistered_probes(db_url: str, mqtt_
         unbound = conn.execute(
             "SELECT p.serial, u.n FROM probe_unbound_readings u JOIN probes p ON p.id = u.probe_id ORDER BY 1"
         ).fetchall()
-        quarantine = conn.execute(
-            "SELECT probe_serial, gateway_serial, t FROM ingest_quarantine"
-        ).fetchall()
+        quarantine = conn.execute("SELECT probe_serial, gateway_serial, t FROM ingest_quarantine").fetchall()
         summary = conn.execute("SELECT probe_serial, readings FROM ingest_quarantine_summary").fetchall()
     assert stored == [(bound, 5.0), (retired, 5.1)]
     assert unbound == sorted([(retired, 1), ("777001", 1)])
@@ -208,8 +218,10 @@ async def test_two_ingesters_share_a_subscription(db_url: str, mqtt_broker: serv
     fleet = seed_fleet(db_url)
     msgs = stream(fleet, 400)
     group = "t" + str(abs(hash(db_url)) % 10**8)
-    async with running(config(db_url, mqtt_broker.url, share_group=group)) as a, \
-            running(config(db_url, mqtt_broker.url, share_group=group)) as b:
+    async with (
+        running(config(db_url, mqtt_broker.url, share_group=group)) as a,
+        running(config(db_url, mqtt_broker.url, share_group=group)) as b,
+    ):
         await publish(mqtt_broker.url, msgs)
         await wait_until(lambda: a.metrics.messages_acked + b.metrics.messages_acked == 400, what="all acked")
         assert a.metrics.messages_received > 0 and b.metrics.messages_received > 0

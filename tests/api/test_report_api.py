@@ -26,8 +26,17 @@ from analytics.report import build, maths
 from coldchain.core import db, terms
 from coldchain.core.terms import BEIJING
 
-SHEETS = ["概况与环比", "设备明细", "问题设备排名", "各地区问题设备占比", "报警响应", "网关电源与信号", "登录检查",
-          "保修到期", "指标说明"]
+SHEETS = [
+    "概况与环比",
+    "设备明细",
+    "问题设备排名",
+    "各地区问题设备占比",
+    "报警响应",
+    "网关电源与信号",
+    "登录检查",
+    "保修到期",
+    "指标说明",
+]
 
 
 @dataclass
@@ -90,17 +99,53 @@ def seed(url: str) -> Seeded:
             conn.execute(
                 f"""INSERT INTO probe_readings (probe_id, ts, t)
                     SELECT %(p)s, g, %(t)s FROM generate_series(%(a)s, %(b)s - {minute}, {minute}) AS g""",  # noqa: S608
-                {"p": probe(world, serial), "t": t, "a": period.start,
-                 "b": period.start + (timedelta(days=5) if span else period.end - period.start)},
+                {
+                    "p": probe(world, serial),
+                    "t": t,
+                    "a": period.start,
+                    "b": period.start + (timedelta(days=5) if span else period.end - period.start),
+                },
             )
-        a1 = insert_alarm(conn, kind="high", unit=u["T1"], eq=world.equipment["T1"], comp=c["T1/冷藏"],
-                          state="resolved", raised=s.bj(3, 10, 10), ack=s.bj(3, 10, 20), resolved=s.bj(3, 12, 5))
-        a2 = insert_alarm(conn, kind="no_data", unit=u["T2"], comp=c["T2/冷藏"], state="resolved",
-                          raised=s.bj(6, 9), ack=s.bj(6, 9, 45), resolved=s.bj(6, 11))
-        insert_alarm(conn, kind="gateway_power", unit=u["T2"], gw=g["20001"], state="resolved",
-                     raised=s.bj(7, 8), resolved=s.bj(7, 11))
-        insert_alarm(conn, kind="no_data", unit=u["T3"], comp=c["T3/冷藏"], state="resolved",
-                     raised=s.bj(8, 8), resolved=s.bj(8, 9), suppressed=True)
+        a1 = insert_alarm(
+            conn,
+            kind="high",
+            unit=u["T1"],
+            eq=world.equipment["T1"],
+            comp=c["T1/冷藏"],
+            state="resolved",
+            raised=s.bj(3, 10, 10),
+            ack=s.bj(3, 10, 20),
+            resolved=s.bj(3, 12, 5),
+        )
+        a2 = insert_alarm(
+            conn,
+            kind="no_data",
+            unit=u["T2"],
+            comp=c["T2/冷藏"],
+            state="resolved",
+            raised=s.bj(6, 9),
+            ack=s.bj(6, 9, 45),
+            resolved=s.bj(6, 11),
+        )
+        insert_alarm(
+            conn,
+            kind="gateway_power",
+            unit=u["T2"],
+            gw=g["20001"],
+            state="resolved",
+            raised=s.bj(7, 8),
+            resolved=s.bj(7, 11),
+        )
+        insert_alarm(
+            conn,
+            kind="no_data",
+            unit=u["T3"],
+            comp=c["T3/冷藏"],
+            state="resolved",
+            raised=s.bj(8, 8),
+            resolved=s.bj(8, 9),
+            suppressed=True,
+        )
         for alarm_id, step in ((a1, "open"), (a2, "open"), (a2, "level2")):
             conn.execute(
                 """INSERT INTO notification_outbox (alarm_id, step, channel, target, levels, due_at)
@@ -129,14 +174,21 @@ def seed(url: str) -> Seeded:
         far = period.last_day + timedelta(days=400)
         conn.execute("UPDATE gateways SET warranty_end = %s", (far,))
         conn.execute("UPDATE probes SET warranty_end = %s", (far,))
-        conn.execute("UPDATE gateways SET warranty_end = %s WHERE serial = '10001'",
-                     (period.last_day + timedelta(days=30),))
+        conn.execute(
+            "UPDATE gateways SET warranty_end = %s WHERE serial = '10001'", (period.last_day + timedelta(days=30),)
+        )
         conn.execute("UPDATE probes SET warranty_end = %s WHERE serial = '108601'", (period.last_day,))
         conn.commit()
         # Gateway 20001 (T2) on day 7: 10 status reports, 4 on battery, 2 below 3.5 V, 3 below −100 dBm.
         for i in range(10):
-            add_status(conn, g["20001"], s.bj(7, 8, i), power="battery" if i < 4 else "ac",
-                       battery=3.4 if i < 2 else 3.9, rssi=-105 if i < 3 else -70)
+            add_status(
+                conn,
+                g["20001"],
+                s.bj(7, 8, i),
+                power="battery" if i < 4 else "ac",
+                battery=3.4 if i < 2 else 3.9,
+                rssi=-105 if i < 3 else -70,
+            )
     refresh_aggregates(url)
     return s
 
@@ -177,7 +229,11 @@ def test_province_report_figures(seeded: Seeded) -> None:
     assert (t2["alarms_no_data"], t2["drift_findings"]) == (1, 1)
     assert t2["problems"] == "报警、数据不完整、温度计比对偏差"
     assert (t3["received"], t3["completeness"], t3["offline_hours"], t3["alarms_total"]) == (
-        2 * expected_per_zone, 1.0, 0, 0)
+        2 * expected_per_zone,
+        1.0,
+        0,
+        0,
+    )
     assert not t3["problem"]
 
     areas = report["tables"]["areas"]["rows"]
@@ -193,7 +249,11 @@ def test_province_report_figures(seeded: Seeded) -> None:
     total = report["tables"]["response"]["rows"][-1]
     assert total["area_name"] == "合计"
     assert (total["alarms"], total["acknowledged"], total["ack_within_30"], total["ack_median_minutes"]) == (
-        3, 2, 1, 27.5)
+        3,
+        2,
+        1,
+        27.5,
+    )
     assert (total["ack_within_30_share"], total["level2_share"], total["level3_share"]) == (0.3333, 0.3333, 0.0)
 
     gateways = report["tables"]["gateways"]["rows"]
@@ -201,26 +261,43 @@ def test_province_report_figures(seeded: Seeded) -> None:
     gw = gateways[0]
     assert (gw["alarms_gateway_power"], gw["hours_gateway_power"], gw["problem"]) == (1, 3.0, True)
     assert (gw["statuses"], gw["on_battery_share"], gw["battery_low_share"], gw["weak_signal_share"]) == (
-        10, 0.4, 0.2, 0.3)
+        10,
+        0.4,
+        0.2,
+        0.3,
+    )
     assert (gw["min_battery"], gw["min_rssi"]) == (3.4, -105)
 
     logins = rows_by(report["tables"]["logins"], "code")
-    assert (logins["6101130001"]["days"], logins["6101130001"]["compliant_days"],
-            logins["6101130001"]["noncompliant_days"]) == (days, 1, 1)
+    assert (
+        logins["6101130001"]["days"],
+        logins["6101130001"]["compliant_days"],
+        logins["6101130001"]["noncompliant_days"],
+    ) == (days, 1, 1)
     assert logins["6105020001"]["compliant_days"] == 0
 
     warranties = report["tables"]["warranties"]["rows"]
     assert [(x["serial"], x["hardware_name"], x["note"]) for x in warranties] == [
-        ("108601", "探头", "本月已到期"), ("10001", "网关", "月末后 30 天到期"),
+        ("108601", "探头", "本月已到期"),
+        ("10001", "网关", "月末后 30 天到期"),
     ]
 
     head = report["headline"]
     assert head == {
-        "devices": 3, "problem_devices": 2, "problem_share": 0.6667, "alarms": 3, "out_of_range_hours": 2.0,
-        "offline_hours": (days * 24 - 120) + days * 24, "drift_findings": 1,
+        "devices": 3,
+        "problem_devices": 2,
+        "problem_share": 0.6667,
+        "alarms": 3,
+        "out_of_range_hours": 2.0,
+        "offline_hours": (days * 24 - 120) + days * 24,
+        "drift_findings": 1,
         "completeness": round((21600 + 2 * expected_per_zone) / (6 * expected_per_zone), 4),
-        "ack_within_30_share": 0.3333, "level2_share": 0.3333, "level3_share": 0.0, "gateway_problems": 1,
-        "login_rate": round(1 / (3 * days), 4), "warranties_due": 2,
+        "ack_within_30_share": 0.3333,
+        "level2_share": 0.3333,
+        "level3_share": 0.0,
+        "gateway_problems": 1,
+        "login_rate": round(1 / (3 * days), 4),
+        "warranties_due": 2,
     }
     # The month before had no data at all: everything is a problem there, nothing was received.
     assert report["previous"]["kept"] is False
@@ -248,8 +325,15 @@ def test_kept_report_does_not_change_when_data_changes(seeded: Seeded) -> None:
                    SELECT %s, g, 4.0 FROM generate_series(%s, %s, INTERVAL '1 minute') AS g""",
                 (probe(w, "208601"), seeded.bj(20, 0), seeded.bj(20, 23, 59)),
             )
-            insert_alarm(conn, kind="high", unit=w.units["T3"], eq=w.equipment["T3"], comp=w.compartments["T3/冷藏"],
-                         state="active", raised=seeded.bj(21, 3))
+            insert_alarm(
+                conn,
+                kind="high",
+                unit=w.units["T3"],
+                eq=w.equipment["T3"],
+                comp=w.compartments["T3/冷藏"],
+                state="active",
+                raised=seeded.bj(21, 3),
+            )
             conn.commit()
         refresh_aggregates(w.url)
         second = get_report(client, headers, w.units["P"], seeded.label)
@@ -317,8 +401,11 @@ def test_refusals_and_jurisdiction(seeded: Seeded) -> None:
 def test_xlsx_has_a_sheet_per_table(seeded: Seeded) -> None:
     w = seeded.world
     with api_client(w.url) as client:
-        r = client.get("/api/v1/reports/monthly.xlsx", params={"unit_id": w.units["C1"], "month": seeded.label},
-                       headers=bearer(client, "ana_P"))
+        r = client.get(
+            "/api/v1/reports/monthly.xlsx",
+            params={"unit_id": w.units["C1"], "month": seeded.label},
+            headers=bearer(client, "ana_P"),
+        )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     disposition = r.headers["content-disposition"]

@@ -19,8 +19,13 @@ from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE
 def _env(db_url: str, broker: services.Started) -> dict[str, str]:
     # A client id of its own, so that no other test's queued messages are delivered to this run.
     # Deployed as documented: migrations as the owner, the services as the runtime role.
-    return {**os.environ, "COLDCHAIN_DATABASE_URL": as_runtime(db_url), "COLDCHAIN_OWNER_DATABASE_URL": db_url,
-            "COLDCHAIN_MQTT_URL": broker.url, "COLDCHAIN_INGEST_CLIENT_ID": f"run-{db.database_name(db_url)}"}
+    return {
+        **os.environ,
+        "COLDCHAIN_DATABASE_URL": as_runtime(db_url),
+        "COLDCHAIN_OWNER_DATABASE_URL": db_url,
+        "COLDCHAIN_MQTT_URL": broker.url,
+        "COLDCHAIN_INGEST_CLIENT_ID": f"run-{db.database_name(db_url)}",
+    }
 
 
 def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_broker: services.Started) -> None:
@@ -28,7 +33,11 @@ def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_br
     session, which must not be left queueing on the machine's shared broker."""
     proc = subprocess.run(
         [sys.executable, "-m", "coldchain.cli", "run", "--duration", "6", "--probes", "60", "--backfill", "30m"],
-        env=_env(empty_db, deploy_broker), capture_output=True, text=True, timeout=120, check=False,
+        env=_env(empty_db, deploy_broker),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "系统已启动" in proc.stdout and deploy_broker.url in proc.stdout
@@ -49,7 +58,11 @@ def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_br
     # A second start finds the registry populated and leaves it alone.
     again = subprocess.run(
         [sys.executable, "-m", "coldchain.cli", "run", "--duration", "0.2", "--no-simulate"],
-        env=_env(empty_db, deploy_broker), capture_output=True, text=True, timeout=120, check=False,
+        env=_env(empty_db, deploy_broker),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert again.returncode == 0 and "已载入演示省份" not in again.stdout
 
@@ -59,7 +72,9 @@ def test_run_serves_the_api_and_stops_on_sigterm(empty_db: str, deploy_broker: s
     proc = subprocess.Popen(
         [sys.executable, "-m", "coldchain.cli", "run", "--probes", "30", "--backfill", "10m"],
         env={**_env(empty_db, deploy_broker), "COLDCHAIN_API_PORT": str(port)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60

@@ -206,7 +206,8 @@ def test_pybroker_is_quiet_and_exits_cleanly_on_sigterm() -> None:
     port = services.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "coldchain.pybroker", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         services._wait_port("127.0.0.1", port, 30, proc)  # connects and closes: a probe
