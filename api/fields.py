@@ -1,4 +1,4 @@
-"""Bounded request fields the registry's routes share: ids, paging, names, serials, temperatures
+"""Bounded request fields the routes share: ids, paging, names, serials, temperatures
 and versions, each with the limits that make an out-of-range value a 422 and never a 500."""
 
 from __future__ import annotations

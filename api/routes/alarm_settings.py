@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from alarms import settings_store
 from api.deps import Conn, CurrentUser, require_unit_in_scope, require_writer
+from api.fields import Id
 from coldchain.core.outbound import policy_of
 
 router = APIRouter(tags=["报警"])
 
-Id = Annotated[int, Field(ge=1, le=2**62)]
 
 # ---------------------------------------------------------------------------------------------
 # Rule parameters per compartment

@@ -18,14 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from alarms import life, queries
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer
+from api.fields import Id, QId, Version
 from api.readonly import open_to_read_only
 from registry.auth import record_login
 
 router = APIRouter(tags=["报警"])
 
-Id = Annotated[int, Field(ge=1, le=2**62)]
-QId = Annotated[int | None, Query(ge=1, le=2**62)]
-Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=500)]
 AlarmState = Literal["active", "acknowledged", "resolved", "closed"]
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, update_versioned
+from api.fields import Id, QId, Version
 from coldchain.core.errors import forbidden
 from inventory import catalogue
 
 router = APIRouter(tags=["疫苗目录与批号"])
 
-Id = Annotated[int, Field(ge=1, le=2**62)]
-QId = Annotated[int | None, Query(ge=1, le=2**62)]
-Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 

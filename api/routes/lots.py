@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, unit_in_scope, update_versioned
+from api.fields import Id, QId, Version
 from api.readonly import open_to_read_only
-from api.routes.catalogue import Id, QId, SpecOut, Version, require_province_writer
+from api.routes.catalogue import SpecOut, require_province_writer
 from coldchain.core.errors import Refused, forbidden, invalid, not_found
 from inventory import catalogue, lot_reports, lots, packages
 from inventory.codes import CodeError, parse_code

@@ -16,14 +16,13 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from api.deps import Conn, CurrentUser, Principal, require_writer, set_action, update_versioned
+from api.fields import Id, Version
 from coldchain.core.errors import conflict, forbidden, invalid
 from coldchain.core.terms import parse_month
 from inventory import plans
 
 router = APIRouter(tags=["疫苗使用计划"])
 
-Id = Annotated[int, Field(ge=1, le=2**62)]
-Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 MONTH_PATTERN = r"^20[0-9]{2}-(0[1-9]|1[0-2])$"
 Month = Annotated[str, StringConstraints(pattern=MONTH_PATTERN)]
 QMonth = Annotated[str | None, Query(pattern=MONTH_PATTERN)]

@@ -16,11 +16,11 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from analytics.series import MAX_RANGE, compartment_row, compartment_series
 from api.deps import Conn, CurrentUser, unit_in_scope
+from api.fields import Id
 from coldchain.core.errors import invalid, not_found
 
 router = APIRouter(tags=["温度曲线"])
 
-Id = Annotated[int, Field(ge=1, le=2**62)]
 DEFAULT_SPAN = timedelta(hours=24)
 _EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)  # the device contract refuses readings before 2015
 _LATEST = datetime(2100, 1, 1, tzinfo=UTC)

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from api.deps import Conn, CurrentUser, require_unit_in_scope, require_writer, set_action, unit_in_scope
+from api.fields import Id, Limit, Offset, QId
 from coldchain.core.errors import forbidden, invalid, not_found
 from inventory import balances, corrections, movements, receipts, usage
 from inventory.packages import Package
@@ -24,13 +25,9 @@ from inventory.rules import ADJUSTMENT_REASONS
 
 router = APIRouter(tags=["出入库台账"])
 
-Id = Annotated[int, Field(ge=1, le=2**62)]
-QId = Annotated[int | None, Query(ge=1, le=2**62)]
 Qty = Annotated[int, Field(ge=1, le=10_000_000)]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 CodeStr = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Limit = Annotated[int, Query(ge=1, le=5000)]
-Offset = Annotated[int, Query(ge=0, le=10**7)]
 
 
 def now() -> datetime:

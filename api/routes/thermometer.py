@@ -16,10 +16,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from alarms import thermometer
 from api.deps import Conn, CurrentUser, require_writer
+from api.fields import Id
 
 router = APIRouter(tags=["报警"])
 
-Id = Annotated[int, Field(ge=1, le=2**62)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=500)]
 
 

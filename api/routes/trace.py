@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from api.deps import Conn, CurrentUser, require_unit_in_scope
+from api.fields import Id, QId
 from api.routes.lots import LotOut
 from api.routes.plans import MONTH_PATTERN
 from coldchain.core.errors import Refused, not_found
@@ -24,9 +25,6 @@ from inventory.codes import CodeError, parse_code
 from inventory.lots import load_lot, lot_record
 
 router = APIRouter(tags=["追溯与分析"])
-
-Id = Annotated[int, Field(ge=1, le=2**62)]
-QId = Annotated[int | None, Query(ge=1, le=2**62)]
 
 
 class DaySeries(BaseModel):

@@ -17,7 +17,8 @@ from fastapi import APIRouter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import Conn, CurrentUser, require_writer, set_action, unit_in_scope
-from api.routes.stock import CodeStr, Id, Limit, MovementOut, Note, Offset, Qty, now
+from api.fields import Id, Limit, Offset
+from api.routes.stock import CodeStr, MovementOut, Note, Qty, now
 from coldchain.core.errors import forbidden, invalid, not_found
 from inventory import movements, outgoing, requests, transfers
 from inventory.posting import check_vehicle
