@@ -62,9 +62,11 @@ WITH staged AS MATERIALIZED (
     -- read FOR SHARE, through the owner's function, so that a refresh advancing it waits for this
     -- transaction or is seen by it. Logged here, in the one statement that writes readings, on
     -- both storage paths: no trigger is paid per row (migration 0013).
+    -- The threshold stays at least two hours behind now, so a batch of current readings never
+    -- reaches the subquery: PostgreSQL runs it (and takes the lock) only on first use.
     INSERT INTO excursion_invalidations (probe_id, since)
     SELECT probe_id, min(ts) FROM stored
-    WHERE ts < (SELECT cc_excursion_threshold_for_writers())
+    WHERE ts < now() - interval '1 hour' AND ts < (SELECT cc_excursion_threshold_for_writers())
     GROUP BY probe_id
 ), unbound AS (
     INSERT INTO probe_unbound_readings AS u (probe_id, day, n, first_ts, last_ts)

@@ -12,7 +12,6 @@ bound parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from psycopg import sql
@@ -60,9 +59,6 @@ class Filters:
             name,
             unit,
         )
-
-    def any_of(self, column: str, name: str, values: Iterable[Any] | None) -> Filters:
-        return self._add(f"{column} = ANY(%({name})s)", name, None if values is None else list(values))
 
     def where(self) -> sql.Composable:
         """``cond AND cond …`` (``true`` when there is none), to put after ``WHERE``."""
