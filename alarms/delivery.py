@@ -20,6 +20,7 @@ stored or logged here carries a secret (a robot's key, a webhook's HMAC secret, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -32,9 +33,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from alarms import requests
+from alarms.card import AlarmCard, Closure, Handling, Person
 from alarms.escalation import kind_of_key
-from alarms.life import new_link
-from alarms.messages import AlarmCard, signed_webhook, template_message, wecom_markdown, wecom_payload
+from alarms.messages import WecomTextPayload, wecom_markdown, wecom_mention, wecom_payload
 from alarms.messages import next_slot as robot_next_slot
 from alarms.rules import KIND_NAMES
 from coldchain.core import outbound
@@ -45,6 +47,7 @@ from coldchain.core.settings import Settings
 log = logging.getLogger("coldchain.alarms.delivery")
 
 WECOM_PER_MINUTE = 20
+NOWHERE = "单位未配置通知去处（企业微信群机器人或 webhook），请在“设置”中为各级负责人配置"
 MAX_BACKOFF = timedelta(minutes=5)
 
 # (url, body bytes, headers) → (HTTP status, response body); replaceable for the benchmark's timing.
@@ -84,25 +87,48 @@ WHERE channel = %(channel)s AND target = %(target)s AND sent_at IS NULL AND next
 ORDER BY due_at, id
 FOR UPDATE SKIP LOCKED
 """
+# The robot's budget is counted on the moments its answers came back (0014), not on a
+# transaction's start: a request that has answered has arrived.
 _RECENT = """
-SELECT max(sent_at) AS sent_at FROM notification_outbox
-WHERE target = %(target)s AND sent_at > now() - interval '60 seconds'
-GROUP BY sent_in
+SELECT posted_at FROM robot_posts
+WHERE target_digest = %(digest)s AND posted_at > clock_timestamp() - interval '60 seconds'
+ORDER BY posted_at
 """
+_POSTED = "INSERT INTO robot_posts (target_digest) VALUES (%(digest)s) RETURNING posted_at"
+_PRUNE_POSTS = "DELETE FROM robot_posts WHERE target_digest = %(digest)s AND posted_at < now() - interval '1 day'"
+_CLOCK = "SELECT clock_timestamp()"
 _CARDS = """
 SELECT a.id, a.kind, a.severity, a.condition_since, a.found_late, a.cause, a.value, a.t_min::float8 AS t_min,
-       a.t_max::float8 AS t_max, a.state, n.name AS unit_name, n.code AS unit_code,
-       coalesce(e.name, '网关 ' || g.serial) AS equipment_name, coalesce(c.name, '') AS compartment_name,
-       (SELECT pl.t FROM probe_latest pl WHERE pl.probe_id = a.probe_id) AS latest_t
+       a.t_max::float8 AS t_max, a.state, a.unit_id, n.name AS unit_name, n.code AS unit_code,
+       coalesce(e.name, '网关 ' || g.serial, '') AS equipment_name, coalesce(c.name, '') AS compartment_name,
+       (SELECT pl.t FROM probe_latest pl WHERE pl.probe_id = a.probe_id) AS latest_t,
+       a.acknowledged_at, a.ack_channel, a.ack_comment, a.on_site,
+       coalesce(nullif(ack.real_name, ''), ack.username) AS acknowledged_by,
+       a.resolved_at, a.closure, coalesce(nullif(cl.real_name, ''), cl.username) AS closed_by,
+       x.lowest, x.highest
 FROM alarms a
 JOIN units n ON n.id = a.unit_id
 LEFT JOIN equipment e ON e.id = a.equipment_id
 LEFT JOIN compartments c ON c.id = a.compartment_id
 LEFT JOIN gateways g ON g.id = a.gateway_id
+LEFT JOIN users ack ON ack.id = a.acknowledged_by
+LEFT JOIN users cl ON cl.id = a.closed_by
+LEFT JOIN LATERAL (
+    SELECT min(r.t)::float8 AS lowest, max(r.t)::float8 AS highest FROM probe_readings r
+    WHERE r.probe_id = a.probe_id AND r.ts >= a.condition_since AND r.ts <= a.resolved_at
+) x ON a.resolved_at IS NOT NULL AND a.probe_id IS NOT NULL
 WHERE a.id = ANY(%(ids)s)
 """
+# The responsible people of the alarms' units (CM15): named, with phones, in every message.
+_PEOPLE = """
+SELECT r.unit_id, r.level, coalesce(nullif(u.real_name, ''), u.username) AS name, u.phone
+FROM unit_responsibles r JOIN users u ON u.id = r.user_id AND u.status = 'active'
+WHERE r.unit_id = ANY(%(units)s)
+ORDER BY r.unit_id, r.level, name
+"""
 _SENT = """
-UPDATE notification_outbox SET sent_at = now(), sent_in = %(first)s, attempts = attempts + 1, last_error = NULL
+UPDATE notification_outbox
+SET sent_at = clock_timestamp(), sent_in = %(first)s, attempts = attempts + 1, last_error = NULL
 WHERE id = ANY(%(ids)s)
 """
 _FAILED = """
@@ -121,10 +147,6 @@ WHERE id = ANY(%(ids)s)
 _EVENT = """
 INSERT INTO alarm_events (alarm_id, action, channel, details)
 SELECT unnest(%(alarms)s::bigint[]), %(action)s, %(channel)s, %(details)s
-"""
-_OPENID_USER = """
-SELECT u.id, max(r.level) AS level FROM users u JOIN unit_responsibles r ON r.user_id = u.id
-WHERE u.wechat_openid = %(openid)s GROUP BY u.id
 """
 
 
@@ -166,10 +188,31 @@ def _cards(
     conn: psycopg.Connection, settings: Settings, rows: Sequence[dict[str, Any]], now: datetime
 ) -> list[AlarmCard]:
     by_alarm = {r["id"]: r for r in fetch_all(conn, _CARDS, {"ids": sorted({row["alarm_id"] for row in rows})})}
+    people: dict[int, list[Person]] = {}
+    for p in fetch_all(conn, _PEOPLE, {"units": sorted({a["unit_id"] for a in by_alarm.values()})}):
+        people.setdefault(p["unit_id"], []).append(Person(p["level"], p["name"], p["phone"]))
     cards: list[AlarmCard] = []
     for row in rows:
         a = by_alarm[row["alarm_id"]]
         temperature = a["latest_t"] if a["latest_t"] is not None else a["value"]
+        handling = None
+        if a["acknowledged_at"] is not None:
+            handling = Handling(
+                by=a["acknowledged_by"] or "（已注销用户）",
+                at=a["acknowledged_at"],
+                channel=a["ack_channel"] or "web",
+                on_site=bool(a["on_site"]),
+                comment=a["ack_comment"],
+            )
+        closure = None
+        if a["closure"]:
+            closure = Closure(
+                by=a["closed_by"] or "（已注销用户）",
+                cause=str(a["closure"].get("cause", "")),
+                action=str(a["closure"].get("action", "")),
+                vaccine_disposition=str(a["closure"].get("vaccine_disposition", "")),
+            )
+        levels = set(row["levels"])
         cards.append(
             AlarmCard(
                 alarm_id=a["id"],
@@ -189,6 +232,12 @@ def _cards(
                 link=f"{settings.public_url}/alarms/{a['id']}",
                 found_late=a["found_late"],
                 cause=a["cause"],
+                handling=handling,
+                people=tuple(p for p in people.get(a["unit_id"], []) if p.level in levels),
+                resolved_at=a["resolved_at"],
+                lowest=a["lowest"],
+                highest=a["highest"],
+                closure=closure,
             )
         )
     return cards
@@ -212,17 +261,10 @@ def _deliver_to(
     now: datetime = now_row[0]
     alarms_of = [r["alarm_id"] for r in rows]
     if target.startswith("none:"):
-        # Nowhere configured: say so in each alarm's history once, and stop trying.
-        conn.execute(_SENT, {"first": rows[0]["id"], "ids": [r["id"] for r in rows]})
-        conn.execute(
-            _EVENT,
-            {
-                "alarms": alarms_of,
-                "action": "notify_failed",
-                "channel": channel,
-                "details": Jsonb({"error": "单位未配置通知去处（企业微信群机器人或 webhook）"}),
-            },
-        )
+        # Nowhere configured: each row keeps the reason (the alarm page shows it), the alarm's
+        # history says so, the run log too — and it is not tried again.
+        _refuse(conn, rows, channel, NOWHERE, stats, prefix="")
+        log.warning("报警 %s 未能通知：%s", "、".join(map(str, sorted(set(alarms_of)))), NOWHERE)
         return
     # Checked before anything is built (and again by the sender, on the addresses it connects to).
     try:
@@ -246,7 +288,7 @@ def _deliver_to(
             cards,
             post,
             stats,
-            lambda card, row: _webhook_request(conn, target, card, row),
+            lambda card, row: requests.webhook_request(conn, target, card, row),
         )
     else:
         token_cache: dict[str, str] = {}
@@ -258,15 +300,21 @@ def _deliver_to(
             cards,
             post,
             stats,
-            lambda card, row: _template_request(conn, settings, target, card, row, token_cache),
+            lambda card, row: requests.template_request(conn, settings, target, card, row, token_cache),
         )
 
 
 def _refuse(
-    conn: psycopg.Connection, rows: Sequence[dict[str, Any]], channel: str, reason: str, stats: DeliveryStats
+    conn: psycopg.Connection,
+    rows: Sequence[dict[str, Any]],
+    channel: str,
+    reason: str,
+    stats: DeliveryStats,
+    *,
+    prefix: str = "通知地址被拒绝，不再重试：",
 ) -> None:
     """A destination this system does not send to: each row keeps the reason, and is not retried."""
-    error = f"通知地址被拒绝，不再重试：{reason}"[:500]
+    error = f"{prefix}{reason}"[:500]
     conn.execute(_REFUSED, {"ids": [r["id"] for r in rows], "error": error})
     conn.execute(
         _EVENT,
@@ -340,6 +388,20 @@ def _send(
     return False
 
 
+def _robot_clock(conn: psycopg.Connection) -> datetime:
+    row = conn.execute(_CLOCK).fetchone()
+    assert row is not None
+    moment: datetime = row[0]
+    return moment
+
+
+def _posted(conn: psycopg.Connection, digest: str, recent: list[datetime]) -> None:
+    """Count one request to the robot at the moment its answer came back (whatever the answer)."""
+    row = conn.execute(_POSTED, {"digest": digest}).fetchone()
+    assert row is not None
+    recent.append(row[0])
+
+
 def _deliver_wecom(
     conn: psycopg.Connection,
     settings: Settings,
@@ -350,8 +412,9 @@ def _deliver_wecom(
     stats: DeliveryStats,
     now: datetime,
 ) -> None:
-    recent = [r["sent_at"] for r in fetch_all(conn, _RECENT, {"target": target})]
-    budget = WECOM_PER_MINUTE - len(recent)
+    digest = hashlib.sha256(target.encode()).hexdigest()
+    conn.execute(_PRUNE_POSTS, {"digest": digest})
+    recent = [r["posted_at"] for r in fetch_all(conn, _RECENT, {"digest": digest})]
     # Greedy packing: each message takes as many pending cards as fit in 4 096 bytes.
     groups: list[list[int]] = []
     for i in range(len(cards)):
@@ -361,20 +424,63 @@ def _deliver_wecom(
             groups.append([i])
     for n, group in enumerate(groups):
         group_rows = [rows[i] for i in group]
-        if n >= budget:
-            at = robot_next_slot(recent, now, WECOM_PER_MINUTE)
-            conn.execute(_POSTPONE, {"at": at, "ids": [rows[i]["id"] for g in groups[n:] for i in g]})
+        group_cards = [cards[i] for i in group]
+        mention = wecom_mention(group_cards)
+        needed = 1 if mention is None else 2
+        clock = _robot_clock(conn)
+        # Room for ``needed`` requests: at most 20 − needed in the window now (sliding, by answer time).
+        slot = robot_next_slot(recent, clock, WECOM_PER_MINUTE - needed + 1)
+        if slot > clock:
+            conn.execute(_POSTPONE, {"at": slot, "ids": [rows[i]["id"] for g in groups[n:] for i in g]})
             stats.postponed += sum(len(g) for g in groups[n:])
             return
-        (markdown,) = wecom_markdown([cards[i] for i in group], now)
+        (markdown,) = wecom_markdown(group_cards, now)
         body = json.dumps(wecom_payload(markdown), ensure_ascii=False).encode()
-        if not _send(conn, settings, post, target, body, {}, group_rows, "wecom", stats, wecom=True):
+        sent = _send(conn, settings, post, target, body, {}, group_rows, "wecom", stats, wecom=True)
+        _posted(conn, digest, recent)
+        if not sent:
             # The robot failed: the rest for it wait for the same retry instead of hammering it.
             rest = [rows[i]["id"] for g in groups[n + 1 :] for i in g]
             if rest:
                 conn.execute(_POSTPONE, {"at": now + timedelta(seconds=backoff(1)), "ids": rest})
             return
-        recent.append(now)
+        if mention is not None:
+            _mention(conn, settings, post, target, mention, group_rows)
+            _posted(conn, digest, recent)
+
+
+def _mention(
+    conn: psycopg.Connection,
+    settings: Settings,
+    post: Post,
+    target: str,
+    mention: WecomTextPayload,
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """The follow-up that @mentions the responsible people. Best effort: the alarm message itself
+    is already delivered (and marked so), so a failed mention is recorded in the alarms' history
+    and not retried — a retry could only repeat a ping, never deliver the alarm."""
+    body = json.dumps(mention, ensure_ascii=False).encode()
+    try:
+        status, answer = post(target, body, {})
+        error = None if 200 <= status < 300 else f"HTTP {status}"
+        if error is None:
+            errcode = json.loads(answer or b"{}").get("errcode", 0)
+            error = None if errcode == 0 else f"企业微信 errcode {errcode}"
+    except (OSError, ValueError) as exc:
+        error = _scrubbed(f"{type(exc).__name__}: {exc}", target, settings)
+    details: dict[str, Any] = {"mention": len(mention["text"]["mentioned_mobile_list"])}
+    if error is not None:
+        details["error"] = f"@提醒负责人未发出：{error}"[:500]
+    conn.execute(
+        _EVENT,
+        {
+            "alarms": sorted({r["alarm_id"] for r in rows}),
+            "action": "notified" if error is None else "notify_failed",
+            "channel": "wecom",
+            "details": Jsonb(details),
+        },
+    )
 
 
 def _deliver_each(
@@ -401,78 +507,3 @@ def _deliver_each(
         wechat = channel == "wechat_template"
         if not _send(conn, settings, post, url, body, headers, [row], channel, stats, wecom=wechat, secret=secret):
             return
-
-
-def _webhook_request(
-    conn: psycopg.Connection, target: str, card: AlarmCard, row: dict[str, Any]
-) -> tuple[str, bytes, dict[str, str], bytes | None]:
-    secret_row = conn.execute(
-        "SELECT secret FROM notification_routes WHERE url = %s AND channel = 'webhook' LIMIT 1", (target,)
-    ).fetchone()
-    secret = (secret_row[0] if secret_row and secret_row[0] else "").encode()
-    body = {
-        "alarm_id": card.alarm_id,
-        "step": row["step"],
-        "levels": row["levels"],
-        "unit": card.unit_name,
-        "unit_code": card.unit_code,
-        "equipment": card.equipment_name,
-        "compartment": card.compartment_name,
-        "kind": card.kind_label,
-        "severity": card.severity,
-        "temperature": card.temperature,
-        "t_min": card.t_min,
-        "t_max": card.t_max,
-        "since": card.since.isoformat(),
-        "found_late": card.found_late,
-        "link": card.link,
-    }
-    data, headers = signed_webhook(body, secret, int(time.time()))
-    return target, data, headers, secret
-
-
-def _template_request(
-    conn: psycopg.Connection,
-    settings: Settings,
-    openid: str,
-    card: AlarmCard,
-    row: dict[str, Any],
-    token_cache: dict[str, str],
-) -> tuple[str, bytes, dict[str, str], bytes | None] | None:
-    """A template message with a personal, single-use confirmation link (CM16: confirm from WeChat)."""
-    if not (settings.wechat_appid and settings.wechat_secret and settings.wechat_template_id):
-        return None
-    user = fetch_all(conn, _OPENID_USER, {"openid": openid})
-    if not user:
-        return None
-    token = new_link(conn, card.alarm_id, user[0]["id"], max(row["levels"]))
-    link = f"{settings.public_url}/alarm-confirm?token={token}"
-    if "access" not in token_cache:
-        token_cache["access"] = _access_token(settings)
-    url = f"{settings.wechat_api_base}/cgi-bin/message/template/send?access_token={token_cache['access']}"
-    body = json.dumps(template_message(openid, settings.wechat_template_id, card, link), ensure_ascii=False).encode()
-    return url, body, {}, token_cache["access"].encode() or None
-
-
-def _access_token(settings: Settings) -> str:
-    """WeChat's access token ("" when it cannot be had now: the send then fails and is retried).
-    Raises :class:`OutboundRefused` when the API base is not a destination this system sends to."""
-    from urllib.parse import urlencode
-
-    query = urlencode(
-        {
-            "grant_type": "client_credential",
-            "appid": settings.wechat_appid or "",
-            "secret": settings.wechat_secret or "",
-        }
-    )
-    url = f"{settings.wechat_api_base}/cgi-bin/token?{query}"
-    try:
-        status, raw = outbound.request("GET", url, outbound.policy_of(settings), timeout=10)
-        answer = json.loads(raw) if status == 200 else None
-    except OutboundRefused:
-        raise
-    except (OSError, ValueError):
-        return ""
-    token = answer.get("access_token") if isinstance(answer, dict) else None
-    return token if isinstance(token, str) else ""

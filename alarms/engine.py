@@ -21,7 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alarms import life, rules
-from alarms.escalation import AlarmTimeline, policy_for
+from alarms.escalation import AlarmTimeline, notices_due, policy_for
 from alarms.escalation import due_steps as escalation_due_steps
 from coldchain.core.db import fetch_all, fetch_one
 from coldchain.core.settings import Settings
@@ -317,15 +317,27 @@ def _apply_event(
 # Escalation: which steps are due, and to whom (CM15, CM16)
 
 _ALARM_FOR_STEPS = """
-SELECT a.id, a.unit_id, a.state, a.raised_at, a.resolved_at, a.closed_at, a.suppressed,
+SELECT a.id, a.unit_id, a.state, a.raised_at, a.resolved_at, a.closed_at, a.acknowledged_at, a.suppressed,
        u.steps, u.reminder, u.resolved_reminder,
-       coalesce((SELECT array_agg(DISTINCT o.step) FROM notification_outbox o WHERE o.alarm_id = a.id), '{}') AS sent
+       coalesce((SELECT array_agg(DISTINCT o.step) FROM notification_outbox o WHERE o.alarm_id = a.id), '{}') AS sent,
+       coalesce((SELECT array_agg(DISTINCT l)::int[] FROM notification_outbox o CROSS JOIN unnest(o.levels) AS l
+                 WHERE o.alarm_id = a.id AND o.step NOT IN ('ack', 'resolved', 'closed')), '{}') AS told,
+       -- written by an earlier transaction than the one that resolved the alarm: told while open
+       coalesce((SELECT array_agg(DISTINCT l)::int[] FROM notification_outbox o CROSS JOIN unnest(o.levels) AS l
+                 WHERE o.alarm_id = a.id AND o.step NOT IN ('ack', 'resolved', 'closed')
+                   AND o.created_at < (SELECT min(v.ts) FROM alarm_events v
+                                       WHERE v.alarm_id = a.id AND v.action = 'resolved')), '{}') AS told_while_open
 FROM alarms a LEFT JOIN unit_escalation u ON u.unit_id = a.unit_id
 WHERE a.id = %(id)s
 """
+# Every alarm not closed, and those closed in the last day whose closing notice is not written yet
+# (a person closes through the API; the next pass tells level 2).
 _ESCALATING = """
 SELECT a.id FROM alarms a
-WHERE a.state <> 'closed' AND NOT a.suppressed
+WHERE NOT a.suppressed
+  AND (a.state <> 'closed'
+       OR (a.closed_at > now() - interval '1 day'
+           AND NOT EXISTS (SELECT 1 FROM notification_outbox o WHERE o.alarm_id = a.id AND o.step = 'closed')))
 ORDER BY a.id
 FOR UPDATE OF a SKIP LOCKED
 LIMIT %(limit)s
@@ -350,7 +362,8 @@ def enqueue_due(conn: psycopg.Connection, settings: Settings, alarm_id: int, now
     """Put every notification now due for the alarm into the outbox (idempotent by its unique key).
 
     Called in the transaction that opens the alarm (so the first notice is written with it) and by
-    the escalation pass. Each step goes to each of the unit's WeCom robots / webhooks of the levels
+    the escalation pass; the notices that close the loop (acknowledged, over, closed) are written
+    by the pass after the change. Each step goes to each of the unit's WeCom robots / webhooks of the levels
     it names (else the province-wide WeCom fallback), and — when a template is configured — to the
     WeChat of each responsible person of those levels."""
     alarm = fetch_one(conn, _ALARM_FOR_STEPS, {"id": alarm_id})
@@ -361,8 +374,12 @@ def enqueue_due(conn: psycopg.Connection, settings: Settings, alarm_id: int, now
         state=alarm["state"],
         resolved_at=alarm["resolved_at"],
         closed_at=alarm["closed_at"],
+        acknowledged_at=alarm["acknowledged_at"],
     )
-    steps = escalation_due_steps(timeline, policy_for(settings, alarm), now, set(alarm["sent"]))
+    sent = set(alarm["sent"])
+    steps = escalation_due_steps(timeline, policy_for(settings, alarm), now, sent)
+    told = set(alarm["told"]).union(*(step.levels for step in steps))
+    steps += notices_due(timeline, told, sent, told_while_open=alarm["told_while_open"])
     written = 0
     for step in steps:
         levels = sorted(step.levels)

@@ -24,6 +24,16 @@ key                     levels          due at                      kind
 ``resolved-N``          {1}             resolved_at + N × daily     ``resolved_reminder``
 ======================  ==============  ==========================  ============================
 
+Beside the ladder, three notices close the loop for the people already told (:func:`notices_due`):
+
+======================  =====================  ===================  =========================
+key                     levels                 due at               kind
+======================  =====================  ===================  =========================
+``ack``                 every level told       acknowledged_at      ``ack_notice``
+``resolved``            every level told       resolved_at          ``resolved_notice``
+``closed``              {2}                    closed_at            ``closed_notice``
+======================  =====================  ===================  =========================
+
 Decisions:
 
 * Level 2 is notified "as well": the ``level2`` message goes to levels 1 and 2, so level 1 knows
@@ -62,6 +72,7 @@ __all__ = [
     "due_steps",
     "kind_of_key",
     "next_due",
+    "notices_due",
     "parse_duration",
     "parse_steps",
     "policy_for",
@@ -69,7 +80,9 @@ __all__ = [
 ]
 
 AlarmState = Literal["active", "acknowledged", "resolved", "closed"]
-StepKind = Literal["open", "escalate", "reminder", "resolved_reminder"]
+StepKind = Literal[
+    "open", "escalate", "reminder", "resolved_reminder", "ack_notice", "resolved_notice", "closed_notice"
+]
 
 ALARM_STATES: frozenset[str] = frozenset(get_args(AlarmState))
 STEP_KINDS: frozenset[str] = frozenset(get_args(StepKind))
@@ -220,6 +233,7 @@ class AlarmTimeline:
     state: AlarmState
     resolved_at: datetime | None = None
     closed_at: datetime | None = None
+    acknowledged_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.state not in ALARM_STATES:
@@ -230,6 +244,8 @@ class AlarmTimeline:
                 _require_aware(value, label)
                 if value < self.raised_at:
                     raise ValueError(f"{label}不能早于报警开始时间：{value.isoformat()}")
+        if self.acknowledged_at is not None:
+            _require_aware(self.acknowledged_at, "确认时间")
         if self.state in ("active", "acknowledged") and (self.resolved_at is not None or self.closed_at is not None):
             raise ValueError(f"状态为 {self.state} 的报警不应有恢复或关闭时间")
         if self.state == "resolved" and (self.resolved_at is None or self.closed_at is not None):
@@ -262,7 +278,12 @@ def kind_of_key(key: str) -> StepKind:
         return "reminder"
     if re.fullmatch(r"resolved-[1-9][0-9]*", key):
         return "resolved_reminder"
+    if key in _NOTICE_KINDS:
+        return _NOTICE_KINDS[key]
     raise ValueError(f"未知的升级步骤：{key!r}")
+
+
+_NOTICE_KINDS: dict[str, StepKind] = {"ack": "ack_notice", "resolved": "resolved_notice", "closed": "closed_notice"}
 
 
 def _require_aware(value: datetime, label: str) -> None:
@@ -375,3 +396,39 @@ def next_due(
         if due_at > now:
             candidates.append(due_at)
     return min(candidates, default=None)
+
+
+def notices_due(
+    timeline: AlarmTimeline,
+    told: Collection[int],
+    sent: Collection[str],
+    *,
+    told_while_open: Collection[int] | None = None,
+) -> list[Step]:
+    """The notices that close the loop, owed once each and not yet in ``sent`` (issue #17).
+
+    ``told`` is every level a ladder step has been (or is now being) written for: only they hear
+    that someone acknowledged or that the condition is over — a level never woken is not woken to
+    be told all is well. Acknowledgement is announced while the alarm is still open or resolved (once
+    closed, the closing notice says it all); resolution is announced even if the alarm was closed
+    before the scheduler saw it, because the people driving out must hear that it is over. Closing
+    tells level 2 the cause and the vaccines' fate — the county that answers for the doses — and
+    only for an alarm anyone was told of.
+
+    ``told_while_open`` (default: ``told``) are the levels told before the condition ended: only
+    they are told it is over. An alarm found late and already over (a gateway's buffered upload)
+    is announced once, its message saying it is over, not twice.
+    """
+    levels = frozenset(told)
+    if not levels:
+        return []
+    open_levels = levels if told_while_open is None else frozenset(told_while_open)
+    owed: list[Step] = []
+    if timeline.acknowledged_at is not None and timeline.state != "closed" and "ack" not in sent:
+        owed.append(Step("ack", levels, timeline.acknowledged_at, "ack_notice"))
+    if timeline.resolved_at is not None and open_levels and "resolved" not in sent:
+        owed.append(Step("resolved", open_levels, timeline.resolved_at, "resolved_notice"))
+    if timeline.state == "closed" and timeline.closed_at is not None and "closed" not in sent:
+        owed.append(Step("closed", frozenset({2}), timeline.closed_at, "closed_notice"))
+    owed.sort(key=lambda step: step.due_at)
+    return owed

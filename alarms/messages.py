@@ -1,31 +1,53 @@
-"""What an alarm notification says, per channel (DC4): pure formatting, signing and rate arithmetic.
+"""What an alarm notification says, per channel (DC4): pure formatting and rate arithmetic.
 
-Three channels, one content model (:class:`AlarmCard`):
+Three channels, one content model (:class:`alarms.card.AlarmCard`):
 
 * WeCom group robots (企业微信群机器人), per unit and level: markdown, at most 4 096 bytes per
   message and 20 messages per minute per robot. A burst (a site's power cut, a gateway coming
   back after an outage) is merged into as few messages as fit — never dropped — so that the group
-  reads one event rather than a wall of pings, and the rate limit is not blown.
+  reads one event rather than a wall of pings, and the rate limit is not blown. Markdown cannot
+  @mention anyone, so a message that sends people out is followed by a short text message that
+  mentions the responsible people by mobile (:func:`wecom_mention`).
 * WeChat official-account template messages to each responsible person's openid.
-* A generic JSON webhook, signed with HMAC-SHA256 so receivers can trust and de-duplicate it.
+* A generic JSON webhook, signed with HMAC-SHA256 (:mod:`alarms.signing`).
+
+Every message says the state (issue #17): who acknowledged, when, through which channel and with
+what comment — or that nobody has yet; who is responsible and their phones; once it is over, how
+long it lasted and its extremes; once closed, the cause and the vaccines' fate.
 
 Nothing here sends anything or reads the clock; the sender passes ``now`` and does the I/O.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Literal, TypedDict, get_args
+from typing import Literal, TypedDict
 
-from alarms.escalation import STEP_KINDS, StepKind
-from coldchain.core.terms import BEIJING
+from alarms.card import (
+    LEVEL_LABELS,
+    SEVERITY_LABELS,
+    SEVERITY_ORDER,
+    STEP_LABELS,
+    AlarmCard,
+    Severity,
+    beijing,
+    closure_text,
+    format_duration,
+    handling_text,
+    limits_text,
+    mobiles,
+    outcome_text,
+    people_text,
+)
+from alarms.card import clean as _clean
+from alarms.card import cut as _cut
+from alarms.signing import canonical_json, signed_webhook, verify_signature
 
 __all__ = [
+    "LEVEL_LABELS",
+    "STEP_LABELS",
     "WECOM_MAX_BYTES",
     "AlarmCard",
     "RobotRateLimiter",
@@ -34,130 +56,23 @@ __all__ = [
     "TemplateMessage",
     "WecomMarkdown",
     "WecomPayload",
+    "canonical_json",
     "format_duration",
     "next_slot",
     "signed_webhook",
     "template_message",
     "verify_signature",
     "wecom_markdown",
+    "wecom_mention",
     "wecom_payload",
 ]
 
-Severity = Literal["critical", "major", "minor"]
-SEVERITIES: frozenset[str] = frozenset(get_args(Severity))
-
 WECOM_MAX_BYTES = 4096
+WECOM_TEXT_MAX_BYTES = 2048
 WECHAT_FIELD_CHARS = 20
-ELLIPSIS = "…"
 SEPARATOR = "\n\n"
-
-LEVEL_LABELS = {1: "一级负责人", 2: "二级负责人", 3: "三级负责人"}
-SEVERITY_LABELS = {"critical": "严重", "major": "重要", "minor": "一般"}
 SEVERITY_COLORS = {"critical": "warning", "major": "warning", "minor": "comment"}
-SEVERITY_ORDER = {"critical": 0, "major": 1, "minor": 2}
-STEP_LABELS = {
-    "open": "报警通知",
-    "escalate": "升级通知",
-    "reminder": "持续未恢复提醒",
-    "resolved_reminder": "已恢复待关闭",
-}
-
-
-@dataclass(frozen=True)
-class AlarmCard:
-    """Everything a person needs to act on one alarm, already resolved to names and labels.
-
-    ``kind_label`` is passed in (the rule module owns the wording); ``level`` is the highest level
-    this notification is for; ``found_late`` marks an alarm detected from back-filled data or a
-    step sent after an outage, so the reader knows the times are not "just now". Validated on
-    construction so a bad card fails in the scheduler, not as a garbled message in a group chat.
-    """
-
-    alarm_id: int
-    unit_name: str
-    unit_code: str
-    equipment_name: str
-    compartment_name: str
-    kind_label: str
-    severity: Severity
-    temperature: float | None
-    t_min: float | None
-    t_max: float | None
-    since: datetime
-    duration: timedelta
-    level: int
-    step_kind: StepKind
-    link: str
-    found_late: bool = False
-    cause: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"严重程度应为 critical、major 或 minor，实际为 {self.severity!r}")
-        if self.level not in LEVEL_LABELS:
-            raise ValueError(f"负责人级别应为 1–3，实际为 {self.level!r}")
-        if self.step_kind not in STEP_KINDS:
-            raise ValueError(f"通知步骤类型无效：{self.step_kind!r}")
-        if self.since.tzinfo is None or self.since.utcoffset() is None:
-            raise ValueError(f"报警开始时间必须带时区：{self.since.isoformat()}")
-        if not self.link.startswith(("https://", "http://")) or any(ch.isspace() or ch in "()" for ch in self.link):
-            # A space or parenthesis would end the markdown link early and the button would go nowhere.
-            raise ValueError(f"报警链接应为不含空格和括号的 http(s) 地址，实际为 {self.link!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Small formatting helpers
-
-
-def beijing(moment: datetime) -> str:
-    """'MM-DD HH:MM' in Beijing time: what every reader in Shaanxi expects, whatever the server's zone."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"时间必须带时区：{moment.isoformat()}")
-    return f"{moment.astimezone(BEIJING):%m-%d %H:%M}"
-
-
-def format_duration(duration: timedelta, *, compact: bool = False) -> str:
-    """'35 分钟', '2 小时 5 分钟', '1 天 3 小时'; minutes dropped beyond a day, where they no longer matter.
-
-    Negative durations (a gateway clock slightly ahead of ours) read as under a minute rather than
-    failing a notification over a cosmetic value. ``compact`` drops the spaces for the 20-character
-    WeChat template fields.
-    """
-    minutes = max(0, int(duration.total_seconds()) // 60)
-    days, rest = divmod(minutes, 24 * 60)
-    hours, mins = divmod(rest, 60)
-    if days:
-        parts = [f"{days} 天"] + ([f"{hours} 小时"] if hours else [])
-    elif hours:
-        parts = [f"{hours} 小时"] + ([f"{mins} 分钟"] if mins else [])
-    elif mins:
-        parts = [f"{mins} 分钟"]
-    else:
-        parts = ["不足 1 分钟"]
-    text = " ".join(parts)
-    return text.replace(" ", "") if compact else text
-
-
-def _clean(text: str) -> str:
-    """One line of text: a newline in a device name would break the markdown quote block."""
-    return " ".join(text.split())
-
-
-def _cut(text: str, limit: int) -> str:
-    """At most ``limit`` characters, the last of them '…' when anything was cut."""
-    if len(text) <= limit:
-        return text
-    return text[: max(0, limit - 1)] + ELLIPSIS
-
-
-def _limits(t_min: float | None, t_max: float | None) -> str | None:
-    if t_min is not None and t_max is not None:
-        return f"{t_min:.1f}～{t_max:.1f} ℃"
-    if t_min is not None:
-        return f"≥{t_min:.1f} ℃"
-    if t_max is not None:
-        return f"≤{t_max:.1f} ℃"
-    return None
+TITLES = {"ack_notice": "已确认", "resolved_notice": "已恢复", "closed_notice": "已关闭"}
 
 
 def _utf8_len(text: str) -> int:
@@ -170,6 +85,8 @@ def _utf8_len(text: str) -> int:
 
 def _map_text(card: AlarmCard, change: Callable[[str], str]) -> AlarmCard:
     """The card with ``change`` applied to every free-text field — all text but the link."""
+    handling = card.handling
+    closure = card.closure
     return replace(
         card,
         unit_name=change(card.unit_name),
@@ -178,63 +95,113 @@ def _map_text(card: AlarmCard, change: Callable[[str], str]) -> AlarmCard:
         compartment_name=change(card.compartment_name),
         kind_label=change(card.kind_label),
         cause=None if card.cause is None else change(card.cause),
+        handling=None
+        if handling is None
+        else replace(
+            handling, by=change(handling.by), comment=None if handling.comment is None else change(handling.comment)
+        ),
+        people=tuple(replace(p, name=change(p.name)) for p in card.people),
+        closure=None
+        if closure is None
+        else replace(
+            closure,
+            by=change(closure.by),
+            cause=change(closure.cause),
+            action=change(closure.action),
+            vaccine_disposition=change(closure.vaccine_disposition),
+        ),
     )
 
 
 def _longest_text(card: AlarmCard) -> int:
-    texts = (card.unit_name, card.unit_code, card.equipment_name, card.compartment_name, card.kind_label, card.cause)
+    texts = [card.unit_name, card.unit_code, card.equipment_name, card.compartment_name, card.kind_label, card.cause]
+    if card.handling is not None:
+        texts += [card.handling.by, card.handling.comment]
+    texts += [p.name for p in card.people]
+    if card.closure is not None:
+        c = card.closure
+        texts += [c.by, c.cause, c.action, c.vaccine_disposition]
     return max(len(text or "") for text in texts)
+
+
+def _state_lines(card: AlarmCard) -> list[str]:
+    """What closes the loop, for every kind of notice: who is on it (or nobody yet), how it ended,
+    how it was closed, and who answers for it — in that order of urgency."""
+    lines: list[str] = []
+    if card.step_kind != "closed_notice":
+        ack = handling_text(card)
+        lines.append(f"处置：{ack}" if card.handling else f'处置：<font color="warning">{ack}</font>')
+    outcome = outcome_text(card)
+    if outcome:
+        lines.append(f'<font color="info">{outcome}</font>')
+    closure = closure_text(card)
+    if closure:
+        lines.append(closure)
+    people = people_text(card)
+    if people and card.step_kind != "closed_notice":
+        lines.append(f"负责人：{people}")
+    return lines
+
+
+def _button(card: AlarmCard) -> str:
+    if card.step_kind == "closed_notice":
+        return "查看记录"
+    if card.is_over:
+        return "填写原因与处置并关闭"
+    if card.step_kind == "ack_notice":
+        return "查看详情"
+    return "查看并确认到场"
 
 
 def _card_block(card: AlarmCard, number: int, compact: bool) -> str:
     """One alarm as a WeCom markdown block (bold, <font>, > quotes and links only).
 
-    ``compact`` is the list form for merged messages: the same facts in three or four lines instead
-    of six to nine, so a burst takes fewer messages (and less of the robot's per-minute budget).
+    ``compact`` is the list form for merged messages: the same facts in fewer lines, so a burst
+    takes fewer messages (and less of the robot's per-minute budget).
     """
     color = SEVERITY_COLORS[card.severity]
-    limits = _limits(card.t_min, card.t_max)
+    limits = limits_text(card.t_min, card.t_max)
     lasted = format_duration(card.duration)
-    resolved = card.step_kind == "resolved_reminder"
+    title = f" · {TITLES[card.step_kind]}" if card.step_kind in TITLES else ""
+    joiner = "：" if compact else " · "
+    notice = f"{LEVEL_LABELS[card.level]}{joiner}{STEP_LABELS[card.step_kind]} · 报警编号 {card.alarm_id}"
+    reading = "无读数" if card.temperature is None else f'<font color="warning">{card.temperature:.1f} ℃</font>'
+    over = card.is_over
     if compact:
-        reading = "无读数" if card.temperature is None else f'<font color="warning">{card.temperature:.1f} ℃</font>'
         facts = [
             reading + (f"（限值 {limits}）" if limits else ""),
-            f"{beijing(card.since)} 起" + (f"持续 {lasted}" if resolved else f"已 {lasted}"),
-            f"{LEVEL_LABELS[card.level]}：{STEP_LABELS[card.step_kind]}",
-            f"报警编号 {card.alarm_id}",
+            f"{beijing(card.since)} 起" + (f"持续 {lasted}" if over else f"已 {lasted}"),
+            notice,
         ]
         if card.found_late:
             facts.append('<font color="warning">迟报</font>')
         lines = [
-            f'**{number}. {card.kind_label}** <font color="{color}">{SEVERITY_LABELS[card.severity]}</font> '
+            f'**{number}. {card.kind_label}{title}** <font color="{color}">{SEVERITY_LABELS[card.severity]}</font> '
             f"{card.unit_name}（{card.unit_code}）{card.equipment_name} / {card.compartment_name}",
             "> " + " · ".join(facts),
         ]
         if card.cause:
             lines.append(f"> 原因：{card.cause}")
-        lines.append(f"[{'关闭' if resolved else '详情'}]({card.link})")
+        lines += [f"> {line}" for line in _state_lines(card)]
+        lines.append(f"[{'关闭' if over and card.step_kind != 'closed_notice' else '详情'}]({card.link})")
         return "\n".join(lines)
     lines = [
-        f'**{number}. {card.kind_label}** <font color="{color}">{SEVERITY_LABELS[card.severity]}</font>',
+        f'**{number}. {card.kind_label}{title}** <font color="{color}">{SEVERITY_LABELS[card.severity]}</font>',
         f"> 单位：{card.unit_name}（{card.unit_code}）",
         f"> 位置：{card.equipment_name} / {card.compartment_name}",
+        f"> 温度：{reading}" + (f"，限值 {limits}" if limits else ""),
     ]
-    reading = "无读数" if card.temperature is None else f'<font color="warning">{card.temperature:.1f} ℃</font>'
-    lines.append(f"> 温度：{reading}" + (f"，限值 {limits}" if limits else ""))
-    if resolved:
+    if over:
         lines.append(f'> 时间：{beijing(card.since)} 起，持续 {lasted}，<font color="info">已恢复</font>')
     else:
         lines.append(f"> 时间：{beijing(card.since)} 起，已持续 {lasted}")
-    lines.append(f"> 通知：{LEVEL_LABELS[card.level]} · {STEP_LABELS[card.step_kind]} · 报警编号 {card.alarm_id}")
+    lines.append(f"> 通知：{notice}")
     if card.cause:
         lines.append(f"> 原因：{card.cause}")
+    lines += [f"> {line}" for line in _state_lines(card)]
     if card.found_late:
         lines.append('> <font color="warning">迟报</font>：补传数据或通知中断后才发出，时间以上方为准')
-    if resolved:
-        lines.append(f"[填写原因与处置并关闭]({card.link})")
-    else:
-        lines.append(f"[查看并确认到场]({card.link})")
+    lines.append(f"[{_button(card)}]({card.link})")
     return "\n".join(lines)
 
 
@@ -412,12 +379,20 @@ def template_message(openid: str, template_id: str, card: AlarmCard, link: str) 
         raise ValueError("模板消息需要接收人 openid 和模板 ID")
     reading = card.kind_label if card.temperature is None else f"{card.kind_label} {card.temperature:.1f}℃"
     when = f"{beijing(card.since)}起，已{format_duration(card.duration, compact=True)}"
-    limits = _limits(card.t_min, card.t_max)
+    if card.step_kind == "ack_notice" and card.handling is not None:
+        when = f"{_clean(card.handling.by)}已确认"
+    elif card.resolved_at is not None and card.is_over:
+        when = f"已恢复，持续{format_duration(card.resolved_at - card.since, compact=True)}"
+    limits = limits_text(card.t_min, card.t_max)
     remark_parts = [f"限值 {limits}" if limits else "", f"原因：{card.cause}" if card.cause else ""]
     if card.found_late:
         remark_parts.append("迟报：补传数据或通知中断后才发出")
-    resolved = card.step_kind == "resolved_reminder"
-    remark_parts.append("请填写原因与处置并关闭" if resolved else "请尽快到场处置并在平台确认")
+    remark_parts += [f"处置：{handling_text(card)}", outcome_text(card) or "", closure_text(card) or ""]
+    if card.asks_action:
+        remark_parts.append(f"负责人：{people_text(card)}" if card.people else "")
+        remark_parts.append("请尽快到场处置并在平台确认")
+    elif card.is_over and card.step_kind != "closed_notice":
+        remark_parts.append("请填写原因与处置并关闭")
     values = {
         "first": f"【冷链报警】{LEVEL_LABELS[card.level]}：{STEP_LABELS[card.step_kind]}",
         "keyword1": _cut(_clean(card.unit_name), WECHAT_FIELD_CHARS),
@@ -435,59 +410,30 @@ def template_message(openid: str, template_id: str, card: AlarmCard, link: str) 
 
 
 # ---------------------------------------------------------------------------------------------
-# Signed JSON webhook
-
-TIMESTAMP_HEADER = "X-Coldchain-Timestamp"
-SIGNATURE_HEADER = "X-Coldchain-Signature"
+# WeCom text message that @mentions people
 
 
-def canonical_json(body: Mapping[str, object]) -> bytes:
-    """The one byte form of ``body`` that is signed: sorted keys, compact, UTF-8 Chinese as-is.
-
-    No silent conversions (a datetime must be made a string by the caller) and no NaN, which is not
-    JSON and which a strict receiver would refuse after the signature had already been checked.
-    """
-    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+class WecomText(TypedDict):
+    content: str
+    mentioned_mobile_list: list[str]
 
 
-def _signature(body: bytes, secret: bytes, timestamp: int) -> str:
-    return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+class WecomTextPayload(TypedDict):
+    msgtype: Literal["text"]
+    text: WecomText
 
 
-def signed_webhook(body: Mapping[str, object], secret: bytes, timestamp: int) -> tuple[bytes, dict[str, str]]:
-    """Bytes to POST and the headers that let the receiver check them.
+def wecom_mention(cards: Sequence[AlarmCard]) -> WecomTextPayload | None:
+    """The text message that follows a markdown message sending people out: it @mentions the
+    responsible people of those alarms by mobile (CM15), which only WeCom's text messages can.
 
-    The timestamp is inside the signed text so a captured request cannot be replayed later with a
-    fresh timestamp; receivers check it with :func:`verify_signature`.
-    """
-    if not secret:
-        raise ValueError("Webhook 签名密钥不能为空")
-    payload = canonical_json(body)
-    headers = {
-        "Content-Type": "application/json; charset=utf-8",
-        TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: f"sha256={_signature(payload, secret, timestamp)}",
-    }
-    return payload, headers
-
-
-def verify_signature(body: bytes, headers: Mapping[str, str], secret: bytes, now: int, tolerance: int = 300) -> bool:
-    """For receivers: true only for the exact bytes, signed with ``secret``, within ``tolerance`` seconds of ``now``.
-
-    Header names are matched case-insensitively (HTTP frameworks differ); any malformed input is
-    simply "not verified" rather than an exception, and the comparison is constant-time.
-    """
-    if not secret:
-        return False
-    lowered = {name.lower(): value for name, value in headers.items()}
-    raw_timestamp = lowered.get(TIMESTAMP_HEADER.lower(), "").strip()
-    claimed = lowered.get(SIGNATURE_HEADER.lower(), "").strip()
-    if not (raw_timestamp.isascii() and raw_timestamp.isdigit() and len(raw_timestamp) <= 12):
-        return False
-    if not claimed.startswith("sha256="):
-        return False
-    timestamp = int(raw_timestamp)
-    if abs(now - timestamp) > tolerance:
-        return False
-    expected = _signature(body, secret, timestamp).encode()
-    return hmac.compare_digest(claimed.removeprefix("sha256=").encode("utf-8", "replace"), expected)
+    None when no card asks anyone to act or nobody has a mobile on file: a mention of no one would
+    spend one of the robot's 20 messages a minute for nothing."""
+    phones = mobiles(list(cards))
+    if not phones:
+        return None
+    acting = [card for card in cards if card.asks_action]
+    ids = "、".join(str(card.alarm_id) for card in acting[:20]) + (" 等" if len(acting) > 20 else "")
+    content = _cut(f"请负责人处理冷链报警（报警编号 {ids}），到场后在平台或微信中确认。", 300)
+    assert _utf8_len(content) <= WECOM_TEXT_MAX_BYTES
+    return {"msgtype": "text", "text": {"content": content, "mentioned_mobile_list": phones[:100]}}

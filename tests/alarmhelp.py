@@ -301,12 +301,21 @@ def events(conn: psycopg.Connection, alarm_id: int, action: str | None = None) -
 
 # One notice in a WeCom message: "一级负责人 · 报警通知 · 报警编号 7" (one alarm, detailed) or
 # "一级负责人：报警通知 · 报警编号 7" (a merged list). Together they name the outbox row's step.
-_NOTICE = re.compile(r"([一二三])级负责人(?:：| · )(报警通知|升级通知|持续未恢复提醒|已恢复待关闭) · 报警编号 (\d+)")
+_NOTICE = re.compile(
+    r"([一二三])级负责人(?:：| · )(报警通知|升级通知|持续未恢复提醒|已恢复待关闭|已确认通知|恢复通知|关闭通知) · 报警编号 (\d+)"
+)
 _ALARM_ID = re.compile(r"报警编号 (\d+)")
 
 
-def step_label(step: str) -> tuple[str, str]:
-    """What a step's notice says: (highest level, wording) — see alarms/messages.py STEP_LABELS."""
+_LEVEL_WORDS = {1: "一", 2: "二", 3: "三"}
+_NOTICE_WORDS = {"ack": "已确认通知", "resolved": "恢复通知", "closed": "关闭通知"}
+
+
+def step_label(step: str, levels: Sequence[int] = ()) -> tuple[str, str]:
+    """What a step's notice says: (highest level, wording) — see alarms/card.py STEP_LABELS. The
+    notices closing the loop go to the levels already told, so their level is the row's."""
+    if step in _NOTICE_WORDS:
+        return _LEVEL_WORDS[max(levels)], _NOTICE_WORDS[step]
     if step == "open":
         return "一", "报警通知"
     if step == "level2":
@@ -325,7 +334,11 @@ def notices(messages: Sequence[Received]) -> Counter[tuple[int, str, str]]:
 
 
 def expected_notices(sent_rows: Sequence[dict[str, Any]]) -> Counter[tuple[int, str, str]]:
-    return Counter((int(r["alarm_id"]), *step_label(r["step"])) for r in sent_rows if r["sent_at"] is not None)
+    return Counter(
+        (int(r["alarm_id"]), *step_label(r["step"], r.get("levels") or ()))
+        for r in sent_rows
+        if r["sent_at"] is not None
+    )
 
 
 def alarm_ids(content: str) -> list[int]:

@@ -243,15 +243,18 @@ def test_power_cut_burst_of_300_is_merged_and_nothing_dropped() -> None:
         assert nbytes(message) + 2 + nbytes(first_block) > WECOM_MAX_BYTES
 
 
-@pytest.mark.parametrize("part", [0, 9])  # a one-digit and a two-digit part marker ("第 10/14 条消息")
-def test_a_merged_message_may_fill_4096_bytes_exactly_never_4097(part: int) -> None:
+@pytest.mark.parametrize("first_part", [0, 9])  # a one-digit and a two-digit part marker ("第 10/14 条消息")
+def test_a_merged_message_may_fill_4096_bytes_exactly_never_4097(first_part: int) -> None:
     cards = [card(alarm_id=i) for i in range(1, 161)]
     before = wecom_markdown(cards, NOW)
-    assert len(before) >= 10
+    assert len(before) >= 12
+    cause_line = nbytes("\n> 原因：")
+    # The first message from ``first_part`` on with room for a cause line on its last card (the
+    # precondition for padding that card to the byte).
+    part = next(p for p in range(first_part, len(before) - 1) if WECOM_MAX_BYTES - nbytes(before[p]) > cause_line)
+    assert (part < 9) == (first_part < 9)
     ids = alarm_ids(before[part])
     slack = WECOM_MAX_BYTES - nbytes(before[part])
-    cause_line = nbytes("\n> 原因：")
-    assert slack > cause_line  # precondition for padding the message's last card to the byte
     last = ids[-1] - 1
 
     cards[last] = card(alarm_id=ids[-1], cause="x" * (slack - cause_line))
@@ -273,6 +276,7 @@ def test_merged_list_form() -> None:
         '> <font color="warning">9.3 ℃</font>（限值 2.0～8.0 ℃） · 05-06 14:30 起已 35 分钟 · 二级负责人：升级通知'
         ' · 报警编号 1 · <font color="warning">迟报</font>\n'
         "> 原因：停电\n"
+        '> 处置：<font color="warning">尚无人确认</font>\n'
         f"[详情]({LINK})"
     )
     assert "三级负责人：升级通知 · 报警编号 2" in message
@@ -339,7 +343,8 @@ def test_template_message_body() -> None:
         "keyword3": {"value": "温度超上限 9.3℃"},
         "keyword4": {"value": "05-06 14:30起，已35分钟"},
         "remark": {
-            "value": "限值 2.0～8.0 ℃；原因：门未关；迟报：补传数据或通知中断后才发出；请尽快到场处置并在平台确认"
+            "value": "限值 2.0～8.0 ℃；原因：门未关；迟报：补传数据或通知中断后才发出；处置：尚无人确认；"
+            "请尽快到场处置并在平台确认"
         },
     }
     json.dumps(body, ensure_ascii=False)  # serialisable as-is

@@ -18,6 +18,7 @@ from alarms.escalation import (
     due_steps,
     kind_of_key,
     next_due,
+    notices_due,
     parse_duration,
     parse_steps,
     policy_from,
@@ -368,3 +369,37 @@ def test_kind_of_key(key: str, kind: str) -> None:
 def test_kind_of_unknown_key_is_refused() -> None:
     with pytest.raises(ValueError, match="未知的升级步骤"):
         kind_of_key("level4")
+
+
+# --- the notices that close the loop (issue #17) -------------------------------------------------
+
+
+def test_acknowledgement_is_announced_once_to_the_levels_told() -> None:
+    acked = AlarmTimeline(raised_at=T0, state="acknowledged", acknowledged_at=at(5))
+    assert notices_due(acked, {1}, {"open"}) == [Step("ack", frozenset({1}), at(5), "ack_notice")]
+    assert notices_due(acked, {1}, {"open", "ack"}) == []
+    assert notices_due(acked, set(), set()) == []  # nobody told, nobody to tell
+
+
+def test_the_end_is_announced_to_the_levels_told_while_open_even_after_closing() -> None:
+    closed = AlarmTimeline(raised_at=T0, state="closed", resolved_at=at(25), closed_at=at(30), acknowledged_at=at(3))
+    owed = notices_due(closed, {1, 2, 3}, {"open", "level2", "level3", "ack"})
+    assert owed == [
+        Step("resolved", frozenset({1, 2, 3}), at(25), "resolved_notice"),
+        Step("closed", frozenset({2}), at(30), "closed_notice"),
+    ]
+    # Closed before the acknowledgement was announced: the closing notice says it all.
+    assert [s.key for s in notices_due(closed, {1}, {"open"})] == ["resolved", "closed"]
+    # Found late and already over: the first notice itself says it is over; nothing is owed twice.
+    late = AlarmTimeline(raised_at=T0, state="resolved", resolved_at=T0)
+    assert notices_due(late, {1}, {"open"}, told_while_open=set()) == []
+    assert notices_due(late, {1, 2}, {"open"}, told_while_open={1}) == [
+        Step("resolved", frozenset({1}), T0, "resolved_notice")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"), [("ack", "ack_notice"), ("resolved", "resolved_notice"), ("closed", "closed_notice")]
+)
+def test_kind_of_notice_keys(key: str, kind: str) -> None:
+    assert kind_of_key(key) == kind

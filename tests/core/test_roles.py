@@ -78,6 +78,8 @@ RUNTIME_WRITES: dict[str, str] = {
     "unit_responsibles": "IUD",
     "notification_routes": "IUD",
     "usage_plan_lines": "IUD",
+    # a rate-limit ledger the sender prunes (0014)
+    "robot_posts": "ID",
     # only through the owner's SECURITY DEFINER functions and triggers
     **dict.fromkeys(
         [
