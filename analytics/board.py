@@ -6,22 +6,28 @@ tables (``probe_latest``, ``gateway_latest``), the current bindings and the open
 readings hypertable — so the whole province is one cheap query, however long the history.
 
 The state of a tile is decided by :func:`tile_state`, a pure function, so the precedence between
-"alarm", "offline" and the rest is written once and tested without a database.
+"alarm", "offline" and the rest is written once and tested without a database. A tile with open
+alarms names the one someone should open (:func:`primary_alarm`), since when and for how long its
+condition has lasted and the worst value announced, so the wall display answers "how bad, how long"
+without a click; the texts are written here, once, for the page and for any other screen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
 
+from alarms.messages import format_duration
 from alarms.rules import KIND_NAMES, GatewayParams, params_for
 from coldchain.core.db import fetch_all
+from coldchain.core.terms import BEIJING, out_of_range
 
 State = Literal["unbound", "alarm", "offline", "acknowledged", "normal"]
+Reading = Literal["high", "low", "ok"]
 
 STATE_NAMES: Mapping[State, str] = {
     "alarm": "报警",
@@ -60,6 +66,55 @@ def tile_state(f: TileFacts, now: datetime) -> State:
     return "normal"
 
 
+@dataclass(frozen=True)
+class OpenAlarm:
+    id: int
+    kind: str
+    state: str
+    severity: str
+    since: datetime
+    value: float | None
+
+
+_SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2}
+
+
+def primary_alarm(open_alarms: Sequence[OpenAlarm]) -> OpenAlarm | None:
+    """The alarm a tile links to and describes: one nobody acknowledged before an acknowledged one
+    (the tile is red because of it), then the most severe, then the one that began first (the
+    longest-lasting condition is the one the vaccines have suffered most)."""
+    return min(
+        open_alarms,
+        key=lambda a: (a.state != "active", _SEVERITY_RANK.get(a.severity, 9), a.since, a.id),
+        default=None,
+    )
+
+
+def reading_age(seconds: float | None) -> str:
+    """How old the last reading is, as a person says it: "刚刚" under a minute — "0 分钟前" read as
+    a fault — then minutes, hours, days."""
+    if seconds is None:
+        return "无读数"
+    minutes = max(0, int(seconds // 60))
+    if minutes < 1:
+        return "刚刚"
+    if minutes < 60:
+        return f"{minutes} 分钟前"
+    if minutes < 1440:
+        return f"{minutes // 60} 小时前"
+    return f"{minutes // 1440} 天前"
+
+
+def reading_flag(t: float | None, t_min: float | None, t_max: float) -> Reading | None:
+    """Which side of its limits a temperature is on, for its colour: the same in-range test as the
+    alarm rules (a reading on a limit is in range)."""
+    if t is None:
+        return None
+    if not out_of_range(t, t_min, t_max):
+        return "ok"
+    return "high" if t > t_max else "low"
+
+
 _TILES = """
 WITH scope AS (
     SELECT descendant_id AS unit_id FROM unit_tree WHERE ancestor_id = %(scope)s
@@ -78,7 +133,8 @@ WITH scope AS (
     WHERE upper_inf(b.valid)
     ORDER BY b.compartment_id, l.ts DESC NULLS LAST
 ), open_alarms AS MATERIALIZED (
-    SELECT compartment_id, gateway_id, kind, state FROM alarms WHERE state IN ('active', 'acknowledged')
+    SELECT id, compartment_id, gateway_id, kind, state, severity, condition_since, value
+    FROM alarms WHERE state IN ('active', 'acknowledged')
 ), areas AS (
     SELECT t.descendant_id AS unit_id,
            max(a.id) FILTER (WHERE a.level = 'city') AS city_id,
@@ -94,9 +150,13 @@ SELECT c.id AS compartment_id, c.name AS compartment_name, c.mode, c.t_min, c.t_
        u.id AS unit_id, u.name AS unit_name, ar.city_id, ar.city_name, ar.county_id, ar.county_name,
        l.probe_id IS NOT NULL AS bound, l.ts, l.t,
        g.power, g.battery, g.online AS gateway_online, g.last_seen_at AS gateway_seen_at,
-       coalesce((SELECT array_agg(ARRAY[o.kind, o.state] ORDER BY o.kind) FROM open_alarms o
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                            'id', o.id, 'kind', o.kind, 'state', o.state, 'severity', o.severity,
+                            'since_us', (extract(epoch FROM o.condition_since) * 1000000)::bigint,
+                            'value', o.value) ORDER BY o.kind, o.id)
+                 FROM open_alarms o
                  WHERE o.compartment_id = c.id
-                    OR (o.compartment_id IS NULL AND o.gateway_id = l.gateway_id)), '{}') AS open_alarms,
+                    OR (o.compartment_id IS NULL AND o.gateway_id = l.gateway_id)), '[]') AS open_alarms,
        p.params
 FROM comps c
 JOIN units u ON u.id = c.unit_id
@@ -117,14 +177,57 @@ def _no_data_after(row: Mapping[str, Any]) -> timedelta:
         return params_for(row["mode"], row["t_min"], row["t_max"]).no_data_after
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _open_alarms(raw: Sequence[Mapping[str, Any]]) -> list[OpenAlarm]:
+    """The open alarms the tile query gathers as JSON (times as whole microseconds since the epoch,
+    so nothing is lost to a float or to the session's time zone)."""
+    return [
+        OpenAlarm(
+            a["id"], a["kind"], a["state"], a["severity"], _EPOCH + timedelta(microseconds=a["since_us"]), a["value"]
+        )
+        for a in raw
+    ]
+
+
+def alarm_facts(alarm: OpenAlarm | None, now: datetime) -> dict[str, Any]:
+    """What a tile says about its primary alarm: which one (the link), since when in Beijing time,
+    how long so far, and the worst value announced (``alarms.value``), all empty without one."""
+    if alarm is None:
+        return dict.fromkeys(_ALARM_FIELDS)
+    return {
+        "alarm_id": alarm.id,
+        "alarm_state": alarm.state,
+        "alarm_name": KIND_NAMES.get(alarm.kind, alarm.kind),
+        "alarm_since": alarm.since,
+        "alarm_since_text": alarm.since.astimezone(BEIJING).strftime("%m-%d %H:%M"),
+        "alarm_lasted": format_duration(now - alarm.since),
+        "alarm_peak": alarm.value,
+    }
+
+
+_ALARM_FIELDS = (
+    "alarm_id",
+    "alarm_state",
+    "alarm_name",
+    "alarm_since",
+    "alarm_since_text",
+    "alarm_lasted",
+    "alarm_peak",
+)
+
+
 def tiles(conn: psycopg.Connection, scope_unit: int, now: datetime) -> list[dict[str, Any]]:
     """Every active compartment under ``scope_unit``, most urgent first."""
     battery_low = GatewayParams().battery_low
     out: list[dict[str, Any]] = []
     for r in fetch_all(conn, _TILES, {"scope": scope_unit}):
-        open_alarms = [(kind, state) for kind, state in r["open_alarms"]]
+        alarms = _open_alarms(r["open_alarms"])
+        open_alarms = [(a.kind, a.state) for a in alarms]
         facts = TileFacts(r["bound"], r["ts"], open_alarms, _no_data_after(r), r["gateway_online"])
         state = tile_state(facts, now)
+        age = None if r["ts"] is None else (now - r["ts"]).total_seconds()
         out.append(
             {
                 "compartment_id": r["compartment_id"],
@@ -142,7 +245,9 @@ def tiles(conn: psycopg.Connection, scope_unit: int, now: datetime) -> list[dict
                 "county_name": r["county_name"],
                 "t": r["t"],
                 "ts": r["ts"],
-                "minutes_since": None if r["ts"] is None else int((now - r["ts"]).total_seconds() // 60),
+                "minutes_since": None if age is None else int(age // 60),
+                "reading_age": reading_age(age),
+                "t_flag": reading_flag(r["t"], r["t_min"], r["t_max"]),
                 "state": state,
                 "state_name": STATE_NAMES[state],
                 "alarms": [KIND_NAMES.get(kind, kind) for kind, _ in open_alarms],
@@ -150,6 +255,7 @@ def tiles(conn: psycopg.Connection, scope_unit: int, now: datetime) -> list[dict
                 "battery": r["battery"],
                 "battery_low": r["battery"] is not None and r["battery"] < battery_low,
                 "gateway_online": r["gateway_online"],
+                **alarm_facts(primary_alarm(alarms), now),
             }
         )
     out.sort(key=lambda t: (STATE_ORDER[t["state"]], t["unit_name"], t["equipment_name"], t["compartment_name"]))

@@ -1,6 +1,7 @@
 """The device page (issue #7): one chart per compartment of a device — temperature with the limits,
 the min/max band when aggregated, shaded alarm intervals, thermometer readings as markers — over a
-small panel of the gateway's power and offline periods; 24 h / 7 d / 30 d / custom ranges.
+small panel of the gateway's power and offline periods; 24 h / 7 d / 30 d / custom ranges. The
+device's alarms not yet closed are listed first, and every alarm line links to its alarm page.
 
 The first chart comes with the page (the same JSON as ``GET /api/v1/compartments/{id}/series``,
 drawn by the same script that draws every later fetch, so the two cannot disagree); zooming in
@@ -15,10 +16,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from alarms.queries import INBOX_TABS, list_alarms
+from alarms.rules import KIND_NAMES, SEVERITY_NAMES
 from analytics.series import MAX_RANGE, compartment_row, compartment_series
 from api.deps import Conn, unit_in_scope
 from api.routes.series import SeriesOut
 from coldchain.core.db import fetch_all, fetch_one
+from dashboards.confirm import STATES
 from dashboards.web import PageError, PageUser, render
 
 router = APIRouter(include_in_schema=False)
@@ -80,6 +84,13 @@ def device_page(
         comp = compartment_row(conn, c["id"])
         assert comp is not None
         c["series"] = SeriesOut.model_validate(compartment_series(conn, comp, start, now, now)).model_dump(mode="json")
+    # The device's alarms not yet closed, each a link: from here a person acknowledges or closes.
+    open_alarms = [
+        {**a, "kind_name": KIND_NAMES.get(a["kind"], a["kind"]), "severity_name": SEVERITY_NAMES.get(a["severity"], "")}
+        for a in list_alarms(
+            conn, user.unit_id, equipment_id=equipment_id, states=INBOX_TABS["open"], order="severity", limit=20
+        )
+    ]
     return render(
         request,
         "device.html",
@@ -91,4 +102,6 @@ def device_page(
         ranges=[(key, label) for key, (_, label) in RANGES.items()],
         span=span,
         max_days=MAX_RANGE.days,
+        open_alarms=open_alarms,
+        states=STATES,
     )

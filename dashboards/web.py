@@ -23,6 +23,7 @@ import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from alarms.queries import open_count
 from api.deps import Conn, Principal, current_principal, unit_in_scope
 from coldchain.core.errors import Refused
 from coldchain.core.terms import BEIJING
@@ -60,13 +61,18 @@ class PageError(Exception):
 
 
 def page_principal(request: Request, conn: Conn) -> Principal:
+    """The signed-in user of a page, and the number of alarms nobody has acknowledged in their
+    jurisdiction: the navigation shows it on every page, and every signed-in page passes here, on
+    the page's own connection and transaction, so no page can forget it."""
     try:
-        return current_principal(request, conn)
+        principal = current_principal(request, conn)
     except Refused as exc:
         if exc.status == 401:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             raise LoginRequired(target) from exc
         raise
+    request.state.open_alarms = open_count(conn, principal.unit_id)
+    return principal
 
 
 PageUser = Annotated[Principal, Depends(page_principal)]
@@ -89,9 +95,11 @@ def figure_json(fig: Any) -> dict[str, Any]:
 
 
 def render(request: Request, name: str, user: Principal | None, *, status: int = 200, **context: Any) -> HTMLResponse:
-    """Render a page with what every page needs: the signed-in user for the header, the API prefix
-    for the page's own fetches, and whether to load Plotly (``plotly=True``)."""
+    """Render a page with what every page needs: the signed-in user for the header, the count of
+    open alarms on its badge, the API prefix for the page's own fetches, and whether to load Plotly
+    (``plotly=True``)."""
     context.setdefault("plotly", False)
+    context.setdefault("nav_open_alarms", getattr(request.state, "open_alarms", None) if user else None)
     html = templates.get_template(name).render(
         request_path=request.url.path, user=user, api=API, plotly_src=PLOTLY_PATH, **context
     )

@@ -45,15 +45,21 @@ class Console:
         page.on("requestfailed", lambda req: self.problems.append(f"requestfailed: {req.url} {req.failure}"))
 
 
+PHONE = (390, 844)
+"""Site staff open the pages from WeChat on a phone: every page test runs in a phone's window."""
+
+
 @contextmanager
-def browser_page(base: str) -> Iterator[tuple[Any, Console]]:
+def browser_page(base: str, viewport: tuple[int, int] = PHONE) -> Iterator[tuple[Any, Console]]:
+    """A page of a fresh headless Chromium at ``base`` in a ``viewport`` (width, height) window,
+    with everything the page complains about collected in the :class:`Console`."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
-            # A phone-sized window: site staff open the pages from WeChat on a phone.
-            context = browser.new_context(viewport={"width": 390, "height": 844}, locale="zh-CN", base_url=base)
+            width, height = viewport
+            context = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN", base_url=base)
             page = context.new_page()
             console = Console()
             console.attach(page)

@@ -20,12 +20,14 @@ from alarms import life, queries
 from api.deps import Conn, CurrentUser, Principal, require_unit_in_scope, require_writer
 from api.fields import Id, QId, Version
 from api.readonly import open_to_read_only
+from coldchain.core.terms import Level
 from registry.auth import record_login
 
 router = APIRouter(tags=["报警"])
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=500)]
 AlarmState = Literal["active", "acknowledged", "resolved", "closed"]
+ORDER_HELP = "newest：最新在前（默认）；severity：未处理、已确认、已恢复、已关闭依次在前，同状态内最严重、最新在前"
 
 
 class AlarmOut(BaseModel):
@@ -35,6 +37,7 @@ class AlarmOut(BaseModel):
     state: str
     unit_id: int
     unit_name: str
+    unit_level: str
     equipment_id: int | None
     equipment_name: str | None
     compartment_id: int | None
@@ -52,6 +55,7 @@ class AlarmOut(BaseModel):
     t_max: float | None
     acknowledged_at: datetime | None
     acknowledged_by: int | None
+    acknowledged_by_name: str | None = Field(description="确认人姓名")
     ack_channel: str | None
     ack_comment: str | None
     on_site: bool | None
@@ -59,6 +63,7 @@ class AlarmOut(BaseModel):
     closed_at: datetime | None
     closure: dict[str, Any] | None
     version: int
+    current_t: float | None = Field(description="温区当前温度（最新读数）；网关报警为空")
 
 
 class AlarmEventOut(BaseModel):
@@ -77,6 +82,7 @@ class NotificationOut(BaseModel):
     sent_at: datetime | None
     attempts: int
     last_error: str | None
+    unconfigured: bool = Field(description="单位未配置通知去处（此条未发出）")
 
 
 class AlarmDetail(AlarmOut):
@@ -95,6 +101,8 @@ def list_alarms(
     compartment_id: QId = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    level: Annotated[Level | None, Query(description="只看此级别单位的报警")] = None,
+    order: Annotated[queries.Order, Query(description=ORDER_HELP)] = "newest",
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=10**6)] = 0,
 ) -> list[dict[str, Any]]:
@@ -110,6 +118,8 @@ def list_alarms(
         compartment_id=compartment_id,
         since=since,
         until=until,
+        level=level,
+        order=order,
         limit=limit,
         offset=offset,
     )

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import psycopg
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from analytics.board import STATE_NAMES, summary, tiles
 from api.deps import Conn, CurrentUser, require_unit_in_scope
@@ -34,6 +34,8 @@ class TileOut(BaseModel):
     t: float | None
     ts: datetime | None
     minutes_since: int | None
+    reading_age: str = Field(description="最新读数距今：刚刚、N 分钟前、N 小时前、N 天前、无读数")
+    t_flag: Literal["high", "low", "ok"] | None = Field(description="当前温度相对上下限：超上限、低于下限、正常")
     state: Literal["unbound", "alarm", "offline", "acknowledged", "normal"]
     state_name: str
     alarms: list[str]
@@ -41,6 +43,13 @@ class TileOut(BaseModel):
     battery: float | None
     battery_low: bool
     gateway_online: bool | None
+    alarm_id: int | None = Field(description="此温区（或其网关）最需处理的未关闭报警；看板方块链接到它")
+    alarm_state: Literal["active", "acknowledged"] | None
+    alarm_name: str | None
+    alarm_since: datetime | None = Field(description="异常开始时间")
+    alarm_since_text: str | None = Field(description="异常开始时间（北京时间，MM-DD HH:MM）")
+    alarm_lasted: str | None = Field(description="异常已持续多久")
+    alarm_peak: float | None = Field(description="报警通报过的最严重温度（峰值）")
 
 
 class BoardOut(BaseModel):

@@ -10,8 +10,9 @@ import pytest
 from alarmhelp import add_readings, add_status
 from apihelp import World, api_client, web_session
 
-from analytics.board import TileFacts, tile_state
+from analytics.board import OpenAlarm, TileFacts, primary_alarm, reading_age, reading_flag, tile_state
 from coldchain.core import db
+from coldchain.core.terms import BEIJING
 from dashboards.web import safe_next
 
 NOW = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
@@ -125,6 +126,85 @@ def test_board_states_scope_and_filters(world: World) -> None:
         assert {t["unit_id"] for t in mine["tiles"]} == {world.units["T1"]}
         r = client.get("/api/v1/board", params={"unit_id": world.units["K2"]})
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (None, "无读数"),
+        (-3, "刚刚"),
+        (0, "刚刚"),
+        (59.9, "刚刚"),
+        (60, "1 分钟前"),
+        (3599, "59 分钟前"),
+        (3600, "1 小时前"),
+        (86399, "23 小时前"),
+        (86400 * 3, "3 天前"),
+    ],
+)
+def test_reading_age_says_just_now_under_a_minute(seconds: float | None, expected: str) -> None:
+    assert reading_age(seconds) == expected
+
+
+def test_reading_flag_uses_the_alarm_rules_in_range_test() -> None:
+    assert [reading_flag(t, 2.0, 8.0) for t in (None, 1.9, 2.0, 8.0, 8.1)] == [None, "low", "ok", "ok", "high"]
+    assert [reading_flag(t, None, -15.0) for t in (-30.0, -14.9)] == ["ok", "high"]  # a freezer has no floor
+
+
+def test_primary_alarm_is_the_unacknowledged_then_most_severe_then_oldest() -> None:
+    def alarm(id: int, state: str, severity: str, minutes: int) -> OpenAlarm:
+        return OpenAlarm(id, "high", state, severity, NOW - timedelta(minutes=minutes), None)
+
+    assert primary_alarm([]) is None
+    acked_critical, active_minor = alarm(1, "acknowledged", "critical", 90), alarm(2, "active", "minor", 5)
+    assert primary_alarm([acked_critical, active_minor]) == active_minor
+    major_old, critical_new = alarm(3, "active", "major", 90), alarm(4, "active", "critical", 5)
+    assert primary_alarm([major_old, critical_new]) == critical_new
+    assert primary_alarm([alarm(5, "active", "major", 5), major_old]) == major_old
+
+
+def test_alarm_tile_carries_its_alarm_since_and_peak(world: World) -> None:
+    """A red tile names the alarm to open (the unacknowledged one), since when (Beijing time), for
+    how long, and the worst value announced; a reading seconds old is "刚刚"."""
+    now = datetime.now(UTC)
+    c = world.compartments
+    with db.connect(world.url) as conn:
+        add_readings(conn, world.probes["208601"], [(now - timedelta(seconds=10), 9.1)])
+        add_readings(conn, world.probes["108601"], [(now - timedelta(minutes=4), 4.4)])
+        ids = {}
+        for kind, state, since, value in (
+            ("high", "acknowledged", "95 minutes", 10.2),
+            ("cumulative", "active", "20 minutes", 9.6),
+        ):
+            row = conn.execute(
+                """INSERT INTO alarms (kind, severity, unit_id, equipment_id, compartment_id, state, condition_since,
+                                       value, acknowledged_at)
+                   VALUES (%s, 'major', %s, %s, %s, %s, now() - %s::interval, %s,
+                           CASE WHEN %s = 'acknowledged' THEN now() END)
+                   RETURNING id, condition_since""",
+                (kind, world.units["T2"], world.equipment["T2"], c["T2/冷藏"], state, since, value, state),
+            ).fetchone()
+            assert row
+            ids[kind] = row
+        conn.commit()
+    with api_client(world.url) as client:
+        web_session(client, "ba_P")
+        body = client.get("/api/v1/board").json()
+    tile = next(t for t in body["tiles"] if t["compartment_id"] == c["T2/冷藏"])
+    assert tile["state"] == "alarm" and tile["alarm_id"] == ids["cumulative"][0] and tile["alarm_state"] == "active"
+    assert tile["alarm_name"] == "累计超温" and tile["alarm_peak"] == pytest.approx(9.6)
+    since = ids["cumulative"][1]
+    assert datetime.fromisoformat(tile["alarm_since"]) == since
+    assert tile["alarm_since_text"] == since.astimezone(BEIJING).strftime("%m-%d %H:%M")
+    assert tile["alarm_lasted"] == "20 分钟"
+    assert (tile["reading_age"], tile["minutes_since"], tile["t_flag"]) == ("刚刚", 0, "high")
+    fine = next(t for t in body["tiles"] if t["compartment_id"] == c["T1/冷藏"])
+    assert (fine["reading_age"], fine["t_flag"], fine["alarm_id"], fine["alarm_since"]) == (
+        "4 分钟前",
+        "ok",
+        None,
+        None,
+    )
 
 
 def test_board_page_needs_sign_in_and_embeds_the_tiles(world: World) -> None:

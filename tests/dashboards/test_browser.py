@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from alarmhelp import add_readings
 from apihelp import World, live_server
@@ -167,4 +168,98 @@ def test_monthly_report_page_draws_its_chart(world: World) -> None:
         assert page.locator("#xlsx-link").count() == 1
         page.emulate_media(media="print")
         assert page.evaluate("getComputedStyle(document.querySelector('header.top')).display") == "none"
+        assert console.problems == [], console.problems
+
+
+def _raise(conn: psycopg.Connection, world: World, zone: str, value: float) -> int:
+    """An alarm nobody has acknowledged yet on T1's ``zone``, as the engine opens it."""
+    row = conn.execute(
+        """INSERT INTO alarms (kind, severity, unit_id, equipment_id, compartment_id, condition_since, value,
+                               t_min, t_max)
+           VALUES ('high', 'major', %s, %s, %s, now() - interval '25 minutes', %s, %s, %s) RETURNING id""",
+        (
+            world.units["T1"],
+            world.equipment["T1"],
+            world.compartments[f"T1/{zone}"],
+            value,
+            2.0 if zone == "冷藏" else None,
+            8.0 if zone == "冷藏" else -15.0,
+        ),
+    ).fetchone()
+    assert row
+    conn.commit()
+    return int(row[0])
+
+
+def test_from_the_red_tile_to_the_alarm_and_the_badge_falls(world: World) -> None:
+    """On a phone: the board's red tile says since when, how long and the peak, and chimes when a
+    new alarm appears (sound switched on with a tap); the tile opens the alarm, acknowledging it
+    takes one off the navigation's count, and the inbox acknowledges the other."""
+    require_browser()
+    now = datetime.now(UTC)
+    with db.connect(world.url) as conn:
+        add_readings(conn, world.probes["108601"], [(now - timedelta(seconds=20), 9.8)])
+        add_readings(conn, world.probes["108604"], [(now - timedelta(minutes=3), -20.0)])
+        first = _raise(conn, world, "冷藏", 10.4)
+    with live_server(world.url) as base, browser_page(base, viewport=(390, 844)) as (page, console):
+        sign_in(page, "ba_K1", "/board?every=2")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.inner_text("#alarm-badge") == "1"
+        tile = page.locator(f"a.tile[data-alarm='{first}']")
+        assert tile.get_attribute("href") == f"/alarms/{first}" and tile.get_attribute("data-state") == "alarm"
+        text = tile.inner_text()
+        assert "刚刚" in text and "已持续 25 分钟" in text and "峰值 10.4 ℃" in text, text
+        color = tile.locator(".t").evaluate("e => getComputedStyle(e).color")
+        assert color == "rgb(192, 57, 43)"  # out of range: red
+        calm = page.locator(f"a.tile[data-compartment='{world.compartments['T1/冷冻']}'] .t")
+        assert calm.evaluate("e => getComputedStyle(e).color") == "rgb(26, 127, 55)"
+
+        page.click("#sound")
+        assert page.get_attribute("#sound", "aria-pressed") == "true"
+        assert page.evaluate("localStorage.getItem('coldchain.board.sound')") == "on"
+        assert page.evaluate("document.body.dataset.chimes || '0'") == "0"  # alarms already there are not news
+        with db.connect(world.url) as conn:
+            second = _raise(conn, world, "冷冻", -9.0)
+        page.wait_for_function("document.body.dataset.chimes === '1'", timeout=15000)
+        page.wait_for_selector(f"a.tile[data-alarm='{second}']")
+
+        tile.click()
+        page.wait_for_url(f"**/alarms/{first}")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.inner_text("#alarm-badge") == "2"
+        page.click("#ack")
+        page.wait_for_function("document.querySelector('h1').textContent.includes('已确认')")
+        assert page.inner_text("#alarm-badge") == "1"
+        assert "测试ba_K1" in page.inner_text("#ack-by")
+
+        page.click("#nav-alarms")
+        page.wait_for_url("**/alarms")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+        assert page.locator("li.alarm").count() == 2
+        page.click(f"li.alarm[data-id='{second}'] button.ack")
+        page.wait_for_function(
+            f"document.querySelector(\"li.alarm[data-id='{second}']\").dataset.state === 'acknowledged'"
+        )
+        assert page.locator("#alarm-badge").count() == 0  # nothing left to acknowledge
+
+        with db.connect(world.url) as conn:  # back in range: the engine resolves it
+            conn.execute("UPDATE alarms SET state = 'resolved', resolved_at = now() WHERE id = %s", (second,))
+            conn.commit()
+        page.click("nav.tabs a[data-tab='resolved']")
+        page.wait_for_selector(f"li.alarm[data-id='{second}'][data-state='resolved']")
+        page.click(f"li.alarm[data-id='{second}'] summary")
+        row = f"li.alarm[data-id='{second}'] form.close"
+        page.fill(f"{row} input[name=cause]", "门未关好")
+        page.fill(f"{row} input[name=action]", "关门，复测正常")
+        page.fill(f"{row} input[name=vaccine_disposition]", "未受影响继续使用")
+        page.click(f"{row} button[type=submit]")
+        page.wait_for_selector("#empty")  # closed: gone from the resolved tab
+        with db.connect(world.url) as conn:
+            closed = conn.execute("SELECT state, closure->>'cause' FROM alarms WHERE id = %s", (second,)).fetchone()
+        assert closed == ("closed", "门未关好")
+
+        page.goto(f"/devices/{world.equipment['T1']}")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.locator(f"ul.events a.alarm-link[href='/alarms/{first}']").count() == 1
         assert console.problems == [], console.problems
