@@ -20,7 +20,6 @@ stored or logged here carries a secret (a robot's key, a webhook's HMAC secret, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -33,7 +32,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from alarms import requests
+from alarms import requests, robot_budget
 from alarms.card import AlarmCard, Closure, Handling, Person
 from alarms.escalation import kind_of_key
 from alarms.messages import WecomTextPayload, wecom_markdown, wecom_mention, wecom_payload
@@ -87,16 +86,6 @@ WHERE channel = %(channel)s AND target = %(target)s AND sent_at IS NULL AND next
 ORDER BY due_at, id
 FOR UPDATE SKIP LOCKED
 """
-# The robot's budget is counted on the moments its answers came back (0014), not on a
-# transaction's start: a request that has answered has arrived.
-_RECENT = """
-SELECT posted_at FROM robot_posts
-WHERE target_digest = %(digest)s AND posted_at > clock_timestamp() - interval '60 seconds'
-ORDER BY posted_at
-"""
-_POSTED = "INSERT INTO robot_posts (target_digest) VALUES (%(digest)s) RETURNING posted_at"
-_PRUNE_POSTS = "DELETE FROM robot_posts WHERE target_digest = %(digest)s AND posted_at < now() - interval '1 day'"
-_CLOCK = "SELECT clock_timestamp()"
 _CARDS = """
 SELECT a.id, a.kind, a.severity, a.condition_since, a.found_late, a.cause, a.value, a.t_min::float8 AS t_min,
        a.t_max::float8 AS t_max, a.state, a.unit_id, n.name AS unit_name, n.code AS unit_code,
@@ -388,20 +377,6 @@ def _send(
     return False
 
 
-def _robot_clock(conn: psycopg.Connection) -> datetime:
-    row = conn.execute(_CLOCK).fetchone()
-    assert row is not None
-    moment: datetime = row[0]
-    return moment
-
-
-def _posted(conn: psycopg.Connection, digest: str, recent: list[datetime]) -> None:
-    """Count one request to the robot at the moment its answer came back (whatever the answer)."""
-    row = conn.execute(_POSTED, {"digest": digest}).fetchone()
-    assert row is not None
-    recent.append(row[0])
-
-
 def _deliver_wecom(
     conn: psycopg.Connection,
     settings: Settings,
@@ -412,9 +387,8 @@ def _deliver_wecom(
     stats: DeliveryStats,
     now: datetime,
 ) -> None:
-    digest = hashlib.sha256(target.encode()).hexdigest()
-    conn.execute(_PRUNE_POSTS, {"digest": digest})
-    recent = [r["posted_at"] for r in fetch_all(conn, _RECENT, {"digest": digest})]
+    robot = robot_budget.digest(target)
+    recent = robot_budget.recent(conn, robot)
     # Greedy packing: each message takes as many pending cards as fit in 4 096 bytes.
     groups: list[list[int]] = []
     for i in range(len(cards)):
@@ -427,7 +401,7 @@ def _deliver_wecom(
         group_cards = [cards[i] for i in group]
         mention = wecom_mention(group_cards)
         needed = 1 if mention is None else 2
-        clock = _robot_clock(conn)
+        clock = robot_budget.clock(conn)
         # Room for ``needed`` requests: at most 20 − needed in the window now (sliding, by answer time).
         slot = robot_next_slot(recent, clock, WECOM_PER_MINUTE - needed + 1)
         if slot > clock:
@@ -437,7 +411,7 @@ def _deliver_wecom(
         (markdown,) = wecom_markdown(group_cards, now)
         body = json.dumps(wecom_payload(markdown), ensure_ascii=False).encode()
         sent = _send(conn, settings, post, target, body, {}, group_rows, "wecom", stats, wecom=True)
-        _posted(conn, digest, recent)
+        recent.append(robot_budget.record(conn, robot))
         if not sent:
             # The robot failed: the rest for it wait for the same retry instead of hammering it.
             rest = [rows[i]["id"] for g in groups[n + 1 :] for i in g]
@@ -446,7 +420,7 @@ def _deliver_wecom(
             return
         if mention is not None:
             _mention(conn, settings, post, target, mention, group_rows)
-            _posted(conn, digest, recent)
+            recent.append(robot_budget.record(conn, robot))
 
 
 def _mention(

@@ -11,6 +11,7 @@ from dashboards import (
     confirm,
     devices,
     reports,
+    settings,
     stock,
 )
 
@@ -21,4 +22,5 @@ PAGES = (
     stock,
     devices,
     reports,
+    settings,
 )

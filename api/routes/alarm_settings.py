@@ -1,6 +1,7 @@
 """The alarm settings people keep: rule parameters per compartment, escalation timing per unit, and
 where a unit's notifications go (CM15, DC4). Each is read back as saved and as in effect, and saved
-over the version read.
+over the version read. A route can be tried with a test message (:mod:`alarms.test_message`), so a
+wrong robot URL is found when it is saved rather than when the first alarm goes nowhere.
 
 The checks and the storage are :mod:`alarms.settings_store`'s; these routes parse, check the
 jurisdiction and the right to write, and call it.
@@ -8,15 +9,19 @@ jurisdiction and the right to write, and call it.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from alarms import settings_store
+from alarms import settings_store, test_message
 from api.deps import Conn, CurrentUser, require_unit_in_scope, require_writer
 from api.fields import Id
+from coldchain.core.errors import not_found
 from coldchain.core.outbound import policy_of
+from registry.units import get_unit
 
 router = APIRouter(tags=["报警"])
 
@@ -145,3 +150,42 @@ def put_routes(
     require_writer(principal)
     routes = [settings_store.Route(r.level, r.channel, r.url, r.secret) for r in body]
     return settings_store.replace_routes(conn, policy_of(request.app.state.settings), unit_id, routes)
+
+
+class RouteTestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    route_id: Id = Field(description="通知去处的 id（GET /units/{unit_id}/notification-routes 中的 id）")
+
+
+class RouteTestOut(BaseModel):
+    ok: bool = Field(description="对方是否接收了测试消息")
+    status: int | None = Field(description="对方答复的 HTTP 状态码；未发出（地址被拒绝、网络不通）时为空")
+    error: str | None = Field(description="未成功时的原因（中文，不含机器人 key 或密钥）")
+
+
+@router.post(
+    "/units/{unit_id}/notification-routes/test",
+    response_model=RouteTestOut,
+    summary="向单位的一个通知去处立即发送一条测试消息（不经报警发件箱）",
+)
+def send_route_test(
+    unit_id: Id, body: RouteTestIn, request: Request, principal: CurrentUser, conn: Conn
+) -> dict[str, Any]:
+    """Answers 200 whether or not the destination took the message: the send was tried, and
+    ``ok``/``error`` say how it went; 404 for a unit out of the jurisdiction or a route not its own."""
+    require_unit_in_scope(conn, principal, unit_id)
+    require_writer(principal)
+    unit = get_unit(conn, principal.actor.unit, unit_id)
+    if unit is None:
+        raise not_found("单位")
+    outcome = test_message.send_test_message(
+        conn,
+        policy_of(request.app.state.settings),
+        unit_id,
+        body.route_id,
+        unit_name=unit["name"],
+        unit_code=unit["code"],
+        sender=principal.real_name or principal.username,
+        now=datetime.now(UTC),
+    )
+    return asdict(outcome)
