@@ -183,6 +183,13 @@ def params_for(
             values[key] = None if raw is None else _parse_float(key, raw)
         elif key in ("mode", "t_min", "t_max"):
             raise ValueError(f"参数 {key} 来自温区登记信息（表 1 变更），不能在报警参数里覆盖")
+        elif key.startswith(("gateway.", "drift.")):
+            # A gateway serves several compartments (and units): one value of its own per
+            # compartment would contradict itself, so these hold for the whole system (docs/alarms.md).
+            raise ValueError(
+                f"参数 {key} 全系统统一（一个网关服务多个温区），不能按温区覆盖；"
+                f"可按温区设置的参数：{'、'.join(sorted(OVERRIDABLE))}"
+            )
         else:
             raise ValueError(f"未知的报警参数：{key}（可用：{'、'.join(sorted(OVERRIDABLE))}）")
     return RuleParams(mode=cast(Mode, mode), t_min=low, t_max=high, **values)

@@ -833,6 +833,7 @@ def test_alarm_params_defaults_versioned_updates_and_validation(client: TestClie
         ({"delay": "soon"}, "参数 delay 应为时长"),
         ({"colour": 1}, "未知的报警参数：colour"),
         ({"t_max": 9}, "参数 t_max 来自温区登记信息"),
+        ({"gateway.offline_after": "5m"}, "参数 gateway.offline_after 全系统统一（一个网关服务多个温区）"),
         ({"hysteresis": 4}, "回差 hysteresis（4.0 ℃）过大"),
         ({"cumulative_limit": "2d"}, "不能长于累计窗口"),
     ]
