@@ -48,6 +48,49 @@ class GatewayParams:
         checks.require(self.rssi_hysteresis >= 0, f"参数 rssi_hysteresis 不能为负（收到 {self.rssi_hysteresis}）")
 
 
+def _telemetry(params: GatewayParams, st: GatewayState, status: GatewayStatus, moment: Moment) -> list[Event]:
+    """Power, battery and signal advanced by one status (in time order of the telemetry)."""
+    events: list[Event] = []
+    if status.power is not None:
+        events += step(
+            st.power,
+            "gateway_power",
+            moment,
+            breaching=status.power == "battery",
+            clearing=status.power == "ac",
+            delay=timedelta(0),
+            hold=params.hold,
+            temperature=False,
+        )
+    if status.battery is not None and math.isfinite(status.battery):
+        events += step(
+            st.battery_low,
+            "gateway_battery_low",
+            moment,
+            breaching=status.battery < params.battery_low,
+            clearing=status.battery >= params.battery_low + params.battery_hysteresis,
+            delay=timedelta(0),
+            hold=params.hold,
+            value=status.battery,
+            higher_is_worse=False,
+            temperature=False,
+        )
+    if status.rssi is not None:
+        events += step(
+            st.signal,
+            "gateway_signal",
+            moment,
+            breaching=status.rssi < params.weak_rssi,
+            clearing=status.rssi >= params.weak_rssi + params.rssi_hysteresis,
+            delay=params.weak_for,
+            hold=params.hold,
+            value=float(status.rssi),
+            higher_is_worse=False,
+            temperature=False,
+        )
+    return events
+
+
 def evaluate_gateway(
     params: GatewayParams,
     state: GatewayState,
@@ -79,66 +122,37 @@ def evaluate_gateway(
         (s for s in statuses if s.ts - s.received_at <= defaults.CLOCK_SKEW),
         key=lambda s: s.ts,
     )
-    battery_clear = params.battery_low + params.battery_hysteresis
-    rssi_clear = params.weak_rssi + params.rssi_hysteresis
     for status in fresh:
-        if st.watermark is not None and status.ts <= st.watermark:
-            continue
-        moment = moment_of(status.ts, status.received_at, now)
-        if st.watermark is not None and status.ts - st.watermark > params.max_gap:
-            for ex in (st.power, st.battery_low, st.signal):
-                ex.break_continuity()
-        down = status.online is False
-        events += step(
-            st.offline,
-            "gateway_offline",
-            moment,
-            breaching=down,
-            clearing=not down,
-            delay=timedelta(0),
-            hold=params.hold,
-            temperature=False,
+        telemetry = status.power is not None or status.battery is not None or status.rssi is not None
+        new_telemetry = telemetry and (st.watermark is None or status.ts > st.watermark)
+        # A status heard is the gateway up, unless it says otherwise; only the newest such word counts.
+        new_online = (status.online is not None or new_telemetry) and (
+            st.online_watermark is None or status.ts > st.online_watermark
         )
-        if status.power is not None:
+        if not new_telemetry and not new_online:
+            continue  # a redelivery, or older than what was already judged
+        moment = moment_of(status.ts, status.received_at, now)
+        if new_online:
+            down = status.online is False
             events += step(
-                st.power,
-                "gateway_power",
+                st.offline,
+                "gateway_offline",
                 moment,
-                breaching=status.power == "battery",
-                clearing=status.power == "ac",
+                breaching=down,
+                clearing=not down,
                 delay=timedelta(0),
                 hold=params.hold,
                 temperature=False,
             )
-        if status.battery is not None and math.isfinite(status.battery):
-            events += step(
-                st.battery_low,
-                "gateway_battery_low",
-                moment,
-                breaching=status.battery < params.battery_low,
-                clearing=status.battery >= battery_clear,
-                delay=timedelta(0),
-                hold=params.hold,
-                value=status.battery,
-                higher_is_worse=False,
-                temperature=False,
-            )
-        if status.rssi is not None:
-            events += step(
-                st.signal,
-                "gateway_signal",
-                moment,
-                breaching=status.rssi < params.weak_rssi,
-                clearing=status.rssi >= rssi_clear,
-                delay=params.weak_for,
-                hold=params.hold,
-                value=float(status.rssi),
-                higher_is_worse=False,
-                temperature=False,
-            )
-        st.watermark = status.ts
-        if status.online is not None:
-            st.last_online = status.online
+            st.online_watermark = status.ts
+            if status.online is not None:
+                st.last_online = status.online
+        if new_telemetry:
+            if st.watermark is not None and status.ts - st.watermark > params.max_gap:
+                for ex in (st.power, st.battery_low, st.signal):
+                    ex.break_continuity()
+            events += _telemetry(params, st, status, moment)
+            st.watermark = status.ts
         if st.last_heard is None or status.received_at > st.last_heard:
             st.last_heard = status.received_at
     if last_seen is not None and (st.last_heard is None or last_seen > st.last_heard):

@@ -173,11 +173,18 @@ class CompartmentState:
 
 @dataclass
 class GatewayState:
-    """What the gateway rules remember between runs (stored as jsonb, like ``CompartmentState``)."""
+    """What the gateway rules remember between runs (stored as jsonb, like ``CompartmentState``).
+
+    Two watermarks: ``watermark`` for the telemetry (power, battery, signal) and
+    ``online_watermark`` for the online flag. A gateway announces itself online with the time of
+    connecting before it uploads what it buffered: with one watermark, that announcement made every
+    buffered status "older than already seen" and the hours of weak signal in them were never
+    judged (the demo's back-fill showed it)."""
 
     watermark: datetime | None = None
     last_heard: datetime | None = None
     last_online: bool | None = None
+    online_watermark: datetime | None = None
     offline: Excursion = field(default_factory=Excursion)
     power: Excursion = field(default_factory=Excursion)
     battery_low: Excursion = field(default_factory=Excursion)
@@ -189,6 +196,7 @@ class GatewayState:
             "watermark": _iso(self.watermark),
             "last_heard": _iso(self.last_heard),
             "last_online": self.last_online,
+            "online_watermark": _iso(self.online_watermark),
             "offline": self.offline.to_json(),
             "power": self.power.to_json(),
             "battery_low": self.battery_low.to_json(),
@@ -203,6 +211,8 @@ class GatewayState:
             watermark=_dt(data, "watermark"),
             last_heard=_dt(data, "last_heard"),
             last_online=online,
+            # States written before the two watermarks were split had one for both.
+            online_watermark=_dt(data, "online_watermark") if "online_watermark" in data else _dt(data, "watermark"),
             offline=Excursion.from_json(_section(data, "offline")),
             power=Excursion.from_json(_section(data, "power")),
             battery_low=Excursion.from_json(_section(data, "battery_low")),
