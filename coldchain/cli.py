@@ -29,9 +29,11 @@ from coldchain.core import db, roles
 from coldchain.core.migrate import Migration, MigrationError, migrate, require_current, status
 from coldchain.core.runtime import run_until_signalled
 from coldchain.core.settings import Settings, SettingsError, load_settings
+from coldchain.demo_robot import StandInRobot, demo_fault, demo_robot_env, first_gateway
 from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE, load_demo, plan_demo
 from coldchain.seed.vaccines import load_vaccines
 from ingest.simulate import configure_parser as configure_simulator
+from ingest.simulate import parse_duration
 
 log = logging.getLogger("coldchain")
 
@@ -334,24 +336,32 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             print("错误：Web API 未能就绪", file=sys.stderr)
             return 1
         print(f"Web API：{api_base}/docs （演示账号如 admin{PROVINCE_CODE}，密码 {DEMO_PASSWORD}）")
+        scheduler_env = env
         if not args.no_simulate:
-            children["网关模拟器"] = _child(
-                [
-                    "simulate",
-                    "--seed",
-                    str(args.seed),
-                    "--backfill",
-                    args.backfill,
-                    "--random-faults",
-                    "3",
-                    "--malformed-rate",
-                    "0.002",
-                ],
-                env,
-            )
+            faults = ["--random-faults", "3"]
+            if not settings.wecom_webhook_url:  # the loop made visible: a stand-in robot and a fault
+                robot = StandInRobot().start()
+                started.append(services.Started(robot.url, "演示替身", robot.stop))
+                scheduler_env = {**env, **demo_robot_env(robot)}
+                faults += [
+                    "--fault",
+                    demo_fault(first_gateway(url), parse_duration(args.backfill).total_seconds() / 60),
+                ]
+                print(f"未配置企业微信群机器人：报警通知发往演示替身 {robot.url}（回填结束约半分钟后注入一次停电）")
+            sim = [
+                "simulate",
+                "--seed",
+                str(args.seed),
+                "--backfill",
+                args.backfill,
+                *faults,
+                "--malformed-rate",
+                "0.002",
+            ]
+            children["网关模拟器"] = _child(sim, env)
             print(f"网关模拟器：回填 {args.backfill}，随机故障 3 个，畸形消息 0.2%")
         # Last: its first no-data check comes one interval after the simulator's back-fill began.
-        children["定时任务"] = _child(["scheduler"], env)
+        children["定时任务"] = _child(["scheduler"], scheduler_env)
         print(f"定时任务：报警评估、升级（{settings.escalation_steps}）、通知发送、聚合刷新")
         print("系统已启动。按 Ctrl-C 停止。", flush=True)
         failed = _supervise(children, stop, args.duration)

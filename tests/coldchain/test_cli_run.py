@@ -41,6 +41,9 @@ def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_br
     )
     assert proc.returncode == 0, proc.stderr
     assert "系统已启动" in proc.stdout and deploy_broker.url in proc.stdout
+    # No robot configured: the demo's alarms go to the stand-in, and its fault is announced.
+    assert "报警通知发往演示替身 http://127.0.0.1:" in proc.stdout
+    assert "停电（power_cut）" in proc.stdout and "开始后 30m30s 起，持续 2m" in proc.stdout
     with db.connect(empty_db) as conn:
         probes = conn.execute("SELECT count(*) FROM probes").fetchone()
         # The simulator back-filled 30 minutes for every bound probe and the ingester stored them.
