@@ -8,92 +8,30 @@ job against ``COLDCHAIN_DATABASE_URL`` (or, when it is not set, the same local d
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
-import signal
-import subprocess
 import sys
-import threading
-import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import psycopg
 
 from analytics.aggregates import refresh_aggregates
-from coldchain import services
+from coldchain import databases
 from coldchain.core import db, roles
-from coldchain.core.migrate import Migration, MigrationError, migrate, require_current, status
+from coldchain.core.migrate import MigrationError, require_current, status
 from coldchain.core.runtime import run_until_signalled
 from coldchain.core.settings import Settings, SettingsError, load_settings
-from coldchain.demo_robot import StandInRobot, demo_fault, demo_robot_env, first_gateway
-from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE, load_demo, plan_demo
+from coldchain.run import cmd_run
+from coldchain.seed.demo import DEMO_PASSWORD, load_demo, plan_demo
 from coldchain.seed.vaccines import load_vaccines
 from ingest.simulate import configure_parser as configure_simulator
-from ingest.simulate import parse_duration
 
 log = logging.getLogger("coldchain")
 
-RUN_DATABASE = "coldchain"
-
-
-@dataclass(frozen=True)
-class Database:
-    """Where a command connects: ``url`` as the runtime role (services), ``owner_url`` as the owner
-    (migrations, the demo, refreshing TimescaleDB's continuous aggregates by hand)."""
-
-    url: str
-    owner_url: str
-    server: services.Started | None
-
-
-def _database_urls(settings: Settings) -> Database:
-    """The configured database, or the run command's local one (its server found or started),
-    where the server's superuser is the owner and the login ``coldchain_app`` the runtime role."""
-    if settings.database_url:
-        return Database(settings.database_url, settings.migration_url or settings.database_url, None)
-    server = services.find_postgres(None, settings.state_dir, prefer_docker=False)
-    if not db.database_exists(server.url, RUN_DATABASE):
-        db.create_database(server.url, RUN_DATABASE)
-    owner = db.with_database(server.url, RUN_DATABASE)
-    _ensure_embedded_runtime(owner)
-    return Database(roles.with_role(owner, roles.DEFAULT_RUNTIME_LOGIN), owner, server)
-
-
-def _ensure_embedded_runtime(owner_url: str) -> None:
-    """On the embedded default the run command sets the runtime login up itself (its group role
-    exists once migration 0012 ran; before that there is nothing a service could do anyway)."""
-    with db.connect(owner_url, autocommit=True, application="coldchain-cli") as conn:
-        group = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (roles.RUNTIME_GROUP,)).fetchone()
-    if group is not None:
-        roles.ensure_runtime_login(owner_url)
-
-
-@contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[Database]:
-    """For one-shot commands: the database, and any server started for it stopped after."""
-    database = _database_urls(settings)
-    try:
-        yield database
-    finally:
-        if database.server and not database.server.reused:
-            database.server.stop()
-
-
-def _migrate(settings: Settings, database: Database) -> list[Migration]:
-    """Migrate as the owner; on the embedded default, then make sure the runtime login exists."""
-    applied = migrate(database.owner_url, timescaledb=settings.timescaledb)
-    if database.server is not None:
-        roles.ensure_runtime_login(database.owner_url)
-    return applied
-
 
 def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    with _database(settings) as database:
-        applied = _migrate(settings, database)
+    with databases.opened(settings) as database:
+        applied = databases.migrate_as_owner(settings, database)
         if applied:
             for m in applied:
                 print(f"已应用迁移 {m.path.name}")
@@ -105,7 +43,7 @@ def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_db_status(settings: Settings, args: argparse.Namespace) -> int:
-    with _database(settings) as database:
+    with databases.opened(settings) as database:
         for state in status(database.url):
             when = state.applied_at.isoformat(timespec="seconds") if state.applied_at else "未应用"
             print(f"{state.migration.path.name:40} {when}")
@@ -114,7 +52,7 @@ def cmd_db_status(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_db_refresh(settings: Settings, args: argparse.Namespace) -> int:
     # As the owner: on TimescaleDB only the owner of a continuous aggregate may refresh it.
-    with _database(settings) as database:
+    with databases.opened(settings) as database:
         until = datetime.fromisoformat(args.until) if args.until else None
         result = refresh_aggregates(database.owner_url, until=until)
         if result.path == "timescaledb":
@@ -131,7 +69,7 @@ def cmd_db_runtime_login(settings: Settings, args: argparse.Namespace) -> int:
     """Create the login role the services connect as (a member of coldchain_runtime, nothing
     else); the password, if any, is read from standard input, never from the command line."""
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
-    with _database(settings) as database:
+    with databases.opened(settings) as database:
         require_current(database.owner_url)
         roles.ensure_runtime_login(database.owner_url, args.login, password)
         url = roles.with_role(database.owner_url, args.login)
@@ -141,8 +79,8 @@ def cmd_db_runtime_login(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_seed_demo(settings: Settings, args: argparse.Namespace) -> int:
-    with _database(settings) as database:
-        _migrate(settings, database)
+    with databases.opened(settings) as database:
+        databases.migrate_as_owner(settings, database)
         url = database.owner_url
         plan = plan_demo(args.probes, args.seed)
         load_demo(url, plan)
@@ -160,7 +98,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
     if settings.mqtt is None:
         raise SettingsError("未配置 COLDCHAIN_MQTT_URL（例如 mqtt://127.0.0.1:1883）")
-    with _database(settings) as database:
+    with databases.opened(settings) as database:
         url = database.url
         require_current(url)
         roles.warn_if_overprivileged(url, "ingest")
@@ -187,7 +125,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.simulate import cmd_simulate as simulate
 
-    with _database(settings) as database:
+    with databases.opened(settings) as database:
         return simulate(settings, args, database.url)
 
 
@@ -199,7 +137,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.api_host
     port = args.port or settings.api_port
-    with _database(settings) as database:
+    with databases.opened(settings) as database:
         url = database.url
         require_current(url)
         roles.warn_if_overprivileged(url, "api")
@@ -215,7 +153,7 @@ def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     """Rule evaluation, escalation, notification delivery and aggregate refresh until SIGTERM."""
     from coldchain.scheduler import Intervals, run
 
-    with _database(settings) as database:
+    with databases.opened(settings) as database:
         url = database.url
         require_current(url)
         roles.warn_if_overprivileged(url, "scheduler")
@@ -242,7 +180,7 @@ def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
     from registry.permissions import role_allowed_at
     from registry.sessions import SETUP_TOKEN_TTL, open_session
 
-    with _database(settings) as database, db.connect(database.url, application="coldchain-cli") as conn:
+    with databases.opened(settings) as database, db.connect(database.url, application="coldchain-cli") as conn:
         unit = conn.execute("SELECT id, level, name FROM units WHERE code = %s", (args.unit,)).fetchone()
         if unit is None:
             raise ValueError(f"没有编码为 {args.unit} 的单位")
@@ -260,143 +198,6 @@ def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
     print(f"已为{unit[2]}创建系统管理员 {args.username}。")
     print(f"请在 72 小时内用此一次性令牌设置密码（POST /api/v1/auth/setup-password）：{token}")
     return 0
-
-
-def _child(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """A service of the run command, in its own process (the machine has more than one core)."""
-    return subprocess.Popen([sys.executable, "-m", "coldchain.cli", *argv], env=env, stdin=subprocess.DEVNULL)
-
-
-def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
-    """SIGTERM, then wait: the ingester commits and acknowledges what it holds before it exits."""
-    for proc in children.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for name, proc in children.items():
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            log.warning("%s 未在 30 秒内退出，强制结束", name)
-            proc.kill()
-            proc.wait()
-
-
-def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Start what is needed, migrate, seed an empty registry, start the ingester and the
-    simulator, then run until Ctrl-C / SIGTERM and stop everything in reverse order."""
-    started: list[services.Started] = []
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    stop = threading.Event()
-    # Before anything starts: a SIGTERM during start-up must still stop the servers we started.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        database = _database_urls(settings)
-        server = database.server
-        if server:
-            started.append(server)
-        print(f"数据库：{server.source if server else '环境变量 COLDCHAIN_DATABASE_URL'}")
-        applied = _migrate(settings, database)
-        print(f"迁移：新应用 {len(applied)} 个")
-        url = database.owner_url
-        with db.connect(url) as conn:
-            print(f"存储路径：{db.storage_path(conn)}")
-            empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM units)").fetchone() == (True,)
-        if empty:
-            plan = plan_demo(args.probes, args.seed)
-            load_demo(url, plan)
-            booked = load_vaccines(url, args.seed)
-            print(
-                f"已载入演示省份：{len(plan.units)} 个单位，{len(plan.probes)} 个探头；"
-                f"疫苗台账 {booked['lots']} 个批号，{booked['movements']} 条出入库，{booked['vaccinations']} 人次接种"
-            )
-        broker = services.find_mqtt(settings.mqtt_url, settings.state_dir, prefer_docker=False)
-        started.append(broker)
-        print(f"MQTT 代理：{broker.url}（{broker.source}）")
-        env = {
-            **os.environ,
-            "COLDCHAIN_DATABASE_URL": database.url,
-            "COLDCHAIN_OWNER_DATABASE_URL": database.owner_url,
-            "COLDCHAIN_MQTT_URL": broker.url,
-        }
-        health_port = settings.ingest_health_port or services.free_port()
-        children["采集服务"] = _child(["ingest", "--health-port", str(health_port)], env)
-        print(f"采集服务：健康检查 http://127.0.0.1:{health_port}/healthz ，指标 /metrics")
-        api_port = settings.api_port
-        if not services.port_free(settings.api_host, api_port):
-            api_port = services.free_port()
-            print(f"端口 {settings.api_port} 已被占用，Web API 改用 {api_port}")
-        children["Web API"] = _child(["api", "--port", str(api_port)], env)
-        # The simulator starts once the ingester is subscribed: on a first run its broker session
-        # does not exist yet, and messages published before it would have no one to queue for.
-        if not _wait_healthy(f"http://127.0.0.1:{health_port}/healthz", children["采集服务"], stop):
-            print("错误：采集服务未能就绪", file=sys.stderr)
-            return 1
-        api_base = f"http://{settings.api_host}:{api_port}/api/v1"
-        if not _wait_healthy(f"{api_base}/health", children["Web API"], stop):
-            print("错误：Web API 未能就绪", file=sys.stderr)
-            return 1
-        print(f"Web API：{api_base}/docs （演示账号如 admin{PROVINCE_CODE}，密码 {DEMO_PASSWORD}）")
-        scheduler_env = env
-        if not args.no_simulate:
-            faults = ["--random-faults", "3"]
-            if not settings.wecom_webhook_url:  # the loop made visible: a stand-in robot and a fault
-                robot = StandInRobot().start()
-                started.append(services.Started(robot.url, "演示替身", robot.stop))
-                scheduler_env = {**env, **demo_robot_env(robot)}
-                faults += [
-                    "--fault",
-                    demo_fault(first_gateway(url), parse_duration(args.backfill).total_seconds() / 60),
-                ]
-                print(f"未配置企业微信群机器人：报警通知发往演示替身 {robot.url}（回填结束约半分钟后注入一次停电）")
-            sim = [
-                "simulate",
-                "--seed",
-                str(args.seed),
-                "--backfill",
-                args.backfill,
-                *faults,
-                "--malformed-rate",
-                "0.002",
-            ]
-            children["网关模拟器"] = _child(sim, env)
-            print(f"网关模拟器：回填 {args.backfill}，随机故障 3 个，畸形消息 0.2%")
-        # Last: its first no-data check comes one interval after the simulator's back-fill began.
-        children["定时任务"] = _child(["scheduler"], scheduler_env)
-        print(f"定时任务：报警评估、升级（{settings.escalation_steps}）、通知发送、聚合刷新")
-        print("系统已启动。按 Ctrl-C 停止。", flush=True)
-        failed = _supervise(children, stop, args.duration)
-        print("正在停止……", flush=True)
-        return 1 if failed else 0
-    finally:
-        _stop_children(children)
-        for s in reversed(started):
-            s.stop()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], stop: threading.Event, seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None and not stop.is_set():
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
-            return True
-        stop.wait(0.2)
-    return False
-
-
-def _supervise(children: dict[str, subprocess.Popen[bytes]], stop: threading.Event, duration: float | None) -> bool:
-    """Wait for a stop; True if a service died on its own. (The scheduler refreshes the aggregates.)"""
-    deadline = None if duration is None else time.monotonic() + duration
-    try:
-        while not stop.wait(0.5):
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    print(f"错误：{name}意外退出（退出码 {proc.returncode}），系统停止", file=sys.stderr)
-                    return True
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-    except KeyboardInterrupt:
-        pass
-    return False
 
 
 def _bounded_int(lo: int, hi: int) -> Callable[[str], int]:
