@@ -8,6 +8,9 @@ NOTHING, ``received_at`` the batch's receipt time) and the newest of them into `
 into ``gateway_latest`` with ``last_seen_at``. The helpers do the same with an explicit ``ts`` and
 ``received_at``, so a test can say "measured 40 minutes ago, received now" (a buffered upload) or
 "measured a day ago, received two seconds later" (a day of live data, replayed quickly).
+
+Also a pytest plugin (tests/conftest.py): the ``wecom`` fixture, a running fake robot; a module
+that wants another robot defines its own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from apihelp import BOUND_FROM, World, build_world
 from dbhelp import as_runtime
 from fakewecom import FakeWecom, Received
@@ -36,6 +40,9 @@ from alarms.delivery import deliver
 from alarms.engine import check_silence, escalate, evaluate_compartments, evaluate_gateways
 from coldchain.core import db
 from coldchain.core.settings import Settings, load_settings
+
+UNIT_T1 = "电子城街道社区卫生服务中心"
+UNIT_T2 = "向阳街道卫生院"
 
 
 def utcnow() -> datetime:
@@ -218,6 +225,12 @@ def running_wecom() -> Iterator[FakeWecom]:
         fake.close()
 
 
+@pytest.fixture
+def wecom() -> Iterator[FakeWecom]:
+    with running_wecom() as fake:
+        yield fake
+
+
 def slow_down(fake: FakeWecom, seconds: float) -> None:
     """Make this robot answer ``seconds`` late, as a slow endpoint does: a delivery then keeps its
     rows in flight long enough for a second scheduler to reach for the same ones."""
@@ -299,10 +312,15 @@ def events(conn: psycopg.Connection, alarm_id: int, action: str | None = None) -
     )
 
 
+def _sent(conn: psycopg.Connection, step: str, alarm_id: int | None = None) -> bool:
+    return any(r["step"] == step and r["sent_at"] is not None for r in outbox(conn, alarm_id))
+
+
 # One notice in a WeCom message: "一级负责人 · 报警通知 · 报警编号 7" (one alarm, detailed) or
 # "一级负责人：报警通知 · 报警编号 7" (a merged list). Together they name the outbox row's step.
 _NOTICE = re.compile(
-    r"([一二三])级负责人(?:：| · )(报警通知|升级通知|持续未恢复提醒|已恢复待关闭|已确认通知|恢复通知|关闭通知) · 报警编号 (\d+)"
+    r"([一二三])级负责人(?:：| · )"
+    r"(报警通知|升级通知|持续未恢复提醒|已恢复待关闭|已确认通知|恢复通知|关闭通知) · 报警编号 (\d+)"
 )
 _ALARM_ID = re.compile(r"报警编号 (\d+)")
 

@@ -1,7 +1,8 @@
-"""What the analyst-interface tests share (tests/test_analytics_views.py on the server, tests/
-test_analytics_oracle.py in the WASM TimescaleDB): the seed SQL, the views, the readable-relation
-check, the guide's code blocks, analyst roles, the index check — and, as a pytest plugin loaded by
-tests/conftest.py, the ``analysts`` and ``roles`` fixtures."""
+"""What the analyst-interface tests share (tests/analytics/test_analytics_views.py and
+test_analytics_access.py on the server, test_analytics_oracle.py in the WASM TimescaleDB): the seed
+SQL, the views, the readable-relation check, the guide's code blocks, analyst roles, the index
+check — and, as a pytest plugin loaded by tests/conftest.py, the ``analysts`` and ``roles``
+fixtures."""
 
 from __future__ import annotations
 

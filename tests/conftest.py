@@ -13,16 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from apihelp import World, build_world
+from apihelp import World, api_client, build_world
 from dbhelp import DatabaseFactory
 from fakewechat import FakeWechat
+from fastapi.testclient import TestClient
 
 from coldchain import services
 from coldchain.core import db
 from coldchain.core.migrate import migrate
 
 # Fixtures shared by several test modules live in plugins, not in test modules.
-pytest_plugins = ["analysthelp"]
+pytest_plugins = ["alarmhelp", "analysthelp", "formhelp", "ledgerhelp"]
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +104,11 @@ def wechat() -> Iterator[FakeWechat]:
 def world(db_url: str) -> World:
     """A fresh database holding the small province of tests/apihelp.py."""
     return build_world(db_url)
+
+
+@pytest.fixture
+def client(world: World) -> Iterator[TestClient]:
+    """The API and its pages, in-process, on the world's database (a module that needs other
+    settings defines its own ``client``)."""
+    with api_client(world.url) as c:
+        yield c

@@ -2,6 +2,10 @@
 
 Specs: 乙肝疫苗 10μg single dose (programme, reference wastage 1.05, 7-digit trace prefix 8612345, GTIN
 06901234567892); 脊灰减毒活疫苗 ten doses a vial (programme, 1.33); 流感疫苗 (non-programme, 1.05).
+
+Also a pytest plugin (tests/conftest.py): the ``cat`` and ``h`` fixtures of the catalogue, code
+scanning and usage plan tests (tests/api/test_catalogue.py, test_code_scanning.py,
+test_usage_plans.py); a module that wants other headers defines its own ``h``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from apihelp import World
+import pytest
+from apihelp import World, bearer
 from fastapi.testclient import TestClient
 
 from coldchain.core import db
@@ -134,3 +139,31 @@ def ledger_sum(world: World, unit: str, lot: int) -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures and checks of the catalogue, scanning and usage plan tests
+
+Headers = dict[str, str]
+
+
+@pytest.fixture
+def cat(world: World) -> Catalogue:
+    return build_catalogue(world)
+
+
+@pytest.fixture
+def h(client: TestClient) -> dict[str, Headers]:
+    """Bearer headers by unit key for each unit's business administrator, plus the read-only ones."""
+    heads = {k: bearer(client, f"ba_{k}") for k in ("P", "C1", "K1", "T1", "C2", "K2", "T2", "K3", "T3")}
+    heads["sup_P"] = bearer(client, "sup_P")
+    heads["ana_K1"] = bearer(client, "ana_K1")
+    return heads
+
+
+def has_chinese(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def message(r: Any) -> str:
+    return str(r.json()["error"]["message"])

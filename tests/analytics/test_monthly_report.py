@@ -1,143 +1,22 @@
-"""The monthly report's maths (analytics/report/maths.py), on small frames computed by hand."""
+"""The monthly report's tables (analytics/report/tables.py, headline.py, xlsx.py) for a small
+province, on frames computed by hand: devices and the problem ranking, each area's share of problem
+devices, alarm response, gateways, warranties, logins, the headline and its changes from the month
+before, and the workbook with one sheet per table."""
 
 from __future__ import annotations
 
 import io
 import re
 import zipfile
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import polars as pl
-import pytest
+from reporthelp import NOW, OCT, ts
 
 from analytics.report import headline, maths, tables
-from analytics.report.build import TABLES, _change_rows, _table, final_months
-from analytics.report.maths import Piece
+from analytics.report.build import TABLES, _change_rows, _table
 from analytics.report.xlsx import sheet_name, table_frame, workbook
-from coldchain.core import terms
-
-NOW = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
-OCT = date(2026, 10, 1)
-
-
-def ts(day: int, hour: int, minute: int = 0, month: int = 10) -> datetime:
-    return datetime(2026, month, day, hour, minute, tzinfo=UTC)
-
-
-# ---------------------------------------------------------------------------------------------
-# The month
-
-
-def test_month_is_beijing_calendar_month() -> None:
-    p = maths.month_period(OCT, NOW)
-    assert p.start == datetime(2026, 9, 30, 16, 0, tzinfo=UTC)
-    assert p.end == datetime(2026, 10, 31, 16, 0, tzinfo=UTC)
-    assert p.cut == p.end and p.closed
-    assert p.last_day == date(2026, 10, 31)
-    assert p.label == "2026-10"
-
-
-def test_current_month_is_cut_at_now_and_final_two_days_after_its_end() -> None:
-    nov = maths.month_period(date(2026, 11, 1), NOW)
-    assert nov.cut == NOW and not nov.closed
-    assert not nov.keepable(NOW)
-    oct_ = maths.month_period(OCT, NOW)
-    assert oct_.keepable(oct_.end + timedelta(days=2))
-    assert not oct_.keepable(oct_.end + timedelta(days=2) - timedelta(seconds=1))
-    # 2026-11-30 23:00 Beijing is still November there, although December has begun in no zone yet.
-    assert terms.current_month(datetime(2026, 11, 30, 16, 30, tzinfo=UTC)) == date(2026, 12, 1)
-    assert terms.current_month(datetime(2026, 11, 30, 15, 30, tzinfo=UTC)) == date(2026, 11, 1)
-
-
-def test_month_parsing_and_refusals() -> None:
-    assert terms.parse_month("2026-02") == date(2026, 2, 1)
-    for bad in ("2026-13", "2026-2", "26-02", "2026/02", ""):
-        with pytest.raises(ValueError, match="月份格式"):
-            terms.parse_month(bad)
-    assert maths.month_problem(date(2026, 12, 1), NOW) == "2026-12 尚未到来，不能生成该月的报告"
-    assert maths.month_problem(date(2014, 12, 1), NOW) is not None
-    assert maths.month_problem(date(2026, 11, 1), NOW) is None
-    assert terms.previous_month(date(2026, 1, 1)) == date(2025, 12, 1)
-    assert terms.next_month(date(2026, 12, 1)) == date(2027, 1, 1)
-
-
-def test_final_months_start_at_the_first_data_and_skip_the_grace_period() -> None:
-    # 1 December 01:00 Beijing: November is not final yet, October is.
-    early_december = datetime(2026, 11, 30, 17, 0, tzinfo=UTC)
-    assert final_months(date(2026, 8, 1), early_december) == [date(2026, 8, 1), date(2026, 9, 1), OCT]
-    assert final_months(date(2026, 8, 1), early_december, months_back=2) == [date(2026, 9, 1), OCT]
-    assert final_months(None, early_december) == []
-    assert final_months(date(2026, 12, 1), early_december) == []
-
-
-# ---------------------------------------------------------------------------------------------
-# Pieces: expected, windows, out-of-range minutes, silence
-
-
-def piece(lo: datetime, hi: datetime, t_min: float | None = 2.0, t_max: float = 8.0) -> Piece:
-    return Piece(
-        key=0, probe_id=1, compartment_id=1, equipment_id=1, bound_from=lo, lo=lo, hi=hi, t_min=t_min, t_max=t_max
-    )
-
-
-def test_piece_hours_edges_and_expected_readings() -> None:
-    p = piece(ts(5, 10, 20), ts(5, 13, 40))
-    assert (p.hour_lo, p.hour_hi, p.whole_hours) == (ts(5, 11), ts(5, 13), 2)
-    assert p.edges == [(ts(5, 10, 20), ts(5, 11)), (ts(5, 13), ts(5, 13, 40))]
-    assert p.expected == 200.0
-    inside = piece(ts(5, 10, 10), ts(5, 10, 50))
-    assert inside.whole_hours == 0 and inside.edges == [(ts(5, 10, 10), ts(5, 10, 50))]
-    whole = piece(ts(1, 0), ts(2, 0))
-    assert whole.edges == [] and whole.whole_hours == 24 and whole.expected == 1440
-
-
-def test_excursion_windows_merge_and_clip() -> None:
-    p = piece(ts(5, 10, 20), ts(5, 13, 40))
-    # Crossing hour 11:00 and the hour after it join both edges into one window.
-    assert maths.excursion_windows(p, [ts(5, 11)]) == [(ts(5, 10, 20), ts(5, 13, 40))]
-    q = piece(ts(1, 0), ts(1, 5))
-    # The hour before the piece crossed: its excursion may hold into the first hour.
-    assert maths.excursion_windows(q, [ts(1, 0) - timedelta(hours=1), ts(1, 2)]) == [
-        (ts(1, 0), ts(1, 1)),
-        (ts(1, 2), ts(1, 4)),
-    ]
-    assert maths.excursion_windows(q, [ts(1, 4)]) == [(ts(1, 4), ts(1, 5))]
-    assert maths.excursion_windows(q, []) == []
-
-
-def test_piece_figures_out_of_range_minutes_and_silence() -> None:
-    p = piece(ts(1, 0), ts(1, 3))
-    readings = [
-        (ts(1, 0, 59), 5.0),
-        (ts(1, 1), 9.0),
-        (ts(1, 1, 10), 9.5),
-        (ts(1, 1, 20), 5.0),
-        (ts(1, 2, 50), 9.0),
-        (ts(1, 3, 5), 5.0),
-    ]
-    f = maths.piece_figures(p, hourly_received=150, hours_with_data=2, windows=[((ts(1, 1), ts(1, 3)), readings)])
-    # 01:00–01:20 out (two readings of 10 min), 02:50 holds until the window's end at 03:00.
-    assert f.minutes_out == pytest.approx(30.0)
-    assert (f.received, f.silent_hours, f.expected) == (150, 1, 180.0)
-
-
-def test_piece_figures_count_edge_readings_and_carry_the_state_in() -> None:
-    p = piece(ts(1, 0, 30), ts(1, 2))
-    readings = [(ts(1, 0, 20), 9.0), (ts(1, 0, 40), 5.0), (ts(1, 0, 50), 1.0), (ts(1, 1, 5), 5.0)]
-    f = maths.piece_figures(p, 60, 1, [((ts(1, 0, 30), ts(1, 1)), readings)])
-    # 00:20 (before the piece) holds 00:30–00:40; 00:50 (too cold) holds to the window's end.
-    assert f.minutes_out == pytest.approx(20.0)
-    # Two readings in the edge; the one before and the one after are context, not received.
-    assert (f.received, f.silent_hours) == (62, 0)
-
-
-def test_frozen_compartment_has_no_lower_limit_and_a_reading_holds_at_most_30_minutes() -> None:
-    p = piece(ts(1, 0), ts(1, 2), t_min=None, t_max=-15.0)
-    readings = [(ts(1, 0), -40.0), (ts(1, 0, 10), -14.0), (ts(1, 1, 40), -20.0)]
-    f = maths.piece_figures(p, 3, 2, [((ts(1, 0), ts(1, 2)), readings)])
-    assert f.minutes_out == pytest.approx(30.0)
-
 
 # ---------------------------------------------------------------------------------------------
 # A small province: P (1) ─┬─ C 西安市 (2) ── T 某卫生院 (3)
