@@ -2,14 +2,23 @@
 
 Routes are plain (synchronous) functions over a pooled psycopg connection: FastAPI runs them in
 its thread pool, and one request is one transaction. Later issues add their routers here.
+
+The interactive docs (``/api/v1/docs``) load Swagger UI from the app itself, from the files the
+``fastapi-offline`` package ships (:func:`install_docs`): FastAPI's default page fetches them
+from a CDN and is blank on an intranet, on a clinic's network, or with the CDN blocked.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import Depends, FastAPI
+import fastapi_offline
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.readonly import refuse_read_only_writes
@@ -42,6 +51,28 @@ from coldchain.core.settings import Settings
 from dashboards import PAGES, web
 
 API_PREFIX = "/api/v1"
+DOCS_URL = f"{API_PREFIX}/docs"
+DOCS_STATIC = f"{API_PREFIX}/docs-static"
+SWAGGER_UI_FILES = Path(fastapi_offline.__file__).parent / "static"
+
+
+def install_docs(app: FastAPI) -> None:
+    """Swagger UI at :data:`DOCS_URL` with its script, style sheet and icon from
+    :data:`DOCS_STATIC` on this server. The validator badge is off: it would send the document's
+    address to validator.swagger.io."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=SWAGGER_UI_FILES), name="docs-static")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) -> FastAPI:
@@ -65,12 +96,13 @@ def create_app(settings: Settings, database_url: str, *, pool_size: int = 10) ->
             "网页用会话 Cookie（写请求带 X-CSRF-Token 头），API 客户端用 Bearer 令牌。"
         ),
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # install_docs: the same page, without the CDN
         redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings
     errors.install(app)
+    install_docs(app)
 
     @app.get(f"{API_PREFIX}/health", tags=["系统"], summary="存活检查")
     def health() -> dict[str, str]:

@@ -24,6 +24,7 @@ from coldchain.core.settings import Settings, SettingsError, load_settings
 from coldchain.run import cmd_run
 from coldchain.seed.demo import DEMO_PASSWORD, load_demo, plan_demo
 from coldchain.seed.vaccines import load_vaccines
+from coldchain.units_cli import configure_import as configure_units_import
 from ingest.simulate import configure_parser as configure_simulator
 
 log = logging.getLogger("coldchain")
@@ -175,8 +176,10 @@ def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
     """The platform creates a unit's system administrator (UM1) — on a fresh installation the
-    province's, who then manages the rest through the API and Form 5. Prints a one-time link
-    token for setting the password; no password ever passes through the command line."""
+    province's, who then manages the rest through the API and Form 5. Prints the one-time link to
+    the page where they set their password (and its token, for API clients); no password ever
+    passes through the command line."""
+    from dashboards.setup_password import setup_link
     from registry.permissions import role_allowed_at
     from registry.sessions import SETUP_TOKEN_TTL, open_session
 
@@ -196,7 +199,9 @@ def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
         token = open_session(conn, row[0], "setup", SETUP_TOKEN_TTL, None, None).token
         conn.commit()
     print(f"已为{unit[2]}创建系统管理员 {args.username}。")
-    print(f"请在 72 小时内用此一次性令牌设置密码（POST /api/v1/auth/setup-password）：{token}")
+    # The link is for the person (a page on a phone); the bare token stays last for API clients.
+    print(f"请把此链接交给本人，在 72 小时内打开并设置密码（只能使用一次）：{setup_link(settings.public_url, token)}")
+    print(f"API 客户端可用此一次性令牌设置密码（POST /api/v1/auth/setup-password）：{token}")
     return 0
 
 
@@ -224,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, default=None, help="运行若干秒后自动停止（演示、测试用）")
     run.add_argument("--backfill", default="24h", help="模拟器从多久以前开始补发数据（默认 24h）")
     run.add_argument("--no-simulate", action="store_true", help="不启动网关模拟器（接真实网关时）")
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help="演示：空库时载入演示省份并启动网关模拟器（已配置数据库时须显式指定；库中有非演示单位时拒绝）",
+    )
     run.set_defaults(func=cmd_run)
 
     dbp = sub.add_parser("db", help="数据库结构与聚合").add_subparsers(dest="db_command", required=True)
@@ -290,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--probes", type=int, default=200, help="探头数（默认 200，可至 15000 以上）")
     demo.add_argument("--seed", type=int, default=20200106, help="随机种子（相同种子生成相同数据）")
     demo.set_defaults(func=cmd_seed_demo)
+
+    units = sub.add_parser("units", help="单位登记").add_subparsers(dest="units_command", required=True)
+    configure_units_import(units.add_parser("import", help="从 CSV / XLSX 导入行政区划单位树（只增不删，可重复导入）"))
     return parser
 
 

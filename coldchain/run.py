@@ -1,10 +1,11 @@
 """``coldchain run``: the whole system on embedded defaults, as one process tree.
 
 Finds or starts PostgreSQL and the MQTT broker, migrates as the owner, loads the demo into an empty
-registry, then starts the ingester, the web API, the gateway simulator and the scheduler as child
-processes (the machine has more than one core) and supervises them until Ctrl-C / SIGTERM, when
-it stops them in reverse order — the ingester commits and acknowledges what it holds first. With
-no WeCom robot configured, the demo's alarms go to a stand-in (:mod:`coldchain.demo_robot`).
+registry when the demo is wanted (:func:`demo_policy`), then starts the ingester, the web API, the
+gateway simulator (demo only) and the scheduler as child processes (the machine has more than one
+core) and supervises them until Ctrl-C / SIGTERM, when it stops them in reverse order — the
+ingester commits and acknowledges what it holds first. With no WeCom robot configured, the demo's
+alarms go to a stand-in (:mod:`coldchain.demo_robot`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 
 from coldchain import databases, services
 from coldchain.core import db
 from coldchain.core.settings import Settings
 from coldchain.demo_robot import StandInRobot, demo_fault, demo_robot_env, first_gateway
-from coldchain.seed.demo import DEMO_PASSWORD, PROVINCE_CODE, load_demo, plan_demo
+from coldchain.seed.demo import (
+    DEMO_PASSWORD,
+    PROVINCE_CODE,
+    check_demo_registry,
+    load_demo,
+    plan_demo,
+    registry_state,
+)
 from coldchain.seed.vaccines import load_vaccines
 from ingest.simulate import parse_duration
 
@@ -50,9 +59,36 @@ def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+@dataclass(frozen=True)
+class DemoPolicy:
+    """What ``run`` may do with demo data: ``demo`` — load the demo into an empty registry and
+    show the demo accounts; ``simulate`` — start the gateway simulator, which publishes made-up
+    readings for every bound probe in the registry."""
+
+    demo: bool
+    simulate: bool
+
+
+def demo_policy(*, embedded: bool, asked: bool, no_simulate: bool) -> DemoPolicy:
+    """The demo only where it cannot reach real data unasked: on the embedded default (nothing was
+    configured, so this is someone trying the system) or when ``--demo`` says so. A configured
+    database is presumed to be a real one: an empty registry there is a new installation, to be
+    filled by importing units, and its probes are real ones that must get no fake readings."""
+    demo = asked or embedded
+    return DemoPolicy(demo=demo, simulate=demo and not no_simulate)
+
+
+FIRST_START = """登记库为空。已配置数据库（COLDCHAIN_DATABASE_URL），不会自动载入演示数据。正式启用：
+  1. 导入单位：coldchain units import FILE
+  2. 创建第一位系统管理员：coldchain admin create --unit 单位编码 --username 用户名 --real-name 实名 --phone 手机号
+     （输出一个设置密码的链接，本人在 72 小时内打开并设置密码）
+仅作演示：coldchain run --demo（演示账号的密码是公开的，切勿用于正式数据库）"""
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Start what is needed, migrate, seed an empty registry, start the ingester and the
-    simulator, then run until Ctrl-C / SIGTERM and stop everything in reverse order."""
+    """Start what is needed, migrate, seed an empty registry if the demo is wanted, start the
+    ingester and (demo only) the simulator, then run until Ctrl-C / SIGTERM and stop everything
+    in reverse order."""
     started: list[services.Started] = []
     children: dict[str, subprocess.Popen[bytes]] = {}
     stop = threading.Event()
@@ -67,10 +103,18 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         applied = databases.migrate_as_owner(settings, database)
         print(f"迁移：新应用 {len(applied)} 个")
         url = database.owner_url
+        policy = demo_policy(embedded=server is not None, asked=args.demo, no_simulate=args.no_simulate)
         with db.connect(url) as conn:
             print(f"存储路径：{db.storage_path(conn)}")
+            if args.demo:  # refuses (RealUnitsPresent) before anything starts
+                check_demo_registry(conn, args.probes, args.seed)
+            elif policy.demo and registry_state(conn, args.probes, args.seed)[0] == "real":
+                # The embedded default holding imported units: no fake readings for their probes.
+                policy = DemoPolicy(demo=False, simulate=False)
             empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM units)").fetchone() == (True,)
-        if empty:
+        if empty and not policy.demo:
+            print(FIRST_START)
+        elif empty:
             plan = plan_demo(args.probes, args.seed)
             load_demo(url, plan)
             booked = load_vaccines(url, args.seed)
@@ -104,9 +148,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         if not _wait_healthy(f"{api_base}/health", children["Web API"], stop):
             print("错误：Web API 未能就绪", file=sys.stderr)
             return 1
-        print(f"Web API：{api_base}/docs （演示账号如 admin{PROVINCE_CODE}，密码 {DEMO_PASSWORD}）")
+        demo_accounts = f" （演示账号如 admin{PROVINCE_CODE}，密码 {DEMO_PASSWORD}）" if policy.demo else ""
+        print(f"Web API：{api_base}/docs{demo_accounts}")
         scheduler_env = env
-        if not args.no_simulate:
+        if not policy.demo:
+            print("网关模拟器：未启动（登记库不是演示数据，读数只来自真实网关；演示请加 --demo）")
+        if policy.simulate:
             faults = ["--random-faults", "3"]
             if not settings.wecom_webhook_url:  # the loop made visible: a stand-in robot and a fault
                 robot = StandInRobot().start()

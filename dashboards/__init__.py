@@ -1,4 +1,5 @@
-"""Server-rendered pages: live board, device pages, reports, stock (issue #7).
+"""Server-rendered pages: live board, device pages, reports, stock (issue #7), the page behind a new
+user's one-time set-up link (issue #18).
 
 Each page module has a ``router``; :data:`PAGES` lists them and :func:`dashboards.web.install`
 mounts them with the shell (sign-in redirect, error page, Plotly bundle)."""
@@ -12,6 +13,7 @@ from dashboards import (
     devices,
     reports,
     settings,
+    setup_password,
     stock,
 )
 
@@ -23,4 +25,5 @@ PAGES = (
     devices,
     reports,
     settings,
+    setup_password,
 )

@@ -55,6 +55,15 @@ WHERE s.token_hash = %(hash)s AND s.kind = 'setup' AND s.revoked_at IS NULL AND 
 FOR UPDATE OF s
 """
 
+# The same link as _SETUP, read without locking or spending it: for the page that shows whose
+# account it is before the password is chosen (link previews fetch it too).
+_PEEK_SETUP = """
+SELECT u.username, u.real_name, n.name AS unit_name, s.expires_at
+FROM auth_sessions s JOIN users u ON u.id = s.user_id JOIN units n ON n.id = u.unit_id
+WHERE s.token_hash = %(hash)s AND s.kind = 'setup' AND s.revoked_at IS NULL AND s.expires_at > now()
+  AND u.status = 'active'
+"""
+
 
 def open_session(
     conn: psycopg.Connection, user_id: int, kind: SessionKind, ttl: timedelta, ip: str | None, user_agent: str | None
@@ -88,6 +97,13 @@ def claim_setup_token(conn: psycopg.Connection, token: str) -> dict[str, Any] | 
     """The live set-up link behind ``token`` (``id``, ``user_id``, ``username``), locked until
     commit so that it is used once; None if there is none."""
     return fetch_one(conn, _SETUP, {"hash": token_hash(token)})
+
+
+def peek_setup_token(conn: psycopg.Connection, token: str) -> dict[str, Any] | None:
+    """Whose live set-up link ``token`` is (``username``, ``real_name``, ``unit_name``,
+    ``expires_at``), or None — read only: the link stays usable, since opening a page (or a chat
+    app previewing the link) must not spend it. :func:`claim_setup_token` is what uses it."""
+    return fetch_one(conn, _PEEK_SETUP, {"hash": token_hash(token)})
 
 
 def revoke_session(conn: psycopg.Connection, session_id: int) -> None:

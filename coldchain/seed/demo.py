@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import zip_longest
+from typing import Literal
 
 import psycopg
 from argon2 import PasswordHasher
@@ -74,6 +75,7 @@ class DemoPlan:
     bindings: list[tuple[int, int, int, datetime]] = field(default_factory=list)
     users: list[tuple[int, str, str, str, int, str, str]] = field(default_factory=list)
     responsibles: list[tuple[int, int, int]] = field(default_factory=list)
+    seed: int = 20200106  # what it was planned with: recognising a loaded demo re-plans it
 
 
 def _round_robin_counties() -> list[tuple[int, County]]:
@@ -180,6 +182,7 @@ def plan_demo(probes: int = 200, seed: int = 20200106) -> DemoPlan:
     if probes < 20:
         raise ValueError("演示省份至少需要 20 个探头")
     b = _Builder(random.Random(seed))
+    b.plan.seed = seed
     province = b.unit(PROVINCE_CODE, "陕西省疾病预防控制中心", "province", None)
     b.equipment(province, _PROVINCE_EQUIPMENT)
     city_units: dict[int, int] = {}
@@ -209,12 +212,64 @@ def plan_demo(probes: int = 200, seed: int = 20200106) -> DemoPlan:
     return b.plan
 
 
+RegistryState = Literal["empty", "demo", "real"]
+# A demo bigger than this is nobody's: beyond it, planning alone would take seconds.
+_LARGEST_DEMO = 100_000
+
+
+class RealUnitsPresent(RuntimeError):
+    """The registry holds units the demo did not make: demo data must never be mixed with them
+    (its users share a published password, and the simulator would feed fake readings to their
+    probes). A RuntimeError, so the command line reports it in Chinese and exits non-zero."""
+
+
+def demo_unit_codes(probes: int, seed: int) -> set[str]:
+    """The unit codes of the demo of ``probes`` probes. Planning more probes only adds units (the
+    counties come in the same order and fill up first), so a larger plan covers a smaller one."""
+    return {u[1] for u in plan_demo(max(probes, 20), seed).units}
+
+
+def registry_state(conn: psycopg.Connection, probes: int, seed: int) -> tuple[RegistryState, list[str]]:
+    """Whether the registry is empty, holds only the demo, or holds real units — with a few of
+    the latter (code and name) for the message that refuses to mix them.
+
+    The demo is recognised by its province (:data:`PROVINCE_CODE`) and by every unit's code being
+    one it plans; it is planned at least as large as the probes already there, so a province-sized
+    demo is still the demo when the next start asks for the default size. A unit added by hand
+    under the demo makes the registry real: nothing would tell its probes from the demo's."""
+    codes = {code: name for code, name in conn.execute("SELECT code, name FROM units ORDER BY code").fetchall()}
+    if not codes:
+        return "empty", []
+    foreign = list(codes)
+    if PROVINCE_CODE in codes:
+        row = conn.execute("SELECT count(*) FROM probes").fetchone()
+        loaded = int(row[0]) if row else 0
+        planned = demo_unit_codes(min(max(probes, loaded), _LARGEST_DEMO), seed)
+        foreign = [code for code in codes if code not in planned]
+    if not foreign:
+        return "demo", []
+    return "real", [f"{code} {codes[code]}" for code in foreign[:3]]
+
+
+def check_demo_registry(conn: psycopg.Connection, probes: int, seed: int) -> Literal["empty", "demo"]:
+    """Before the demo is loaded or simulated: the registry's state, or :class:`RealUnitsPresent`
+    when it holds units that are not the demo's."""
+    state, foreign = registry_state(conn, probes, seed)
+    if state == "real":
+        raise RealUnitsPresent(
+            f"数据库中已有非演示单位（如 {'、'.join(foreign)}），拒绝载入或运行演示数据：演示账号的密码是公开的，"
+            "网关模拟器还会给真实探头写入假读数。演示请使用一个空数据库"
+        )
+    return state
+
+
 def load_demo(url: str, plan: DemoPlan) -> None:
-    """Write the plan into an empty, migrated registry (refuses to mix with existing units)."""
+    """Write the plan into an empty, migrated registry (refuses to mix with existing units, and
+    says so differently when they are real ones: that is a wrong database, not a second load)."""
     password_hash = PasswordHasher().hash(DEMO_PASSWORD)
     with connect(url, application="coldchain-seed") as conn:
-        if conn.execute("SELECT EXISTS (SELECT 1 FROM units)").fetchone() != (False,):
-            raise RuntimeError("数据库中已有单位数据，演示数据只能载入空的登记库")
+        if check_demo_registry(conn, len(plan.probes), plan.seed) != "empty":
+            raise RuntimeError("数据库中已有单位数据（演示省份已载入），演示数据只能载入空的登记库")
         with conn.cursor() as cur:
             # Units level by level: each COPY's parents exist from an earlier statement, so the
             # tree triggers (level check, closure table) see them.

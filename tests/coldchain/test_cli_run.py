@@ -1,4 +1,6 @@
-"""``coldchain run`` on configured servers: migrates, seeds an empty registry, stops cleanly."""
+"""``coldchain run --demo`` on configured servers: migrates, seeds an empty registry, stops cleanly.
+
+(Without ``--demo`` a configured database gets no demo: tests/coldchain/test_demo_only_when_asked.py.)"""
 
 from __future__ import annotations
 
@@ -32,7 +34,19 @@ def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_br
     """The broker is our own (deploy_broker): the run command's ingester keeps a persistent
     session, which must not be left queueing on the machine's shared broker."""
     proc = subprocess.run(
-        [sys.executable, "-m", "coldchain.cli", "run", "--duration", "6", "--probes", "60", "--backfill", "30m"],
+        [
+            sys.executable,
+            "-m",
+            "coldchain.cli",
+            "run",
+            "--demo",
+            "--duration",
+            "6",
+            "--probes",
+            "60",
+            "--backfill",
+            "30m",
+        ],
         env=_env(empty_db, deploy_broker),
         capture_output=True,
         text=True,
@@ -58,22 +72,24 @@ def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_br
     assert stored[0] >= bound[0] - 3  # a random fault may silence a probe or two
     assert stored[1] >= 5 * (bound[0] - 3)
     assert judged is not None and judged[0] >= bound[0] - 3
-    # A second start finds the registry populated and leaves it alone.
+    # A second start finds the registry populated and leaves it alone; it is still the demo
+    # although the default size (200 probes) is asked for this time, so --demo is not refused.
     again = subprocess.run(
-        [sys.executable, "-m", "coldchain.cli", "run", "--duration", "0.2", "--no-simulate"],
+        [sys.executable, "-m", "coldchain.cli", "run", "--demo", "--duration", "0.2", "--no-simulate"],
         env=_env(empty_db, deploy_broker),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert again.returncode == 0 and "已载入演示省份" not in again.stdout
+    assert again.returncode == 0, again.stderr
+    assert "已载入演示省份" not in again.stdout
 
 
 def test_run_serves_the_api_and_stops_on_sigterm(empty_db: str, deploy_broker: services.Started) -> None:
     port = services.free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coldchain.cli", "run", "--probes", "30", "--backfill", "10m"],
+        [sys.executable, "-m", "coldchain.cli", "run", "--demo", "--probes", "30", "--backfill", "10m"],
         env={**_env(empty_db, deploy_broker), "COLDCHAIN_API_PORT": str(port)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
