@@ -132,7 +132,7 @@ def _level(level: str) -> str:
     return LEVEL_NAMES.get(level, level)
 
 
-def _column_letter(index: int) -> str:
+def column_letter(index: int) -> str:
     """0 → A, 26 → AA: how a spreadsheet names a column."""
     letters = ""
     index += 1
@@ -142,7 +142,7 @@ def _column_letter(index: int) -> str:
     return letters
 
 
-def _code_problem(what: str, value: str) -> str | None:
+def code_problem(what: str, value: str) -> str | None:
     if _CODE.fullmatch(value):
         return None
     hint = "（Excel 把编码显示成了科学计数法，请把该列设为“文本”后重新输入）" if _SCIENTIFIC.fullmatch(value) else ""
@@ -160,10 +160,10 @@ def _read_columns(table: Table) -> tuple[dict[str, int] | None, list[Problem]]:
     for name, places in where.items():
         if name not in COLUMNS:
             problems.append(
-                Problem(1, f"多余的列「{name}」（{_column_letter(places[0])} 列）：只应有 {'、'.join(COLUMNS)} 四列")
+                Problem(1, f"多余的列「{name}」（{column_letter(places[0])} 列）：只应有 {'、'.join(COLUMNS)} 四列")
             )
         elif len(places) > 1:
-            letters = "、".join(_column_letter(i) for i in places)
+            letters = "、".join(column_letter(i) for i in places)
             problems.append(Problem(1, f"列 {name} 出现了 {len(places)} 次（{letters} 列）"))
     missing = [c for c in COLUMNS if c not in where]
     if missing:
@@ -178,7 +178,7 @@ def _row_problems(row: _Row, seen: Mapping[str, int]) -> list[str]:
     out: list[str] = []
     if not row.code:
         out.append("单位编码 code 为空")
-    elif problem := _code_problem("单位编码", row.code):
+    elif problem := code_problem("单位编码", row.code):
         out.append(problem)
     elif row.code in seen:
         out.append(f"单位编码 {row.code} 与第 {seen[row.code]} 行重复")
@@ -192,7 +192,7 @@ def _row_problems(row: _Row, seen: Mapping[str, int]) -> list[str]:
         shown = f"「{row.level}」无效" if row.level else " 为空"
         choices = "、".join(f"{lv}（{_level(lv)}）" for lv in LEVEL_ORDER)
         out.append(f"级别 level{shown}，应为 {choices}之一")
-    if row.parent_code and (problem := _code_problem("上级编码", row.parent_code)):
+    if row.parent_code and (problem := code_problem("上级编码", row.parent_code)):
         out.append(problem)
     return out
 
@@ -293,7 +293,7 @@ def check_rows(table: Table, existing: Mapping[str, ExistingUnit]) -> Checked:
         for i, cell in enumerate(cells):
             if cell.strip() and i not in named:
                 shown = cell.strip()[:20]
-                problems.append(Problem(number, f"{_column_letter(i)} 列有内容「{shown}」，但该列没有列名"))
+                problems.append(Problem(number, f"{column_letter(i)} 列有内容「{shown}」，但该列没有列名"))
         get = [cells[columns[c]].strip() if columns[c] < len(cells) else "" for c in COLUMNS]
         rows.append(_Row(number, *get))
     if not rows:
@@ -345,8 +345,10 @@ def _text(value: object) -> str:
     return str(value).strip()
 
 
-def read_table(path: Path) -> Table:
-    """A ``.csv`` (UTF-8, with or without BOM) or ``.xlsx`` file (its first sheet) as text cells.
+def read_table(path: Path, columns: Sequence[str] = COLUMNS) -> Table:
+    """A ``.csv`` (UTF-8, with or without BOM) or ``.xlsx`` file (its first sheet) as text cells;
+    ``columns`` is the header the caller expects, named when the file is empty (the hardware
+    import reads its files here too).
 
     Raises ValueError with a Chinese message when the file cannot be read at all."""
     suffix = path.suffix.lower()
@@ -359,7 +361,7 @@ def read_table(path: Path) -> Table:
     while rows and not any(rows[-1]):
         rows.pop()  # trailing empty lines a spreadsheet leaves behind
     if not rows:
-        raise ValueError(f"文件 {path.name} 是空的：第 1 行应为表头 {','.join(COLUMNS)}")
+        raise ValueError(f"文件 {path.name} 是空的：第 1 行应为表头 {','.join(columns)}")
     return Table(rows[0], tuple((i, r) for i, r in enumerate(rows[1:], start=2)))
 
 
