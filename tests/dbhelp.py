@@ -69,3 +69,34 @@ def query(url: str, sql: str) -> Rows:
 def execute(url: str, sql: str) -> None:
     with db.connect(url, autocommit=True) as conn:
         conn.execute(sql.encode())
+
+
+# Table privileges and the letter each is written as in :func:`table_privileges`.
+PRIVILEGES = {
+    "SELECT": "S",
+    "INSERT": "I",
+    "UPDATE": "U",
+    "DELETE": "D",
+    "TRUNCATE": "T",
+    "TRIGGER": "G",
+    "REFERENCES": "R",
+}
+
+
+def table_privileges(conn: psycopg.Connection) -> dict[str, str]:
+    """What the connection's role may do to each table and view of schemas public and analytics,
+    as letters of :data:`PRIVILEGES` (``"SI"``: select and insert) — the grant matrix of
+    tests/core/test_roles.py in a form another test can compare: the backup drill
+    (tests/ops/test_backup_restore.py) checks that a restored database grants what the original did."""
+    rows = conn.execute(
+        """SELECT c.oid::regclass::text,
+                  coalesce(string_agg(p.letter, '' ORDER BY p.ord)
+                           FILTER (WHERE has_table_privilege(c.oid, p.privilege)), '')
+           FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           CROSS JOIN unnest(%s::text[], %s::text[]) WITH ORDINALITY AS p(privilege, letter, ord)
+           WHERE n.nspname IN ('public', 'analytics') AND c.relkind IN ('r', 'p', 'v', 'm')
+           GROUP BY 1 ORDER BY 1""",
+        (list(PRIVILEGES), list(PRIVILEGES.values())),
+    ).fetchall()
+    return {table: letters for table, letters in rows}
