@@ -21,11 +21,15 @@ from coldchain.core import db, roles
 from coldchain.core.migrate import MigrationError, require_current, status
 from coldchain.core.runtime import run_until_signalled
 from coldchain.core.settings import Settings, SettingsError, load_settings
+from coldchain.doctor_report import cmd_doctor
+from coldchain.doctor_report import configure as configure_doctor
 from coldchain.hardware_cli import configure_import as configure_hardware_import
 from coldchain.run import cmd_run
 from coldchain.seed.demo import DEMO_PASSWORD, load_demo, plan_demo
 from coldchain.seed.vaccines import load_vaccines
 from coldchain.units_cli import configure_import as configure_units_import
+from coldchain.unreachable import broker_unreachable as _broker_unreachable
+from coldchain.unreachable import database_unreachable as _database_unreachable
 from ingest.simulate import configure_parser as configure_simulator
 
 log = logging.getLogger("coldchain")
@@ -309,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     configure_hardware_import(
         hardware.add_parser("import", help="从厂家供货清单（CSV / XLSX）导入设备、温区、网关、探头及绑定（只增不改）")
     )
+    configure_doctor(
+        sub.add_parser("doctor", help="检查部署：数据库、迁移、权限、MQTT 代理、通知、公开地址、时钟，并给出修复方法")
+    )
     return parser
 
 
@@ -316,88 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_UNREACHABLE = 3
 # Commands that need the broker from their first second: checked before anything else.
 _NEEDS_BROKER = frozenset({"ingest", "simulate"})
-_CHECK_NETWORK = "请确认服务器已启动、地址和端口正确、网络与防火墙放行"
-# libpq's or the OS's words → the reason in Chinese and what to check (first match wins).
-_FAILURES = (
-    (("refused",), "连接被拒绝，该地址和端口上没有服务在监听", _CHECK_NETWORK),
-    (("timeout", "timed out", "no route", "unreachable"), "连接超时或网络不通", _CHECK_NETWORK),
-    (("resolve", "name or service", "host name"), "无法解析主机名", "请确认主机名拼写正确、本机 DNS 可用"),
-    (("password", "role"), "用户名或密码不被接受", "请确认用户名和密码（密码中的特殊字符须按 URL 编码）"),
-    (("pg_hba.conf",), "服务器不允许此连接", "请在数据库服务器的 pg_hba.conf 中放行本机地址与该用户"),
-    (("does not exist",), "数据库不存在", "请确认数据库名；新安装先建库，再执行 coldchain db migrate"),
-    (("starting up", "shutting down", "recovery"), "数据库服务器正在启动或停止", "请稍候；持续出现请查看服务器日志"),
-    (("too many",), "数据库连接数已满", "请检查服务器的 max_connections 与各服务的连接数"),
-)
-
-
-def _unreachable(server: str, address: str, detail: str, variable: str, secrets: list[str]) -> str:
-    """One line for an operator (or the journal) instead of a traceback whose last line is libpq's
-    English: which server, where (never a password), why, what to check, and which setting."""
-    lines = detail.replace("FATAL:", "").strip().splitlines()
-    detail = " ".join(lines[0].split()) if lines else "原因不明"
-    reason, hint = detail, _CHECK_NETWORK
-    for needles, chinese, advice in _FAILURES:
-        if any(n in detail.lower() for n in needles):
-            reason, hint = f"{chinese}：{detail}", advice
-            break
-    line = f"{server}连接失败 {address}（{reason}）。{hint}；相关设置：{variable}"
-    for secret in filter(None, secrets):
-        line = line.replace(secret, "***")
-    return line
-
-
-def _database_unreachable(exc: psycopg.OperationalError, settings: Settings | None) -> str:
-    """Names the database by the setting that points at it: runtime role or owner."""
-    from urllib.parse import unquote, urlsplit
-
-    urls = (
-        {"COLDCHAIN_DATABASE_URL": settings.database_url, "COLDCHAIN_OWNER_DATABASE_URL": settings.owner_database_url}
-        if settings
-        else {}
-    )
-    configured = {name: urlsplit(url) for name, url in urls.items() if url}
-    secrets = [s for u in configured.values() if u.password for s in (u.password, unquote(u.password))]
-    if exc.pgconn is not None:
-        info = exc.pgconn
-        user, host, port, name = (
-            v.decode(errors="replace") if v else "" for v in (info.user, info.host, info.port, info.db)
-        )
-        # 'connection to server at "127.0.0.1", port 5432 failed: <reason>'
-        detail = (info.error_message or b"").decode(errors="replace").split(" failed: ", 1)[-1] or str(exc)
-    else:  # failed before libpq had a connection to describe (a host name that does not resolve)
-        first = next(iter(configured.values()), None)
-        user, host, port, name = (
-            (unquote(first.username or ""), first.hostname or "", str(first.port or 5432), first.path.lstrip("/"))
-            if first
-            else ("", "127.0.0.1", "5432", "coldchain")  # the run command's local default
-        )
-        detail = str(exc)
-    variable = next(
-        (
-            n
-            for n, u in configured.items()
-            if (unquote(u.username or ""), u.hostname, str(u.port or 5432)) == (user, host, port)
-        ),
-        "COLDCHAIN_DATABASE_URL",
-    )
-    address = f"postgresql://{user}@{host}:{port}/{name}" if user else f"postgresql://{host}:{port}/{name}"
-    return _unreachable("数据库", address, detail, variable, secrets)
-
-
-def _broker_unreachable(settings: Settings) -> str | None:
-    """The ingester and the simulator retry a lost broker for ever (a broker restart must not stop
-    them), so a broker missing at start (a wrong address, nothing started) would show only as a
-    warning every few seconds: checked once before starting, with a plain TCP connect."""
-    import socket
-
-    if (mqtt := settings.mqtt) is None:
-        return None  # the command itself says that the setting is missing
-    try:
-        with socket.create_connection((mqtt.host, mqtt.port), timeout=5):
-            return None
-    except OSError as exc:
-        detail = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-    return _unreachable("MQTT 代理", mqtt.url, detail, "COLDCHAIN_MQTT_URL", [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -407,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "doctor":  # reads the settings itself: a bad one is a finding, not a stop
+        return cmd_doctor(args)
     settings: Settings | None = None
     try:
         settings = load_settings()

@@ -100,7 +100,7 @@ def privilege_problems(conn: psycopg.Connection) -> list[str]:
     writes = conn.execute(
         _WRITES,
         {
-            "tables": [*APPEND_ONLY_TABLES, *GUARDED_TABLES],
+            "tables": sorted({*APPEND_ONLY_TABLES, *GUARDED_TABLES}),
             "privileges": ["UPDATE", "DELETE", "TRUNCATE"],
         },
     ).fetchall()
