@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -109,16 +108,10 @@ def check_settings(loaded: Loaded) -> Check:
 
 
 def mqtt_client_options(mqtt: MqttAddress) -> dict[str, Any]:
-    """aiomqtt's connection options for the parsed ``COLDCHAIN_MQTT_URL``: credentials and TLS
-    when the settings carry them (``username`` / ``password`` / ``tls`` or an ``mqtts`` scheme),
-    so that the check follows the settings as they grow."""
-    options: dict[str, Any] = {}
-    if username := getattr(mqtt, "username", None):
-        options["username"] = username
-        options["password"] = getattr(mqtt, "password", None)
-    if getattr(mqtt, "tls", False) or getattr(mqtt, "scheme", "mqtt") == "mqtts":
-        options["tls_context"] = ssl.create_default_context()
-    return options
+    """aiomqtt's connection options for the parsed ``COLDCHAIN_MQTT_URL``: user, password and TLS
+    (CA bundle, client certificate) exactly as the ingester connects, so that the check proves
+    what the ingester will meet."""
+    return mqtt.client_options()
 
 
 async def _mqtt_connect(mqtt: MqttAddress, seconds: float) -> None:
@@ -167,7 +160,9 @@ def check_broker(mqtt: MqttAddress | None, timeout: float = TIMEOUT, problem: st
     """``problem``: why the settings could not read ``COLDCHAIN_MQTT_URL``, when they could not."""
     key, title = "broker", "MQTT 代理"
     if problem is not None:
-        return Check(key, title, "fail", problem, "设为 mqtt://主机:端口，如 mqtt://127.0.0.1:1883")
+        return Check(
+            key, title, "fail", problem, "设为 mqtt://主机:端口 或 mqtts://主机:8883，如 mqtt://127.0.0.1:1883"
+        )
     if mqtt is None:
         return Check(
             key,

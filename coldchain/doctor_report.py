@@ -46,7 +46,7 @@ from coldchain.unreachable import explain, hide, url_passwords
 SYMBOLS = {"ok": "✓", "warn": "!", "fail": "✗", "skip": "–"}
 NAMES = {"ok": "通过", "warn": "警告", "fail": "失败", "skip": "不适用或未检查"}
 # Settings whose whole value is a secret.
-_SECRET_SETTINGS = ("COLDCHAIN_WECHAT_SECRET", "COLDCHAIN_LINK_SECRET")
+_SECRET_SETTINGS = ("COLDCHAIN_WECHAT_SECRET", "COLDCHAIN_LINK_SECRET", "COLDCHAIN_MQTT_PASSWORD")
 
 
 def secrets_of(environ: Mapping[str, str]) -> list[str]:

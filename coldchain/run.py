@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from coldchain import databases, services
 from coldchain.core import db
+from coldchain.core.outbound import mask_url
 from coldchain.core.settings import Settings
 from coldchain.demo_robot import StandInRobot, demo_fault, demo_robot_env, first_gateway
 from coldchain.seed.demo import (
@@ -124,7 +125,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             )
         broker = services.find_mqtt(settings.mqtt_url, settings.state_dir, prefer_docker=False)
         started.append(broker)
-        print(f"MQTT 代理：{broker.url}（{broker.source}）")
+        print(f"MQTT 代理：{mask_url(broker.url)}（{broker.source}）")  # a configured URL may carry a password
         env = {
             **os.environ,
             "COLDCHAIN_DATABASE_URL": database.url,

@@ -208,6 +208,8 @@ class Ingester:
             "keepalive": self.config.keepalive,
             "timeout": 10,
             "queue_type": self._handoff_queue(generation),
+            # User, password and TLS of a deployment's broker (issue #18); none for the embedded one.
+            **self.config.mqtt.client_options(),
         }
         if self._protocol is aiomqtt.ProtocolVersion.V5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

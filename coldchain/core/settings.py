@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from coldchain.core.outbound import DEFAULT_HOSTS, OutboundPolicy, OutboundRefused, check_url, mask_url, parse_hosts
 
@@ -27,14 +28,70 @@ class SettingsError(ValueError):
     """A ``COLDCHAIN_*`` variable has a value the system cannot use."""
 
 
+#: The port of each scheme when the URL names none (IANA: 1883 plain MQTT, 8883 MQTT over TLS).
+MQTT_DEFAULT_PORTS: Mapping[str, int] = {"mqtt": 1883, "mqtts": 8883}
+
+
 @dataclass(frozen=True)
 class MqttAddress:
+    """The broker and how to sign in to it (issue #18): ``COLDCHAIN_MQTT_URL`` together with
+    ``COLDCHAIN_MQTT_USERNAME`` / ``_PASSWORD`` / ``_CA_FILE`` / ``_CERT_FILE`` / ``_KEY_FILE``.
+
+    A deployment's broker refuses anonymous clients and speaks TLS to gateways outside the CDC
+    network, so every client of it (ingester, simulator, doctor) connects through
+    :meth:`client_options`, the one place that turns these settings into aiomqtt's arguments.
+    The password is left out of ``repr`` and :attr:`url`: both end up in logs and errors.
+    """
+
     host: str
     port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # None: the system's CA bundle (a broker with a certificate from a public CA).
+    ca_file: Path | None = None
+    # A client certificate, for a broker that requires one (``require_certificate true``).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "mqtts" if self.tls else "mqtt"
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """The address as it may be shown in logs, errors and the doctor: never a user or password
+        (the same form as :func:`coldchain.core.outbound.mask_url`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """For ``mqtts``: verify the broker's certificate and host name against ``ca_file`` (or the
+        system CAs), TLS 1.2 at least, and present the client certificate when one is set. Built
+        anew for each connection, so a renewed certificate is picked up at the next reconnect."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file, password=_no_key_passphrase)
+        return context
+
+    def client_options(self) -> dict[str, Any]:
+        """``aiomqtt.Client`` keyword arguments for the credentials and TLS of these settings."""
+        options: dict[str, Any] = {}
+        if self.username is not None:
+            options["username"] = self.username
+            options["password"] = self.password
+        if (context := self.tls_context()) is not None:
+            options["tls_context"] = context
+        return options
+
+
+def _no_key_passphrase() -> str:
+    """Called by OpenSSL for an encrypted private key. Without it OpenSSL would prompt on the
+    terminal, and a service under systemd would hang there; refused instead."""
+    raise SettingsError("COLDCHAIN_MQTT_KEY_FILE 的私钥已加密；请使用未加密的私钥，并只允许服务的运行用户读取")
 
 
 @dataclass(frozen=True)
@@ -44,7 +101,7 @@ class Settings:
     # refreshing TimescaleDB's continuous aggregates by hand, loading the demo). Unset: the same
     # URL, and each service warns at start-up that it runs with more privileges than it needs.
     database_url: str | None = field(repr=False)  # may carry a password
-    mqtt_url: str | None
+    mqtt_url: str | None = field(repr=False)  # may carry a password; shown as ``mqtt.url``
     # auto: use TimescaleDB when the server offers the extension; require: refuse to
     # migrate without it; off: build the plain-PostgreSQL path even if it is offered.
     timescaledb: TimescaleMode
@@ -82,6 +139,12 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     link_secret: str | None = field(default=None, repr=False)
     owner_database_url: str | None = field(default=None, repr=False)  # may carry a password
+    # The broker's sign-in and TLS files, beside COLDCHAIN_MQTT_URL (see parse_mqtt_url).
+    mqtt_username: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
 
     @property
     def migration_url(self) -> str | None:
@@ -90,19 +153,132 @@ class Settings:
 
     @property
     def mqtt(self) -> MqttAddress | None:
-        return parse_mqtt_url(self.mqtt_url) if self.mqtt_url else None
+        if not self.mqtt_url:
+            return None
+        return parse_mqtt_url(
+            self.mqtt_url,
+            username=self.mqtt_username,
+            password=self.mqtt_password,
+            ca_file=self.mqtt_ca_file,
+            cert_file=self.mqtt_cert_file,
+            key_file=self.mqtt_key_file,
+        )
 
 
-def parse_mqtt_url(url: str) -> MqttAddress:
-    """Accept ``mqtt://host[:port]``; the port defaults to 1883."""
-    parts = urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise SettingsError(f"COLDCHAIN_MQTT_URL 格式应为 mqtt://主机:端口，实际为 {url!r}")
+def parse_mqtt_url(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+) -> MqttAddress:
+    """``mqtt://[user[:password]@]host[:port]`` (port 1883) or ``mqtts://…`` (TLS, port 8883).
+
+    User and password in the URL are percent-decoded (a ``@`` in a password is written ``%40``).
+    ``username`` / ``password`` — ``COLDCHAIN_MQTT_USERNAME`` / ``_PASSWORD`` — win over the
+    URL's, each on its own: the password can then live in a variable of its own while the
+    URL, which is shown more widely, carries none. Messages show the URL masked.
+    """
+    shown = _masked_mqtt_url(url)
     try:
-        port = parts.port or 1883
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+        port = parts.port
     except ValueError as exc:
-        raise SettingsError(f"COLDCHAIN_MQTT_URL 端口无效：{url!r}") from exc
-    return MqttAddress(parts.hostname, port)
+        raise SettingsError(f"COLDCHAIN_MQTT_URL 端口无效：{shown}") from exc
+    if scheme not in MQTT_DEFAULT_PORTS or not host:
+        raise SettingsError(
+            f"COLDCHAIN_MQTT_URL 格式应为 mqtt://主机:端口 或 mqtts://主机:端口（可含 用户:密码@），实际为 {shown}"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        # Also how a password with an unencoded / ? # shows itself: it splits the URL there.
+        raise SettingsError(
+            "COLDCHAIN_MQTT_URL 不能含路径、查询或片段（密码中的 / ? # @ 等须按 URL 编码，如 / 写作 %2F），"
+            f"实际为 {shown}"
+        )
+    tls = scheme == "mqtts"
+    url_user = unquote(parts.username) if parts.username else None
+    url_password = unquote(parts.password) if parts.password else None
+    user = username if username is not None else url_user
+    secret = password if password is not None else url_password
+    if secret is not None and user is None:
+        where = "COLDCHAIN_MQTT_PASSWORD" if password is not None else "COLDCHAIN_MQTT_URL"
+        raise SettingsError(f"{where} 设置了密码但没有用户名；请设置 COLDCHAIN_MQTT_USERNAME 或在地址中写明用户")
+    if not tls:
+        for name, value in (("CA_FILE", ca_file), ("CERT_FILE", cert_file), ("KEY_FILE", key_file)):
+            if value is not None:
+                raise SettingsError(f"COLDCHAIN_MQTT_{name} 仅用于 TLS 连接；请把 COLDCHAIN_MQTT_URL 改为 mqtts://…")
+    if key_file is not None and cert_file is None:
+        raise SettingsError("COLDCHAIN_MQTT_KEY_FILE 须与客户端证书 COLDCHAIN_MQTT_CERT_FILE 一起设置")
+    return MqttAddress(
+        host,
+        port or MQTT_DEFAULT_PORTS[scheme],
+        tls=tls,
+        username=user,
+        password=secret,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+    )
+
+
+def _masked_mqtt_url(url: str) -> str:
+    """``url`` as a message may show it: everything before the last ``@`` of the address is
+    dropped, not only what the URL parser takes for user and password — a password with an
+    unencoded ``/``, ``?`` or ``#`` would otherwise reach the message as host, port or path."""
+    scheme, sep, rest = url.partition("://")
+    bare = f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url.rsplit("@", 1)[-1]
+    masked = mask_url(bare)
+    return bare if masked == "（无效地址）" else masked
+
+
+def _mqtt_address(get: Callable[[str], str | None], url: str) -> MqttAddress:
+    """``COLDCHAIN_MQTT_URL`` with its companion settings, and the TLS files opened once now: a
+    missing or unreadable CA bundle, certificate or key stops start-up with a message naming the
+    variable, instead of a TLS failure at every reconnect of a service that keeps retrying."""
+    files = {name: _readable_file(get, name) for name in ("MQTT_CA_FILE", "MQTT_CERT_FILE", "MQTT_KEY_FILE")}
+    address = parse_mqtt_url(
+        url,
+        username=get("MQTT_USERNAME"),
+        password=get("MQTT_PASSWORD"),
+        ca_file=files["MQTT_CA_FILE"],
+        cert_file=files["MQTT_CERT_FILE"],
+        key_file=files["MQTT_KEY_FILE"],
+    )
+    if not address.tls:
+        return address
+    try:
+        context = ssl.create_default_context(cafile=str(address.ca_file) if address.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"COLDCHAIN_MQTT_CA_FILE {address.ca_file} 不是可用的 CA 证书（PEM 格式）：{exc}") from None
+    if address.cert_file is not None:
+        try:
+            context.load_cert_chain(address.cert_file, address.key_file, password=_no_key_passphrase)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(
+                f"COLDCHAIN_MQTT_CERT_FILE {address.cert_file} 与 COLDCHAIN_MQTT_KEY_FILE"
+                f" 不是一对可用的客户端证书和私钥（PEM 格式，私钥未加密）：{exc}"
+            ) from None
+    return address
+
+
+def _readable_file(get: Callable[[str], str | None], name: str) -> Path | None:
+    raw = get(name)
+    if raw is None:
+        return None
+    path = Path(raw)
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        raise SettingsError(f"COLDCHAIN_{name} 指向的文件不存在：{path}") from None
+    except PermissionError:
+        raise SettingsError(f"COLDCHAIN_{name} 指向的文件无法读取（权限不足，服务以其运行用户读取）：{path}") from None
+    except OSError as exc:
+        raise SettingsError(f"COLDCHAIN_{name} 指向的文件无法读取：{path}（{exc.strerror or exc}）") from None
+    return path
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -122,8 +298,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if owner_url and not database_url:
         raise SettingsError("设置了 COLDCHAIN_OWNER_DATABASE_URL 时，也须设置运行角色的 COLDCHAIN_DATABASE_URL")
     mqtt_url = get("MQTT_URL")
-    if mqtt_url:
-        parse_mqtt_url(mqtt_url)
+    mqtt = _mqtt_address(get, mqtt_url) if mqtt_url else None
     raw_mode = get("TIMESCALEDB") or "auto"
     mode: TimescaleMode | None = next((m for m in _TIMESCALE_MODES if m == raw_mode), None)
     if mode is None:
@@ -183,6 +358,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         public_url=(_url(get, "PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/"),
         link_secret=get("LINK_SECRET"),
         owner_database_url=owner_url,
+        mqtt_username=mqtt.username if mqtt else None,
+        mqtt_password=mqtt.password if mqtt else None,
+        mqtt_ca_file=mqtt.ca_file if mqtt else None,
+        mqtt_cert_file=mqtt.cert_file if mqtt else None,
+        mqtt_key_file=mqtt.key_file if mqtt else None,
     )
 
 

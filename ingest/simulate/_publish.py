@@ -75,7 +75,9 @@ async def publish_forever(
         if not pending and stop is not None and stop.is_set():
             return published
         try:
-            async with aiomqtt.Client(mqtt.host, mqtt.port, identifier=client_id) as client:
+            # A deployment's broker wants a user (and TLS); client_options() is empty for the embedded one.
+            options = mqtt.client_options()
+            async with aiomqtt.Client(mqtt.host, mqtt.port, identifier=client_id, **options) as client:
                 client.pending_calls_threshold = _PUBLISH_BATCH + 1  # a full batch in flight is intended
                 log.info("已%s连接 MQTT 代理 %s", "重新" if backoff > 1.0 else "", mqtt.url)
                 backoff = 1.0

@@ -142,10 +142,10 @@ def test_a_closed_database_port_fails_and_the_checks_that_need_it_are_not_run(mq
 
 def test_bad_server_addresses_are_findings_of_their_checks_and_hide_their_passwords() -> None:
     """A setting the services would refuse at start stops nothing here: each is told on the line
-    of the server it names (the MQTT refusal quotes the URL it got: its password is masked)."""
+    of the server it names (the MQTT refusal quotes the URL it got without user or password)."""
     env = {
         "COLDCHAIN_DATABASE_URL": f"mysql://app:{PASSWORD}@db.example:3306/cc",
-        "COLDCHAIN_MQTT_URL": f"mqtts://doctor:{PASSWORD}@broker.example:8883",
+        "COLDCHAIN_MQTT_URL": f"tcp://doctor:{PASSWORD}@broker.example:8883",
     }
     proc = _doctor(env)
     assert proc.returncode == 1
@@ -156,7 +156,7 @@ def test_bad_server_addresses_are_findings_of_their_checks_and_hide_their_passwo
     )
     assert lines["迁移"] == "– 迁移：未检查：未设置可用的 COLDCHAIN_DATABASE_URL"
     assert lines["MQTT 代理"].startswith("✗ MQTT 代理：COLDCHAIN_MQTT_URL 格式应为 mqtt://主机:端口")
-    assert "mqtts://doctor:***@broker.example:8883" in lines["MQTT 代理"]
+    assert "tcp://broker.example:8883" in lines["MQTT 代理"]
 
 
 def test_a_fallback_robot_on_a_host_not_on_the_allowlist_fails_and_its_key_is_hidden(

@@ -1,0 +1,683 @@
+"""Gateways and the ingester on authenticated TLS (issue #18), against a real Mosquitto.
+
+The broker runs the shipped ``deploy/mosquitto/coldchain.conf`` with only its paths and port
+replaced, and the shipped ``deploy/mosquitto/coldchain.acl`` itself (not a copy written here):
+what is proved here is what a deployment installs. Certificates are made with openssl, users
+with ``mosquitto_passwd -b``. Skipped, with the reason, where mosquitto, mosquitto_passwd or
+openssl is missing (Debian: ``apt-get install mosquitto mosquitto-clients openssl``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import aiomqtt
+import pytest
+from aiomqtt.exceptions import MqttConnectError
+from dbhelp import as_runtime
+from ingesthelp import config, running, scalar, seed_fleet, telemetry, unique_id, wait_until
+
+from coldchain import services
+from coldchain.core.settings import MqttAddress, SettingsError, load_settings, parse_mqtt_url
+from coldchain.doctor import check_broker
+from coldchain.doctor_report import secrets_of
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "deploy" / "mosquitto" / "coldchain.conf"
+ACL = ROOT / "deploy" / "mosquitto" / "coldchain.acl"
+SETTINGS = ROOT / "ingest" / "mosquitto.conf"
+INGEST_USER = "coldchain-ingest"
+# Characters a URL must percent-encode: the password reaches the broker decoded, or not at all.
+INGEST_PASSWORD = f"In:ge@st/{secrets.token_hex(6)}%"
+# The demo plan of seed_fleet (40 probes, seed 1) numbers its gateways from 10001.
+GATEWAY, OTHER_GATEWAY = "10001", "10002"
+GATEWAY_PASSWORD = f"Gw-{secrets.token_hex(8)}"
+OTHER_PASSWORD = f"Gw-{secrets.token_hex(8)}"
+
+
+def _tool(name: str, fallback: str) -> str:
+    found = shutil.which(name) or (fallback if Path(fallback).exists() else None)
+    if found is None:
+        pytest.skip(
+            f"本机没有 {name}（Debian：apt-get install mosquitto mosquitto-clients openssl），无法测试 TLS 代理"
+        )
+    return found
+
+
+# ------------------------------------------------------------------------------------ certificates
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path  # CN coldchain-ingest, signed by ca
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here: trusting it alone must fail
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run([_tool("openssl", "/usr/bin/openssl"), *args], capture_output=True, check=True, timeout=60)
+
+
+def _ca(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", f"/CN=coldchain test {name}", "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    return cert, key
+
+
+def _signed(directory: Path, name: str, ca: tuple[Path, Path], subject: str, extensions: str) -> tuple[Path, Path]:
+    cert, key, csr, ext = (directory / f"{name}.{s}" for s in ("crt", "key", "csr", "ext"))
+    ext.write_text(
+        f"{extensions}\nbasicConstraints=critical,CA:FALSE\nsubjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n",
+        encoding="utf-8",
+    )
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-subj", subject, "-keyout", str(key), "-out", str(csr))  # fmt: skip
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+             "-days", "2", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("mqtt-pki")
+    ca = _ca(directory, "ca")
+    other = _ca(directory, "other-ca")
+    server = _signed(
+        directory,
+        "server",
+        ca,
+        "/CN=localhost",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature",
+    )
+    client = _signed(
+        directory,
+        "client",
+        ca,
+        f"/CN={INGEST_USER}",
+        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature",
+    )
+    return Pki(ca[0], server[0], server[1], client[0], client[1], other[0])
+
+
+# ------------------------------------------------------------------------------------ the broker
+
+
+@dataclass
+class Broker:
+    port: int
+    directory: Path
+    passwd: Path
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return (self.directory / "mosquitto.log").read_text(encoding="utf-8", errors="replace")
+
+    def add_user(self, user: str, password: str) -> None:
+        """As docs/operations.md says: mosquitto_passwd, then a reload (SIGHUP, systemctl reload)."""
+        subprocess.run(
+            [_tool("mosquitto_passwd", "/usr/bin/mosquitto_passwd"), "-b", str(self.passwd), user, password],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        self.proc.send_signal(signal.SIGHUP)
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, f"deploy/mosquitto/coldchain.conf 中应恰有 1 处 {old!r}"
+    return text.replace(old, new)
+
+
+@contextlib.contextmanager
+def _broker(directory: Path, pki: Pki, users: dict[str, str], *, require_certificate: bool = False) -> Iterator[Broker]:
+    exe = _tool("mosquitto", "/usr/sbin/mosquitto")
+    directory.mkdir(parents=True, exist_ok=True)
+    passwd = directory / "coldchain.passwd"
+    passwd.write_text("", encoding="utf-8")
+    tool = _tool("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+    for user, password in users.items():
+        subprocess.run([tool, "-b", str(passwd), user, password], capture_output=True, check=True, timeout=30)
+    port = services.free_port()
+    conf = CONF.read_text(encoding="utf-8")
+    conf = _replace(conf, "listener 8883\n", f"listener {port} 127.0.0.1\n")
+    conf = _replace(conf, "\ncertfile /etc/mosquitto/certs/server.crt\n", f"\ncertfile {pki.server_cert}\n")
+    conf = _replace(conf, "\nkeyfile /etc/mosquitto/certs/server.key\n", f"\nkeyfile {pki.server_key}\n")
+    conf = _replace(conf, "\ncafile /etc/mosquitto/certs/ca.crt\n", f"\ncafile {pki.ca}\n")
+    conf = _replace(conf, "\npassword_file /etc/mosquitto/coldchain.passwd\n", f"\npassword_file {passwd}\n")
+    conf = _replace(conf, "\nacl_file /etc/mosquitto/coldchain.acl\n", f"\nacl_file {ACL}\n")  # the shipped ACL itself
+    if require_certificate:
+        conf = _replace(conf, "\nrequire_certificate false\n", "\nrequire_certificate true\n")
+    # What Debian's /etc/mosquitto/mosquitto.conf adds around conf.d/; as root Mosquitto would
+    # otherwise drop to the mosquitto user, which cannot read this test's directory.
+    head = f"persistence_location {directory}/\nlog_dest stderr\nlog_type all\n"
+    if os.geteuid() == 0:
+        head += "user root\n"
+    path = directory / "mosquitto.conf"
+    path.write_text(head + conf, encoding="utf-8")
+    with (directory / "mosquitto.log").open("wb") as log_file:
+        proc = subprocess.Popen([exe, "-c", str(path)], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+    broker = Broker(port, directory, passwd, proc)
+    try:
+        deadline = time.monotonic() + 15
+        while not services.port_open("127.0.0.1", port, 0.2):
+            assert proc.poll() is None, f"mosquitto 已退出：\n{broker.log()}"
+            assert time.monotonic() < deadline, f"mosquitto 未在 15 秒内开始监听：\n{broker.log()}"
+            time.sleep(0.05)
+        yield broker
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Broker]:
+    users = {INGEST_USER: INGEST_PASSWORD, GATEWAY: GATEWAY_PASSWORD, OTHER_GATEWAY: OTHER_PASSWORD}
+    with _broker(tmp_path_factory.mktemp("mosquitto-tls"), pki, users) as b:
+        yield b
+
+
+def _ingest_env(broker: Broker, pki: Pki, **extra: str) -> dict[str, str]:
+    """The ingester's settings as a deployment writes them: the password in its own variable."""
+    return {
+        "COLDCHAIN_MQTT_URL": f"mqtts://{INGEST_USER}@127.0.0.1:{broker.port}",
+        "COLDCHAIN_MQTT_PASSWORD": INGEST_PASSWORD,
+        "COLDCHAIN_MQTT_CA_FILE": str(pki.ca),
+        **extra,
+    }
+
+
+def _ingest_address(broker: Broker, pki: Pki) -> MqttAddress:
+    mqtt = load_settings(_ingest_env(broker, pki)).mqtt
+    assert mqtt is not None
+    return mqtt
+
+
+def _context(ca: Path | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca) if ca else None)
+
+
+@contextlib.asynccontextmanager
+async def _client(
+    broker: Broker, user: str | None, password: str | None, *, ca: Path | None, **options: object
+) -> AsyncIterator[aiomqtt.Client]:
+    """A client as a gateway connects: TLS against ``ca``, MQTT 3.1.1 (what most gateways speak)."""
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=user,
+        password=password,
+        identifier=unique_id(f"test-{user or 'anonymous'}"),
+        tls_context=_context(ca),
+        timeout=10,
+        **options,  # type: ignore[arg-type]
+    )
+    async with asyncio.timeout(15), client:
+        yield client
+
+
+def _stored(db_url: str, gateway: str) -> int:
+    """Readings stored for the probes bound behind ``gateway``."""
+    value = scalar(
+        db_url,
+        "SELECT count(*) FROM probe_readings WHERE probe_id IN (SELECT b.probe_id FROM probe_bindings_current b"
+        " JOIN gateways g ON g.id = b.gateway_id WHERE g.serial = %s)",
+        (gateway,),
+    )
+    assert isinstance(value, int)
+    return value
+
+
+def _online(db_url: str, gateway: str) -> object:
+    return scalar(
+        db_url,
+        "SELECT l.online FROM gateway_latest l JOIN gateways g ON g.id = l.gateway_id WHERE g.serial = %s",
+        (gateway,),
+    )
+
+
+def _status_rows(db_url: str, gateway: str) -> int:
+    value = scalar(
+        db_url,
+        "SELECT count(*) FROM gateway_status s JOIN gateways g ON g.id = s.gateway_id WHERE g.serial = %s",
+        (gateway,),
+    )
+    assert isinstance(value, int)
+    return value
+
+
+# ------------------------------------------------------------------------------------ the shipped files
+
+
+def test_the_shipped_broker_file_keeps_every_setting_of_ingest_mosquitto_conf() -> None:
+    """ingest/mosquitto.conf says why each queue and persistence line is needed; the production
+    file must not drift from it (a lost max_queued_messages 0 silently drops readings)."""
+    shipped = {line.strip() for line in CONF.read_text(encoding="utf-8").splitlines()}
+    needed = [
+        line.strip()
+        for line in SETTINGS.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert needed and [line for line in needed if line not in shipped] == []
+    for line in ("allow_anonymous false", "per_listener_settings false", "require_certificate false"):
+        assert line in shipped
+
+
+# ------------------------------------------------------------------------------------ (1) the way in
+
+
+def test_a_gateway_publishes_over_tls_and_the_ingest_command_stores_it(db_url: str, broker: Broker, pki: Pki) -> None:
+    """The real ``coldchain ingest`` with the deployment's settings: user in the URL, password in
+    its own variable, the CA file; a gateway signed in as itself; the reading reaches the table,
+    and nothing the command prints carries the password."""
+    fleet = seed_fleet(db_url)
+    probes = fleet.gateways[GATEWAY]
+    health = services.free_port()
+    env = {
+        **os.environ,
+        "COLDCHAIN_DATABASE_URL": as_runtime(db_url),
+        **_ingest_env(broker, pki),
+        "COLDCHAIN_INGEST_CLIENT_ID": unique_id("test-ingest-tls"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coldchain.cli", "--verbose", "ingest", "--health-port", str(health)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output: list[str] = []
+    subscribed = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            output.append(line)
+            if "订阅" in line:
+                subscribed.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert subscribed.wait(30), "".join(output)
+
+        async def publish() -> None:
+            # Both of its topics: presence on connecting, readings, and offline on a clean shutdown
+            # (the last one shows that the status topic got through: readings mark it online).
+            async with _client(broker, GATEWAY, GATEWAY_PASSWORD, ca=pki.ca) as gw:
+                status = f"coldchain/v1/{GATEWAY}/status"
+                await gw.publish(status, b'{"online": true}', qos=1, retain=True)
+                topic, payload = telemetry(
+                    GATEWAY, [{"probe": p, "t": 4.2} for p in probes], ts="2026-11-23T08:00:00+08:00"
+                )
+                await gw.publish(topic, payload, qos=1)
+                await gw.publish(status, b'{"online": false}', qos=1, retain=True)
+
+        asyncio.run(publish())
+        deadline = time.monotonic() + 20
+        while _stored(db_url, GATEWAY) < len(probes) or _online(db_url, GATEWAY) is not False:
+            assert time.monotonic() < deadline, "".join(output)
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        reader.join(5)
+
+    async def forget_retained() -> None:  # the other tests of this broker start without it
+        async with _client(broker, GATEWAY, GATEWAY_PASSWORD, ca=pki.ca) as gw:
+            await gw.publish(f"coldchain/v1/{GATEWAY}/status", b"", qos=1, retain=True)
+
+    asyncio.run(forget_retained())
+    text = "".join(output)
+    assert proc.returncode == 0, text
+    assert f"mqtts://127.0.0.1:{broker.port}" in text
+    assert INGEST_PASSWORD not in text and quote(INGEST_PASSWORD, safe="") not in text
+    assert _status_rows(db_url, GATEWAY) >= 2
+
+
+def test_the_ingest_command_stops_at_start_on_a_missing_ca_file(tmp_path: Path, broker: Broker, pki: Pki) -> None:
+    """A settings error (exit code 2, one Chinese line naming the variable), not a TLS failure at
+    every reconnect of a service that retries for ever; no password in what it prints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLDCHAIN_")}
+    env.update(_ingest_env(broker, pki, COLDCHAIN_MQTT_CA_FILE=str(tmp_path / "gone.pem")))
+    env["COLDCHAIN_DATABASE_URL"] = "postgresql://coldchain_app@127.0.0.1:9/coldchain"
+    proc = subprocess.run(
+        [sys.executable, "-m", "coldchain.cli", "ingest"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"COLDCHAIN_MQTT_CA_FILE 指向的文件不存在：{tmp_path / 'gone.pem'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert INGEST_PASSWORD not in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------ (2) only as itself
+
+
+async def _denied(broker: Broker, user: str, password: str, pki: Pki, topic: str, payload: bytes) -> None:
+    """A publish the ACL refuses. Mosquitto 2.0 acknowledges it at QoS 1 (PUBACK; reason code
+    0x87 for an MQTT 5 client), drops it, and then closes the client's connection (eclipse-
+    mosquitto/mosquitto#2579): the publish returns, and the connection ends by itself."""
+    async with _client(broker, user, password, ca=pki.ca) as client:
+        await client.publish(topic, payload, qos=1, timeout=5)  # acknowledged
+        with pytest.raises(aiomqtt.MqttError):
+            async with asyncio.timeout(5):
+                async for _ in client.messages:
+                    pass
+
+
+async def test_a_gateway_cannot_publish_as_another_nor_read_and_the_ingester_cannot_publish(
+    db_url: str, broker: Broker, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker's QoS 1 acknowledgement proves nothing, so the proof is on the receiving side:
+    the ingester (and a second subscriber with the ingester's full read) get the gateway's own
+    message, sent after the forged ones, and never a forged one."""
+    caplog.set_level(logging.DEBUG)
+    fleet = seed_fleet(db_url)
+    own, others = fleet.gateways[GATEWAY], fleet.gateways[OTHER_GATEWAY]
+    ts = "2026-11-23T08:00:00+08:00"
+    forged = telemetry(OTHER_GATEWAY, [{"probe": p, "t": 30.0} for p in others], ts=ts)
+    mine = telemetry(GATEWAY, [{"probe": p, "t": 4.4} for p in own], ts=ts)
+    seen: list[str] = []
+    async with (
+        running(config(db_url, "mqtt://unused:1", mqtt=_ingest_address(broker, pki))) as ing,
+        _client(broker, INGEST_USER, INGEST_PASSWORD, ca=pki.ca) as watcher,
+    ):
+        await watcher.subscribe([("coldchain/v1/+/telemetry", 1), ("coldchain/v1/+/status", 1)])
+
+        async def watch() -> None:
+            async for message in watcher.messages:
+                seen.append(message.topic.value)
+
+        watching = asyncio.create_task(watch())
+        # As another gateway: its readings, its presence; and outside the device topics.
+        await _denied(broker, GATEWAY, GATEWAY_PASSWORD, pki, *forged)
+        await _denied(
+            broker, GATEWAY, GATEWAY_PASSWORD, pki, f"coldchain/v1/{OTHER_GATEWAY}/status", b'{"online": false}'
+        )
+        await _denied(broker, GATEWAY, GATEWAY_PASSWORD, pki, f"coldchain/other/{GATEWAY}", b"{}")
+        # The ingesters' user writes nothing either.
+        await _denied(broker, INGEST_USER, INGEST_PASSWORD, pki, *forged)
+        gateway_got: list[str] = []
+        async with _client(broker, GATEWAY, GATEWAY_PASSWORD, ca=pki.ca) as gw:
+            # A gateway reads nothing. Mosquitto 2.0 grants the subscription and checks each
+            # message against the ACL as it would deliver it: none reaches the gateway.
+            await gw.subscribe("coldchain/v1/#", qos=1)
+            await gw.publish(*mine, qos=1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    async for message in gw.messages:
+                        gateway_got.append(message.topic.value)
+        await wait_until(lambda: _stored(db_url, GATEWAY) == len(own), what="the gateway's own readings")
+        await wait_until(lambda: seen == [f"coldchain/v1/{GATEWAY}/telemetry"], 5, what="the watcher's message")
+        await asyncio.sleep(0.5)  # a forged message, if let through, would have come by now
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        assert ing.metrics.messages_received == 1
+    assert gateway_got == []
+    assert seen == [f"coldchain/v1/{GATEWAY}/telemetry"]
+    assert _stored(db_url, OTHER_GATEWAY) == 0 and _status_rows(db_url, OTHER_GATEWAY) == 0
+    assert scalar(db_url, "SELECT count(*) FROM ingest_dead_letters") == 0
+    log = broker.log()
+    assert f"'coldchain/v1/{OTHER_GATEWAY}/telemetry'" in log and "Denied PUBLISH" in log
+    assert INGEST_PASSWORD not in caplog.text and quote(INGEST_PASSWORD, safe="") not in caplog.text
+    assert f"mqtts://127.0.0.1:{broker.port}" in caplog.text
+
+
+async def test_ingesters_sharing_the_load_read_through_share_subscriptions(
+    db_url: str, broker: Broker, pki: Pki
+) -> None:
+    """COLDCHAIN_INGEST_SHARE_GROUP subscribes $share/<group>/coldchain/v1/+/…: the ACL's read
+    lines must cover those too."""
+    fleet = seed_fleet(db_url)
+    own = fleet.gateways[GATEWAY]
+    cfg = config(db_url, "mqtt://unused:1", mqtt=_ingest_address(broker, pki), share_group=unique_id("g"))
+    async with running(cfg):
+        async with _client(broker, GATEWAY, GATEWAY_PASSWORD, ca=pki.ca) as gw:
+            mine = telemetry(GATEWAY, [{"probe": p, "t": 4.4} for p in own], ts="2026-11-23T08:00:00+08:00")
+            await gw.publish(*mine, qos=1)
+        await wait_until(lambda: _stored(db_url, GATEWAY) == len(own), what="readings through $share")
+
+
+# ------------------------------------------------------------------------------------ (3) (4) refused
+
+
+async def test_a_wrong_password_is_refused_and_the_doctor_says_so_without_it(broker: Broker, pki: Pki) -> None:
+    with pytest.raises(MqttConnectError) as refused:
+        async with _client(broker, GATEWAY, "not-" + GATEWAY_PASSWORD, ca=pki.ca):
+            pass
+    assert str(refused.value.rc) == "Not authorized"  # Mosquitto answers a bad password so
+    with pytest.raises(MqttConnectError):  # an unknown user likewise
+        async with _client(broker, "10999", GATEWAY_PASSWORD, ca=pki.ca):
+            pass
+    # The doctor's broker check connects exactly as the ingester does.
+    wrong = "Wrong:pw@" + secrets.token_hex(4)
+    env = _ingest_env(broker, pki, COLDCHAIN_MQTT_PASSWORD=wrong)
+    verdict = await asyncio.to_thread(check_broker, load_settings(env).mqtt, 5.0)
+    assert verdict.status == "fail" and "代理拒绝连接" in verdict.message, verdict
+    assert wrong not in f"{verdict.message} {verdict.fix}"
+    assert wrong in secrets_of(env)  # the doctor's last guard hides the variable's value too
+    ok = await asyncio.to_thread(check_broker, _ingest_address(broker, pki), 5.0)
+    assert ok.status == "ok" and ok.message == f"已连接 mqtts://127.0.0.1:{broker.port}（MQTT CONNECT 成功）"
+
+
+async def test_anonymous_clients_are_refused_over_tls_and_plain_tcp(broker: Broker, pki: Pki) -> None:
+    with pytest.raises(MqttConnectError) as refused:
+        async with _client(broker, None, None, ca=pki.ca):
+            pass
+    assert str(refused.value.rc) == "Not authorized"
+    # Plain MQTT to the TLS port: no handshake, no session.
+    with pytest.raises(aiomqtt.MqttError):
+        async with asyncio.timeout(15), aiomqtt.Client("127.0.0.1", broker.port, timeout=3):
+            pass
+
+
+# ------------------------------------------------------------------------------------ (5) TLS verification
+
+
+@pytest.mark.parametrize("trust", ["system CAs", "another CA"])
+async def test_a_client_that_does_not_trust_the_brokers_ca_fails_verification(
+    broker: Broker, pki: Pki, trust: str
+) -> None:
+    ca = None if trust == "system CAs" else pki.other_ca
+    with pytest.raises(aiomqtt.MqttError, match="CERTIFICATE_VERIFY_FAILED"):
+        async with _client(broker, GATEWAY, GATEWAY_PASSWORD, ca=ca):
+            pass
+
+
+async def test_the_ingester_settings_without_the_ca_file_fail_verification(broker: Broker, pki: Pki) -> None:
+    """No COLDCHAIN_MQTT_CA_FILE means the system's CAs, which do not know a private CA."""
+    env = _ingest_env(broker, pki)
+    del env["COLDCHAIN_MQTT_CA_FILE"]
+    mqtt = load_settings(env).mqtt
+    assert mqtt is not None
+    with pytest.raises(aiomqtt.MqttError, match="CERTIFICATE_VERIFY_FAILED"):
+        async with asyncio.timeout(15), aiomqtt.Client(mqtt.host, mqtt.port, timeout=10, **mqtt.client_options()):
+            pass
+    verdict = await asyncio.to_thread(check_broker, mqtt, 5.0)
+    assert verdict.status == "fail" and "TLS 握手失败" in verdict.message, verdict
+
+
+async def test_a_broker_requiring_client_certificates_takes_the_ingesters_certificate(tmp_path: Path, pki: Pki) -> None:
+    """``require_certificate true`` (the shipped file's option): the ingester's settings with
+    COLDCHAIN_MQTT_CERT_FILE / _KEY_FILE connect, the same settings without them do not."""
+    with _broker(tmp_path / "broker", pki, {INGEST_USER: INGEST_PASSWORD}, require_certificate=True) as strict:
+        env = _ingest_env(
+            strict, pki, COLDCHAIN_MQTT_CERT_FILE=str(pki.client_cert), COLDCHAIN_MQTT_KEY_FILE=str(pki.client_key)
+        )
+        with_cert = load_settings(env).mqtt
+        assert with_cert is not None and with_cert.cert_file == pki.client_cert
+        verdict = await asyncio.to_thread(check_broker, with_cert, 5.0)
+        assert verdict.status == "ok", verdict
+        without = _ingest_address(strict, pki)
+        with pytest.raises(aiomqtt.MqttError) as refused:
+            async with (
+                asyncio.timeout(15),
+                aiomqtt.Client(without.host, without.port, timeout=5, **without.client_options()) as c,
+            ):
+                await c.subscribe("coldchain/v1/+/telemetry", qos=1, timeout=5)
+        # TLS 1.3 tells the client only by closing; the broker says why.
+        assert "peer did not return a certificate" in strict.log(), refused.value
+
+
+async def test_a_gateway_added_with_mosquitto_passwd_connects_after_a_reload(broker: Broker, pki: Pki) -> None:
+    serial, password = "10777", f"Gw-{secrets.token_hex(8)}"
+    with pytest.raises(MqttConnectError):
+        async with _client(broker, serial, password, ca=pki.ca):
+            pass
+    broker.add_user(serial, password)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            async with _client(broker, serial, password, ca=pki.ca) as gw:
+                await gw.publish(f"coldchain/v1/{serial}/status", b'{"online": true}', qos=1)
+            break
+        except MqttConnectError:
+            assert time.monotonic() < deadline, broker.log()
+            await asyncio.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------ (6) the settings
+
+
+def test_mqtts_defaults_to_port_8883_and_mqtt_to_1883() -> None:
+    assert parse_mqtt_url("mqtts://broker.example").port == 8883
+    assert parse_mqtt_url("mqtts://broker.example").tls
+    assert parse_mqtt_url("mqtt://broker.example").port == 1883
+    assert not parse_mqtt_url("mqtt://broker.example").tls
+    assert parse_mqtt_url("MQTTS://broker.example:18883").port == 18883
+    assert parse_mqtt_url("mqtt://broker.example").client_options() == {}
+
+
+def test_credentials_in_the_url_are_percent_decoded() -> None:
+    url = f"mqtts://{quote('gw-10001', safe='')}:{quote(INGEST_PASSWORD, safe='')}@broker.example"
+    mqtt = load_settings({"COLDCHAIN_MQTT_URL": url}).mqtt
+    assert mqtt is not None
+    assert (mqtt.username, mqtt.password, mqtt.host, mqtt.port) == ("gw-10001", INGEST_PASSWORD, "broker.example", 8883)
+    options = mqtt.client_options()
+    assert options["username"] == "gw-10001" and options["password"] == INGEST_PASSWORD
+    assert isinstance(options["tls_context"], ssl.SSLContext)
+    assert options["tls_context"].verify_mode == ssl.CERT_REQUIRED and options["tls_context"].check_hostname
+
+
+def test_the_separate_variables_win_over_the_url_each_on_its_own() -> None:
+    """Documented in docs/operations.md: COLDCHAIN_MQTT_USERNAME / _PASSWORD over the URL's."""
+    base = {"COLDCHAIN_MQTT_URL": "mqtts://url-user:url-pass@broker.example"}
+    both = load_settings({**base, "COLDCHAIN_MQTT_USERNAME": "var-user", "COLDCHAIN_MQTT_PASSWORD": "var-pass"}).mqtt
+    assert both is not None and (both.username, both.password) == ("var-user", "var-pass")
+    password_only = load_settings({**base, "COLDCHAIN_MQTT_PASSWORD": "var-pass"}).mqtt
+    assert password_only is not None and (password_only.username, password_only.password) == ("url-user", "var-pass")
+    url_only = load_settings(base).mqtt
+    assert url_only is not None and (url_only.username, url_only.password) == ("url-user", "url-pass")
+    with pytest.raises(SettingsError, match="COLDCHAIN_MQTT_PASSWORD"):
+        load_settings({"COLDCHAIN_MQTT_URL": "mqtts://broker.example", "COLDCHAIN_MQTT_PASSWORD": "p"})
+
+
+def test_the_password_stays_out_of_repr_url_and_errors(tmp_path: Path) -> None:
+    secret = "S3cret%40pw"
+    settings = load_settings(
+        {"COLDCHAIN_MQTT_URL": f"mqtts://ingest:{secret}@broker.example:8883", "COLDCHAIN_MQTT_PASSWORD": "Other-pw-7"}
+    )
+    assert settings.mqtt is not None
+    for shown in (repr(settings), str(settings), repr(settings.mqtt), settings.mqtt.url):
+        assert secret not in shown and "S3cret@pw" not in shown and "Other-pw-7" not in shown
+    assert settings.mqtt.url == "mqtts://broker.example:8883"
+    assert "username='ingest'" in repr(settings.mqtt)
+    for bad in (f"tcp://ingest:{secret}@broker.example", f"mqtts://ingest:{secret}@broker.example:notaport"):
+        with pytest.raises(SettingsError) as refused:
+            load_settings({"COLDCHAIN_MQTT_URL": bad})
+        assert "COLDCHAIN_MQTT_URL" in str(refused.value) and secret not in str(refused.value)
+        assert "S3cret@pw" not in str(refused.value)
+    # A password with characters left unencoded splits the URL where the parser sees a port or a
+    # path; the message must not show it as either.
+    for unencoded in ("12/Sl4sh-pw", "Ha#sh-pw", "Que?ry-pw"):
+        with pytest.raises(SettingsError) as refused:
+            load_settings({"COLDCHAIN_MQTT_URL": f"mqtts://ingest:{unencoded}@broker.example:8883"})
+        assert "broker.example" in str(refused.value)
+        assert not any(part in str(refused.value) for part in ("Sl4sh", "sh-pw", "ry-pw")), refused.value
+    missing = tmp_path / "missing-ca.pem"
+    with pytest.raises(SettingsError) as refused:
+        load_settings(
+            {"COLDCHAIN_MQTT_URL": f"mqtts://ingest:{secret}@broker.example", "COLDCHAIN_MQTT_CA_FILE": str(missing)}
+        )
+    assert secret not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "make", "fragment"),
+    [
+        ("COLDCHAIN_MQTT_CA_FILE", lambda d: d / "missing.pem", "文件不存在"),
+        ("COLDCHAIN_MQTT_CA_FILE", lambda d: d, "无法读取"),  # a directory: unreadable as a file
+        ("COLDCHAIN_MQTT_CA_FILE", lambda d: _write(d / "junk.pem", "not a certificate"), "不是可用的 CA 证书"),
+        ("COLDCHAIN_MQTT_CERT_FILE", lambda d: d / "missing.crt", "文件不存在"),
+        ("COLDCHAIN_MQTT_KEY_FILE", lambda d: d / "missing.key", "文件不存在"),
+    ],
+)
+def test_a_missing_or_unusable_tls_file_stops_start_up_naming_the_variable(
+    tmp_path: Path, pki: Pki, variable: str, make: object, fragment: str
+) -> None:
+    assert callable(make)
+    env = {
+        "COLDCHAIN_MQTT_URL": "mqtts://ingest@broker.example",
+        "COLDCHAIN_MQTT_CERT_FILE": str(pki.client_cert),
+        "COLDCHAIN_MQTT_KEY_FILE": str(pki.client_key),
+        variable: str(make(tmp_path)),
+    }
+    with pytest.raises(SettingsError, match=fragment) as refused:
+        load_settings(env)
+    assert str(refused.value).startswith(variable)
+
+
+def test_tls_files_that_do_not_fit_are_refused(tmp_path: Path, pki: Pki) -> None:
+    base = {"COLDCHAIN_MQTT_URL": "mqtts://ingest@broker.example"}
+    with pytest.raises(SettingsError, match=r"^COLDCHAIN_MQTT_CA_FILE 仅用于 TLS"):
+        load_settings({"COLDCHAIN_MQTT_URL": "mqtt://broker.example", "COLDCHAIN_MQTT_CA_FILE": str(pki.ca)})
+    with pytest.raises(SettingsError, match=r"^COLDCHAIN_MQTT_KEY_FILE 须与"):
+        load_settings({**base, "COLDCHAIN_MQTT_KEY_FILE": str(pki.client_key)})
+    with pytest.raises(SettingsError, match=r"^COLDCHAIN_MQTT_CERT_FILE .* 不是一对"):
+        load_settings(
+            {**base, "COLDCHAIN_MQTT_CERT_FILE": str(pki.client_cert), "COLDCHAIN_MQTT_KEY_FILE": str(pki.server_key)}
+        )
+    encrypted = tmp_path / "encrypted.key"
+    _openssl("pkey", "-in", str(pki.client_key), "-aes256", "-passout", "pass:secret-phrase", "-out", str(encrypted))
+    with pytest.raises(SettingsError, match=r"^COLDCHAIN_MQTT_KEY_FILE 的私钥已加密"):
+        load_settings(
+            {**base, "COLDCHAIN_MQTT_CERT_FILE": str(pki.client_cert), "COLDCHAIN_MQTT_KEY_FILE": str(encrypted)}
+        )
+    ok = load_settings(
+        {
+            **base,
+            "COLDCHAIN_MQTT_CA_FILE": str(pki.ca),
+            "COLDCHAIN_MQTT_CERT_FILE": str(pki.client_cert),
+            "COLDCHAIN_MQTT_KEY_FILE": str(pki.client_key),
+        }
+    ).mqtt
+    assert ok is not None and (ok.ca_file, ok.cert_file, ok.key_file) == (pki.ca, pki.client_cert, pki.client_key)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
