@@ -23,7 +23,7 @@ from coldchain.core import db
 from coldchain.core.migrate import migrate
 
 # Fixtures shared by several test modules live in plugins, not in test modules.
-pytest_plugins = ["alarmhelp", "analysthelp", "formhelp", "ledgerhelp"]
+pytest_plugins = ["alarmhelp", "analysthelp", "formhelp", "ledgerhelp", "tlshelp"]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import signal
 import ssl
 import subprocess
@@ -31,9 +30,10 @@ import pytest
 from aiomqtt.exceptions import MqttConnectError
 from dbhelp import as_runtime
 from ingesthelp import config, running, scalar, seed_fleet, telemetry, unique_id, wait_until
+from tlshelp import INGEST_USER, Pki, tool
 
 from coldchain import services
-from coldchain.core.settings import MqttAddress, SettingsError, load_settings, parse_mqtt_url
+from coldchain.core.settings import MqttAddress, load_settings
 from coldchain.doctor import check_broker
 from coldchain.doctor_report import secrets_of
 
@@ -41,82 +41,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "mosquitto" / "coldchain.conf"
 ACL = ROOT / "deploy" / "mosquitto" / "coldchain.acl"
 SETTINGS = ROOT / "ingest" / "mosquitto.conf"
-INGEST_USER = "coldchain-ingest"
 # Characters a URL must percent-encode: the password reaches the broker decoded, or not at all.
 INGEST_PASSWORD = f"In:ge@st/{secrets.token_hex(6)}%"
 # The demo plan of seed_fleet (40 probes, seed 1) numbers its gateways from 10001.
 GATEWAY, OTHER_GATEWAY = "10001", "10002"
 GATEWAY_PASSWORD = f"Gw-{secrets.token_hex(8)}"
 OTHER_PASSWORD = f"Gw-{secrets.token_hex(8)}"
-
-
-def _tool(name: str, fallback: str) -> str:
-    found = shutil.which(name) or (fallback if Path(fallback).exists() else None)
-    if found is None:
-        pytest.skip(
-            f"本机没有 {name}（Debian：apt-get install mosquitto mosquitto-clients openssl），无法测试 TLS 代理"
-        )
-    return found
-
-
-# ------------------------------------------------------------------------------------ certificates
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path  # CN coldchain-ingest, signed by ca
-    client_key: Path
-    other_ca: Path  # a CA that signed nothing here: trusting it alone must fail
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run([_tool("openssl", "/usr/bin/openssl"), *args], capture_output=True, check=True, timeout=60)
-
-
-def _ca(directory: Path, name: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-             "-subj", f"/CN=coldchain test {name}", "-keyout", str(key), "-out", str(cert))  # fmt: skip
-    return cert, key
-
-
-def _signed(directory: Path, name: str, ca: tuple[Path, Path], subject: str, extensions: str) -> tuple[Path, Path]:
-    cert, key, csr, ext = (directory / f"{name}.{s}" for s in ("crt", "key", "csr", "ext"))
-    ext.write_text(
-        f"{extensions}\nbasicConstraints=critical,CA:FALSE\nsubjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid,issuer\n",
-        encoding="utf-8",
-    )
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-subj", subject, "-keyout", str(key), "-out", str(csr))  # fmt: skip
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-             "-days", "2", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
-    return cert, key
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("mqtt-pki")
-    ca = _ca(directory, "ca")
-    other = _ca(directory, "other-ca")
-    server = _signed(
-        directory,
-        "server",
-        ca,
-        "/CN=localhost",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature",
-    )
-    client = _signed(
-        directory,
-        "client",
-        ca,
-        f"/CN={INGEST_USER}",
-        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature",
-    )
-    return Pki(ca[0], server[0], server[1], client[0], client[1], other[0])
 
 
 # ------------------------------------------------------------------------------------ the broker
@@ -135,7 +65,7 @@ class Broker:
     def add_user(self, user: str, password: str) -> None:
         """As docs/operations.md says: mosquitto_passwd, then a reload (SIGHUP, systemctl reload)."""
         subprocess.run(
-            [_tool("mosquitto_passwd", "/usr/bin/mosquitto_passwd"), "-b", str(self.passwd), user, password],
+            [tool("mosquitto_passwd", "/usr/bin/mosquitto_passwd"), "-b", str(self.passwd), user, password],
             capture_output=True,
             check=True,
             timeout=30,
@@ -150,13 +80,13 @@ def _replace(text: str, old: str, new: str) -> str:
 
 @contextlib.contextmanager
 def _broker(directory: Path, pki: Pki, users: dict[str, str], *, require_certificate: bool = False) -> Iterator[Broker]:
-    exe = _tool("mosquitto", "/usr/sbin/mosquitto")
+    exe = tool("mosquitto", "/usr/sbin/mosquitto")
     directory.mkdir(parents=True, exist_ok=True)
     passwd = directory / "coldchain.passwd"
     passwd.write_text("", encoding="utf-8")
-    tool = _tool("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+    passwd_tool = tool("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
     for user, password in users.items():
-        subprocess.run([tool, "-b", str(passwd), user, password], capture_output=True, check=True, timeout=30)
+        subprocess.run([passwd_tool, "-b", str(passwd), user, password], capture_output=True, check=True, timeout=30)
     port = services.free_port()
     conf = CONF.read_text(encoding="utf-8")
     conf = _replace(conf, "listener 8883\n", f"listener {port} 127.0.0.1\n")
@@ -558,126 +488,3 @@ async def test_a_gateway_added_with_mosquitto_passwd_connects_after_a_reload(bro
         except MqttConnectError:
             assert time.monotonic() < deadline, broker.log()
             await asyncio.sleep(0.1)
-
-
-# ------------------------------------------------------------------------------------ (6) the settings
-
-
-def test_mqtts_defaults_to_port_8883_and_mqtt_to_1883() -> None:
-    assert parse_mqtt_url("mqtts://broker.example").port == 8883
-    assert parse_mqtt_url("mqtts://broker.example").tls
-    assert parse_mqtt_url("mqtt://broker.example").port == 1883
-    assert not parse_mqtt_url("mqtt://broker.example").tls
-    assert parse_mqtt_url("MQTTS://broker.example:18883").port == 18883
-    assert parse_mqtt_url("mqtt://broker.example").client_options() == {}
-
-
-def test_credentials_in_the_url_are_percent_decoded() -> None:
-    url = f"mqtts://{quote('gw-10001', safe='')}:{quote(INGEST_PASSWORD, safe='')}@broker.example"
-    mqtt = load_settings({"COLDCHAIN_MQTT_URL": url}).mqtt
-    assert mqtt is not None
-    assert (mqtt.username, mqtt.password, mqtt.host, mqtt.port) == ("gw-10001", INGEST_PASSWORD, "broker.example", 8883)
-    options = mqtt.client_options()
-    assert options["username"] == "gw-10001" and options["password"] == INGEST_PASSWORD
-    assert isinstance(options["tls_context"], ssl.SSLContext)
-    assert options["tls_context"].verify_mode == ssl.CERT_REQUIRED and options["tls_context"].check_hostname
-
-
-def test_the_separate_variables_win_over_the_url_each_on_its_own() -> None:
-    """Documented in docs/operations.md: COLDCHAIN_MQTT_USERNAME / _PASSWORD over the URL's."""
-    base = {"COLDCHAIN_MQTT_URL": "mqtts://url-user:url-pass@broker.example"}
-    both = load_settings({**base, "COLDCHAIN_MQTT_USERNAME": "var-user", "COLDCHAIN_MQTT_PASSWORD": "var-pass"}).mqtt
-    assert both is not None and (both.username, both.password) == ("var-user", "var-pass")
-    password_only = load_settings({**base, "COLDCHAIN_MQTT_PASSWORD": "var-pass"}).mqtt
-    assert password_only is not None and (password_only.username, password_only.password) == ("url-user", "var-pass")
-    url_only = load_settings(base).mqtt
-    assert url_only is not None and (url_only.username, url_only.password) == ("url-user", "url-pass")
-    with pytest.raises(SettingsError, match="COLDCHAIN_MQTT_PASSWORD"):
-        load_settings({"COLDCHAIN_MQTT_URL": "mqtts://broker.example", "COLDCHAIN_MQTT_PASSWORD": "p"})
-
-
-def test_the_password_stays_out_of_repr_url_and_errors(tmp_path: Path) -> None:
-    secret = "S3cret%40pw"
-    settings = load_settings(
-        {"COLDCHAIN_MQTT_URL": f"mqtts://ingest:{secret}@broker.example:8883", "COLDCHAIN_MQTT_PASSWORD": "Other-pw-7"}
-    )
-    assert settings.mqtt is not None
-    for shown in (repr(settings), str(settings), repr(settings.mqtt), settings.mqtt.url):
-        assert secret not in shown and "S3cret@pw" not in shown and "Other-pw-7" not in shown
-    assert settings.mqtt.url == "mqtts://broker.example:8883"
-    assert "username='ingest'" in repr(settings.mqtt)
-    for bad in (f"tcp://ingest:{secret}@broker.example", f"mqtts://ingest:{secret}@broker.example:notaport"):
-        with pytest.raises(SettingsError) as refused:
-            load_settings({"COLDCHAIN_MQTT_URL": bad})
-        assert "COLDCHAIN_MQTT_URL" in str(refused.value) and secret not in str(refused.value)
-        assert "S3cret@pw" not in str(refused.value)
-    # A password with characters left unencoded splits the URL where the parser sees a port or a
-    # path; the message must not show it as either.
-    for unencoded in ("12/Sl4sh-pw", "Ha#sh-pw", "Que?ry-pw"):
-        with pytest.raises(SettingsError) as refused:
-            load_settings({"COLDCHAIN_MQTT_URL": f"mqtts://ingest:{unencoded}@broker.example:8883"})
-        assert "broker.example" in str(refused.value)
-        assert not any(part in str(refused.value) for part in ("Sl4sh", "sh-pw", "ry-pw")), refused.value
-    missing = tmp_path / "missing-ca.pem"
-    with pytest.raises(SettingsError) as refused:
-        load_settings(
-            {"COLDCHAIN_MQTT_URL": f"mqtts://ingest:{secret}@broker.example", "COLDCHAIN_MQTT_CA_FILE": str(missing)}
-        )
-    assert secret not in str(refused.value)
-
-
-@pytest.mark.parametrize(
-    ("variable", "make", "fragment"),
-    [
-        ("COLDCHAIN_MQTT_CA_FILE", lambda d: d / "missing.pem", "文件不存在"),
-        ("COLDCHAIN_MQTT_CA_FILE", lambda d: d, "无法读取"),  # a directory: unreadable as a file
-        ("COLDCHAIN_MQTT_CA_FILE", lambda d: _write(d / "junk.pem", "not a certificate"), "不是可用的 CA 证书"),
-        ("COLDCHAIN_MQTT_CERT_FILE", lambda d: d / "missing.crt", "文件不存在"),
-        ("COLDCHAIN_MQTT_KEY_FILE", lambda d: d / "missing.key", "文件不存在"),
-    ],
-)
-def test_a_missing_or_unusable_tls_file_stops_start_up_naming_the_variable(
-    tmp_path: Path, pki: Pki, variable: str, make: object, fragment: str
-) -> None:
-    assert callable(make)
-    env = {
-        "COLDCHAIN_MQTT_URL": "mqtts://ingest@broker.example",
-        "COLDCHAIN_MQTT_CERT_FILE": str(pki.client_cert),
-        "COLDCHAIN_MQTT_KEY_FILE": str(pki.client_key),
-        variable: str(make(tmp_path)),
-    }
-    with pytest.raises(SettingsError, match=fragment) as refused:
-        load_settings(env)
-    assert str(refused.value).startswith(variable)
-
-
-def test_tls_files_that_do_not_fit_are_refused(tmp_path: Path, pki: Pki) -> None:
-    base = {"COLDCHAIN_MQTT_URL": "mqtts://ingest@broker.example"}
-    with pytest.raises(SettingsError, match=r"^COLDCHAIN_MQTT_CA_FILE 仅用于 TLS"):
-        load_settings({"COLDCHAIN_MQTT_URL": "mqtt://broker.example", "COLDCHAIN_MQTT_CA_FILE": str(pki.ca)})
-    with pytest.raises(SettingsError, match=r"^COLDCHAIN_MQTT_KEY_FILE 须与"):
-        load_settings({**base, "COLDCHAIN_MQTT_KEY_FILE": str(pki.client_key)})
-    with pytest.raises(SettingsError, match=r"^COLDCHAIN_MQTT_CERT_FILE .* 不是一对"):
-        load_settings(
-            {**base, "COLDCHAIN_MQTT_CERT_FILE": str(pki.client_cert), "COLDCHAIN_MQTT_KEY_FILE": str(pki.server_key)}
-        )
-    encrypted = tmp_path / "encrypted.key"
-    _openssl("pkey", "-in", str(pki.client_key), "-aes256", "-passout", "pass:secret-phrase", "-out", str(encrypted))
-    with pytest.raises(SettingsError, match=r"^COLDCHAIN_MQTT_KEY_FILE 的私钥已加密"):
-        load_settings(
-            {**base, "COLDCHAIN_MQTT_CERT_FILE": str(pki.client_cert), "COLDCHAIN_MQTT_KEY_FILE": str(encrypted)}
-        )
-    ok = load_settings(
-        {
-            **base,
-            "COLDCHAIN_MQTT_CA_FILE": str(pki.ca),
-            "COLDCHAIN_MQTT_CERT_FILE": str(pki.client_cert),
-            "COLDCHAIN_MQTT_KEY_FILE": str(pki.client_key),
-        }
-    ).mqtt
-    assert ok is not None and (ok.ca_file, ok.cert_file, ok.key_file) == (pki.ca, pki.client_cert, pki.client_key)
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
