@@ -36,7 +36,11 @@ STEP_LABELS: dict[str, str] = {
 }
 CHANNEL_LABELS = {"web": "平台", "api": "平台", "wechat": "微信"}
 ACTION_KINDS: frozenset[str] = frozenset({"open", "escalate", "reminder"})
-"""Steps that ask someone to go and act: only these @mention the responsible people."""
+"""Steps that ask someone to go and act."""
+MENTION_KINDS: frozenset[str] = frozenset({"open", "escalate"})
+"""Steps that @mention the responsible people: a new alarm and each new level. Not the reminders:
+those people were mentioned when their level was reached, and every mention is one more of the
+robot's 20 requests a minute — under a burst, a reminder's mention would delay other alarms."""
 
 
 @dataclass(frozen=True)
@@ -227,11 +231,11 @@ def closure_text(card: AlarmCard) -> str | None:
 
 
 def mobiles(cards: list[AlarmCard] | tuple[AlarmCard, ...]) -> list[str]:
-    """The distinct phone numbers to @mention for the cards that ask someone to act (WeCom text
-    messages mention by mobile; markdown cannot)."""
+    """The distinct phone numbers to @mention for the cards of a new alarm or a new level (WeCom
+    text messages mention by mobile; markdown cannot)."""
     found: dict[str, None] = {}
     for card in cards:
-        if card.asks_action:
+        if card.step_kind in MENTION_KINDS:
             for person in card.people:
                 phone = (person.phone or "").strip()
                 if phone and phone.replace("+", "").replace("-", "").isdigit():

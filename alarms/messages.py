@@ -27,6 +27,7 @@ from typing import Literal, TypedDict
 
 from alarms.card import (
     LEVEL_LABELS,
+    MENTION_KINDS,
     SEVERITY_LABELS,
     SEVERITY_ORDER,
     STEP_LABELS,
@@ -427,12 +428,12 @@ def wecom_mention(cards: Sequence[AlarmCard]) -> WecomTextPayload | None:
     """The text message that follows a markdown message sending people out: it @mentions the
     responsible people of those alarms by mobile (CM15), which only WeCom's text messages can.
 
-    None when no card asks anyone to act or nobody has a mobile on file: a mention of no one would
+    None when no card is a new alarm or a new level, or nobody has a mobile on file: a mention of no one would
     spend one of the robot's 20 messages a minute for nothing."""
     phones = mobiles(list(cards))
     if not phones:
         return None
-    acting = [card for card in cards if card.asks_action]
+    acting = [card for card in cards if card.step_kind in MENTION_KINDS]
     ids = "、".join(str(card.alarm_id) for card in acting[:20]) + (" 等" if len(acting) > 20 else "")
     content = _cut(f"请负责人处理冷链报警（报警编号 {ids}），到场后在平台或微信中确认。", 300)
     assert _utf8_len(content) <= WECOM_TEXT_MAX_BYTES

@@ -82,6 +82,7 @@ def test_mentions_only_for_notices_that_send_people_out() -> None:
     assert mention["text"]["mentioned_mobile_list"] == ["13900000001", "13900000002"]  # no phone, no mention
     assert "17、18" in mention["text"]["content"]
     assert wecom_mention([card(step_kind="resolved_notice", resolved_at=NOW)]) is None
+    assert wecom_mention([card(step_kind="reminder")]) is None  # mentioned when the level was reached
     assert wecom_mention([card(people=())]) is None
 
 
