@@ -63,6 +63,17 @@ WHERE pl.received_at > coalesce(s.cursor, '-infinity')
 ORDER BY pl.received_at
 LIMIT %(limit)s
 """
+# The same test for the compartments a caller names (the ingester's notification): which of them
+# have readings the rules have not seen — not those another pass has just judged, nor an id that
+# is no monitored compartment.
+_FRESH_AMONG = """
+SELECT b.compartment_id
+FROM probe_bindings_current b
+JOIN probe_latest pl ON pl.probe_id = b.probe_id
+JOIN compartments c ON c.id = b.compartment_id AND c.status = 'active'
+LEFT JOIN alarm_rule_state s ON s.subject = 'compartment' AND s.subject_id = b.compartment_id
+WHERE b.compartment_id = ANY(%(ids)b::bigint[]) AND pl.received_at > coalesce(s.cursor, '-infinity')
+"""
 _ACTIVE_COMPARTMENTS = """
 SELECT b.compartment_id FROM probe_bindings_current b
 JOIN compartments c ON c.id = b.compartment_id AND c.status = 'active'
@@ -70,19 +81,21 @@ ORDER BY b.compartment_id
 """
 _ENSURE_STATES = """
 INSERT INTO alarm_rule_state (subject, subject_id, state)
-SELECT %(subject)s, id, %(empty)s FROM unnest(%(ids)s::bigint[]) AS id
+SELECT %(subject)s, id, %(empty)s FROM unnest(%(ids)b::bigint[]) AS id
 ON CONFLICT DO NOTHING
 """
 # Everything one compartment's rules need, for a batch of compartments, their state rows locked
-# (SKIP LOCKED: rows another scheduler holds are simply not in this batch).
+# (SKIP LOCKED: rows another scheduler holds are simply not in this batch). Driven by the ids
+# (one index lookup each) rather than by a scan of every compartment filtered to them.
 _SUBJECTS = """
 SELECT c.id AS compartment_id, c.mode, c.t_min::float8 AS t_min, c.t_max::float8 AS t_max, c.equipment_id,
        e.unit_id, b.probe_id, b.gateway_id, b.valid_from, coalesce(p.params, '{}'::jsonb) AS overrides,
-       pl.received_at AS latest_received_at, s.state, s.cursor,
+       pl.received_at AS latest_received_at, s.state, s.cursor, now() AS now,
        EXISTS (SELECT 1 FROM alarms a WHERE a.gateway_id = b.gateway_id AND a.kind = 'gateway_offline'
                                         AND a.state IN ('active', 'acknowledged')) AS gateway_offline
-FROM alarm_rule_state s
-JOIN compartments c ON c.id = s.subject_id AND c.status = 'active'
+FROM unnest(%(ids)b::bigint[]) AS w(id)
+JOIN alarm_rule_state s ON s.subject = 'compartment' AND s.subject_id = w.id
+JOIN compartments c ON c.id = w.id AND c.status = 'active'
 JOIN equipment e ON e.id = c.equipment_id
 JOIN LATERAL (
     SELECT probe_id, gateway_id, valid_from FROM probe_bindings_current
@@ -90,7 +103,6 @@ JOIN LATERAL (
 ) b ON true
 LEFT JOIN probe_latest pl ON pl.probe_id = b.probe_id
 LEFT JOIN alarm_rule_params p ON p.compartment_id = c.id
-WHERE s.subject = 'compartment' AND s.subject_id = ANY(%(ids)s)
 ORDER BY c.id
 FOR UPDATE OF s SKIP LOCKED
 """
@@ -98,15 +110,17 @@ FOR UPDATE OF s SKIP LOCKED
 # walk is an index range scan on the primary key).
 _READINGS = """
 SELECT w.probe_id, r.ts, r.t, r.received_at
-FROM unnest(%(probes)s::bigint[], %(after)s::timestamptz[]) AS w(probe_id, after)
+FROM unnest(%(probes)b::bigint[], %(after)b::timestamptz[]) AS w(probe_id, after)
 CROSS JOIN LATERAL (
     SELECT ts, t, received_at FROM probe_readings r
     WHERE r.probe_id = w.probe_id AND r.ts > w.after ORDER BY r.ts LIMIT %(limit)s
 ) r
 """
+# Arrays go in binary (%b): psycopg's text form quotes each element (a regular expression over each
+# JSON state, an isoformat per timestamp), which took a sixth of a whole evaluation pass.
 _SAVE_STATES = """
 UPDATE alarm_rule_state s SET state = v.state::jsonb, cursor = greatest(s.cursor, v.cursor), updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(cursors)s::timestamptz[]) AS v(id, state, cursor)
+FROM unnest(%(ids)b::bigint[], %(states)b::text[], %(cursors)b::timestamptz[]) AS v(id, state, cursor)
 WHERE s.subject = %(subject)s AND s.subject_id = v.id
 """
 _LOCK_ONE = """
@@ -123,27 +137,53 @@ def _lock_state(
     return fetch_one(conn, _LOCK_ONE, {"s": subject, "id": subject_id})
 
 
-def evaluate_compartments(conn: psycopg.Connection, settings: Settings, *, limit: int = 5000) -> PassStats:
-    """One pass over the compartments with new readings, in batches of one transaction each."""
+def fresh_compartments(conn: psycopg.Connection, *, limit: int = 5000) -> list[int]:
+    """The compartments with readings the rules have not seen, those received earliest first."""
     ids = [r["compartment_id"] for r in fetch_all(conn, _FRESH, {"limit": limit})]
     conn.commit()
-    return _evaluate_batches(conn, settings, ids, silence_only=False)
+    return ids
+
+
+def evaluate_compartments(conn: psycopg.Connection, settings: Settings, *, limit: int = 5000) -> PassStats:
+    """One pass over the compartments with new readings, in batches of one transaction each."""
+    return _evaluate_batches(conn, settings, fresh_compartments(conn, limit=limit))
+
+
+def evaluate_compartment_ids(conn: psycopg.Connection, settings: Settings, ids: list[int]) -> PassStats:
+    """The new readings of the compartments named, judged now: the scheduler's answer to the
+    ingester's notification that it stored readings for them (docs/ingest.md), instead of waiting
+    for the periodic pass. Names are a hint, not a fact (any database user can NOTIFY): only those
+    with readings the rules have not seen are judged, so a compartment another pass or scheduler
+    has just judged costs one index lookup, and an unknown id nothing. A compartment whose state
+    row another pass holds is skipped (``skipped_locked``) and stays fresh for the next look.
+
+    Readings only, no silence rules: a compartment that just reported is not silent, and whatever
+    else the silence rules decide (a gateway back, a probe sending only unusable readings) is the
+    periodic silence check's to find — doing it here too cost a third of every evaluation."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return PassStats()
+    fresh = [r["compartment_id"] for r in fetch_all(conn, _FRESH_AMONG, {"ids": wanted})]
+    return _evaluate_batches(conn, settings, fresh, silence=False)  # the first batch's transaction
 
 
 def check_silence(conn: psycopg.Connection, settings: Settings) -> PassStats:
     """No-data checks for every monitored compartment (a probe that says nothing has no new rows)."""
     ids = [r["compartment_id"] for r in fetch_all(conn, _ACTIVE_COMPARTMENTS)]
     conn.commit()
-    return _evaluate_batches(conn, settings, ids, silence_only=True)
+    return _evaluate_batches(conn, settings, ids, readings=False)
 
 
-def _evaluate_batches(conn: psycopg.Connection, settings: Settings, ids: list[int], *, silence_only: bool) -> PassStats:
+def _evaluate_batches(
+    conn: psycopg.Connection, settings: Settings, ids: list[int], *, readings: bool = True, silence: bool = True
+) -> PassStats:
+    """The compartments' new readings (``readings``) and / or silence rules (``silence``)."""
     stats = PassStats()
-    ids = sorted(ids)  # two schedulers creating and locking state rows in one order cannot deadlock
+    ids = sorted(set(ids))  # two schedulers creating and locking state rows in one order cannot deadlock
     for i in range(0, len(ids), BATCH):
         batch = ids[i : i + BATCH]
         try:
-            _evaluate_batch(conn, settings, batch, stats, silence_only=silence_only)
+            _evaluate_batch(conn, settings, batch, stats, readings=readings, silence=silence)
             conn.commit()
         except psycopg.Error as exc:
             conn.rollback()
@@ -153,7 +193,7 @@ def _evaluate_batches(conn: psycopg.Connection, settings: Settings, ids: list[in
 
 
 def _evaluate_batch(
-    conn: psycopg.Connection, settings: Settings, ids: list[int], stats: PassStats, *, silence_only: bool
+    conn: psycopg.Connection, settings: Settings, ids: list[int], stats: PassStats, *, readings: bool, silence: bool
 ) -> None:
     conn.execute(
         _ENSURE_STATES, {"subject": "compartment", "ids": ids, "empty": Jsonb(rules.CompartmentState().to_json())}
@@ -161,10 +201,12 @@ def _evaluate_batch(
     subjects = fetch_all(conn, _SUBJECTS, {"ids": ids})
     stats.skipped_locked += len(ids) - len(subjects)
     stats.subjects += len(subjects)
-    now = _now(conn)
+    if not subjects:
+        return
+    now: datetime = subjects[0]["now"]  # the transaction's time, as _now() would give
     states = {s["compartment_id"]: rules.CompartmentState.from_json(s["state"]) for s in subjects}
-    readings: dict[int, list[rules.Reading]] = {}
-    if not silence_only and subjects:
+    new: dict[int, list[rules.Reading]] = {}
+    if readings:
         after = [states[s["compartment_id"]].watermark or s["valid_from"] - timedelta(microseconds=1) for s in subjects]
         after = [max(a, s["valid_from"] - timedelta(microseconds=1)) for a, s in zip(after, subjects, strict=True)]
         for r in fetch_all(
@@ -172,14 +214,22 @@ def _evaluate_batch(
             _READINGS,
             {"probes": [s["probe_id"] for s in subjects], "after": after, "limit": MAX_READINGS_PER_PASS},
         ):
-            readings.setdefault(r["probe_id"], []).append(rules.Reading(r["ts"], r["t"], r["received_at"]))
+            new.setdefault(r["probe_id"], []).append(rules.Reading(r["ts"], r["t"], r["received_at"]))
+    # Most compartments share their parameters (registry limits, no overrides): built and
+    # validated once per batch instead of once per compartment.
+    known: dict[tuple[Any, ...], rules.RuleParams] = {}
     saved_ids: list[int] = []
     saved_states: list[str] = []
     cursors: list[datetime | None] = []
     for subject in subjects:
         cid = subject["compartment_id"]
+        key = (subject["mode"], subject["t_min"], subject["t_max"], json.dumps(subject["overrides"], sort_keys=True))
         try:
-            params = rules.params_for(subject["mode"], subject["t_min"], subject["t_max"], subject["overrides"])
+            params = known.get(key)
+            if params is None:
+                params = known[key] = rules.params_for(
+                    subject["mode"], subject["t_min"], subject["t_max"], subject["overrides"]
+                )
         except ValueError as exc:
             # Limits changed in the registry after the overrides were saved (or too narrow for the
             # defaults): this compartment is reported on every pass, and the rest of the batch —
@@ -190,14 +240,16 @@ def _evaluate_batch(
         state = states[cid]
         events: list[rules.Event] = []
         cursor = subject["cursor"]
-        if not silence_only:
-            mine = readings.get(subject["probe_id"], [])
+        if readings:
+            mine = new.get(subject["probe_id"], [])
             state, events = rules.evaluate_readings(params, state, mine, now)
             if len(mine) < MAX_READINGS_PER_PASS:
                 cursor = subject["latest_received_at"] or cursor
-        state, silence = rules.evaluate_silence(
-            params, state, now, subject["gateway_offline"], watch_since=subject["valid_from"]
-        )
+        if silence:
+            state, quiet = rules.evaluate_silence(
+                params, state, now, subject["gateway_offline"], watch_since=subject["valid_from"]
+            )
+            events += quiet
         about = life.Subject(
             unit_id=subject["unit_id"],
             compartment_id=cid,
@@ -207,7 +259,7 @@ def _evaluate_batch(
             t_min=subject["t_min"],
             t_max=subject["t_max"],
         )
-        for event in events + silence:
+        for event in events:
             _apply_event(conn, settings, event, about, stats, now)
         saved_ids.append(cid)
         saved_states.append(json.dumps(state.to_json()))

@@ -8,7 +8,13 @@ a WeCom robot stand-in over real HTTP in this process. Each trial publishes one 
 breaks a zero-delay rule on a compartment of its own and times:
 
 - baseline: publish → the reading committed in ``probe_readings`` (ingest alone, same run);
-- alarm: publish → the WeCom request carrying that compartment's alarm arriving (target p95 ≤ 3 s).
+- alarm: publish → the WeCom request carrying that compartment's alarm arriving (target p95 ≤ 300
+  ms since issue #17, 3 s before).
+
+Where an alarm's time went is shown stage by stage (medians and the slowest trial): the ingest
+transaction (``probe_readings.received_at``, its start), the evaluating transaction
+(``alarms.raised_at``, its start), the notice marked sent, the robot's receipt. And the CPU each
+process used during the trials, since everything shares the machine's cores.
 
 Then the escalation ladder runs on second-scale settings (steps 10 s, 20 s; reminders every 10 s)
 and each step's lateness is ``sent_at − due_at`` from the outbox (target ≤ 30 s).
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +50,15 @@ from coldchain.core.settings import parse_mqtt_url
 from coldchain.seed.demo import load_demo, plan_demo
 
 PER_MESSAGE = 8
+TARGET_P95_MS = 300
+
+
+@dataclass
+class Trial:
+    label: str
+    published: float  # time.time()
+    committed: float | None = None  # seen in probe_readings by polling
+    robot: float | None = None  # the WeCom request's arrival
 
 
 def _fleet(url: str) -> dict[str, list[str]]:
@@ -93,10 +109,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def trials(
     url: str, broker: str, wecom: FakeWecom, targets: list[tuple[str, str, str]], spacing: float
-) -> tuple[list[float], list[float]]:
+) -> list[Trial]:
     addr = parse_mqtt_url(broker)
-    ingest_ms: list[float] = []
-    alarm_ms: list[float] = []
+    done: list[Trial] = []
     async with aiomqtt.Client(addr.host, addr.port, identifier=f"bench-trial-{os.getpid()}") as client:
         with db.connect(url, autocommit=True) as conn:
             for gateway, probe, label in targets:
@@ -120,14 +135,11 @@ async def trials(
                         hit = [m.at for m in wecom.messages() if label in m.content]
                         got_alarm = min(hit) if hit else None
                     await asyncio.sleep(0.005)
-                if got_row is not None:
-                    ingest_ms.append((got_row - t0) * 1000)
-                if got_alarm is not None:
-                    alarm_ms.append((got_alarm - t0) * 1000)
-                else:
+                done.append(Trial(label, t0, got_row, got_alarm))
+                if got_alarm is None:
                     print(f"  试验 {label}：30 秒内未收到报警消息")
                 await asyncio.sleep(spacing)
-    return ingest_ms, alarm_ms
+    return done
 
 
 def main() -> None:
@@ -190,10 +202,17 @@ def main() -> None:
                 f"数据：{sum(len(p) for p in fleet.values())} 个探头，背景负载 {args.rate} 读数/秒；"
                 f"PostgreSQL {pg.source}，Mosquitto {broker.source}；{len(targets)} 次试验"
             )
-            ingest_ms, alarm_ms = asyncio.run(trials(url, broker.url, wecom, targets, args.spacing))
+            roles_of = {children[0].pid: "ingest", children[1].pid: "publisher", children[2].pid: "scheduler"}
+            cpu_before, started = _cpu_ticks(roles_of), time.monotonic()
+            done = asyncio.run(trials(url, broker.url, wecom, targets, args.spacing))
+            cpu = _cpu_use(cpu_before, _cpu_ticks(roles_of), time.monotonic() - started)
             time.sleep(25)  # let the ladder (10 s, 20 s, reminders every 10 s) run for the last trial too
             lateness = _lateness(url)
+            ingest_ms = [(t.committed - t.published) * 1000 for t in done if t.committed is not None]
+            alarm_ms = [(t.robot - t.published) * 1000 for t in done if t.robot is not None]
             _report(ingest_ms, alarm_ms, lateness)
+            _report_stages(url, done)
+            print("试验期间 CPU（核）：" + "，".join(f"{k} {v:.2f}" for k, v in cpu.items()))
         finally:
             for child in reversed(children):
                 child.terminate()
@@ -237,6 +256,70 @@ def _trial_targets(url: str, n: int, wecom: FakeWecom) -> list[tuple[str, str, s
     return targets
 
 
+_STAGES = """
+SELECT e.name, extract(epoch FROM min(r.received_at)) AS ingest, extract(epoch FROM a.raised_at) AS evaluation,
+       extract(epoch FROM min(o.sent_at)) AS sent
+FROM alarms a JOIN equipment e ON e.id = a.equipment_id
+JOIN probe_readings r ON r.probe_id = a.probe_id AND r.t = 15.0
+LEFT JOIN notification_outbox o ON o.alarm_id = a.id AND o.step = 'open'
+WHERE e.name LIKE '基准冰箱%%'
+GROUP BY e.name, a.raised_at
+"""
+
+
+def _report_stages(url: str, done: list[Trial]) -> None:
+    """Where each trial's time went, in ms after publishing: the ingest transaction started
+    (``received_at`` is its now()), the evaluating transaction started (``raised_at``), the notice
+    was marked sent, the robot had it. Same clock: everything runs on this machine."""
+    with db.connect(url) as conn:
+        stamps = {r[0]: r[1:] for r in conn.execute(_STAGES).fetchall()}
+    rows: list[tuple[float, ...]] = []
+    for t in done:
+        ingest, evaluation, sent = stamps.get(t.label, (None, None, None))
+        if None in (ingest, evaluation, sent, t.robot):
+            continue
+        rows.append(tuple((float(x) - t.published) * 1000 for x in (ingest, evaluation, sent, t.robot)))  # type: ignore[arg-type]
+    if not rows:
+        return
+    names = ("入库事务开始", "评估事务开始", "通知标记已发", "机器人收到")
+    medians = [statistics.median(r[i] for r in rows) for i in range(4)]
+    worst = max(rows, key=lambda r: r[3])
+    print("分解（发布后 ms）：" + "，".join(f"{n} {m:.0f}" for n, m in zip(names, medians, strict=True)) + "（中位数）")
+    print("          最慢一次：" + "，".join(f"{n} {m:.0f}" for n, m in zip(names, worst, strict=True)))
+
+
+def _cpu_ticks(roles_of: dict[int, str]) -> dict[int, tuple[str, int]]:
+    """Clock ticks each process has used so far (Linux /proc), named by its part in the run."""
+    out: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        pid = int(entry.name)
+        name = roles_of.get(pid) or Path(command).name or "?"
+        if pid == os.getpid():
+            name = "bench（本进程：试验、机器人替身）"
+        elif name.startswith("postgres"):
+            name = "PostgreSQL（整台服务器）"
+        out[pid] = (name, int(fields[11]) + int(fields[12]))
+    return out
+
+
+def _cpu_use(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], seconds: float) -> dict[str, float]:
+    """Cores used per part over ``seconds``, busiest first, parts under 0.01 core left out."""
+    ticks: dict[str, int] = {}
+    for pid, (name, used) in after.items():
+        ticks[name] = ticks.get(name, 0) + used - before.get(pid, (name, 0))[1]
+    hz = os.sysconf("SC_CLK_TCK")
+    cores = {name: t / hz / seconds for name, t in sorted(ticks.items(), key=lambda x: -x[1])}
+    return {name: c for name, c in cores.items() if c >= 0.01}
+
+
 def _lateness(url: str) -> list[float]:
     with db.connect(url) as conn:
         rows = conn.execute(
@@ -267,7 +350,7 @@ def _report(ingest_ms: list[float], alarm_ms: list[float], lateness: list[float]
         p50, p95 = statistics.median(alarm_ms), _percentile(alarm_ms, 0.95)
         print(
             f"报警：发布 → 企业微信收到请求 p50 {p50:7.0f} ms   p95 {p95:7.0f} ms   "
-            f"（{len(alarm_ms)} 次；目标 p95 ≤ 3000 ms）"
+            f"（{len(alarm_ms)} 次；目标 p95 ≤ {TARGET_P95_MS} ms）"
         )
         if ingest_ms:
             print(f"报警 / 基线（p50）= {p50 / statistics.median(ingest_ms):.1f}")

@@ -5,10 +5,13 @@ Readings are COPYed into a temporary staging table and moved from there by one s
 this transaction, so a binding made a second ago counts and a decommissioning takes effect
 exactly when it was recorded (CM8); (2) inserts them with ``ON CONFLICT DO NOTHING`` so that a
 redelivered message is stored once; (3) moves ``probe_latest`` forward for the live board; and
-(4) counts the readings of unbound probes; (5) logs the late ones for the excursion spans. Dead
-letters, quarantined readings and gateway status
-go in the same transaction, so that when it commits everything about every message of the batch
-is durable and the messages may be acknowledged.
+(4) counts the readings of unbound probes; (5) logs the late ones for the excursion spans; and (6)
+tells listeners which compartments got new readings (``NOTIFY`` on :data:`READINGS_CHANNEL`, see
+docs/ingest.md), so the scheduler judges them at once instead of at its next periodic pass. Dead
+letters, quarantined readings and gateway status go in the same transaction, so that when it
+commits everything about every message of the batch is durable and the messages may be
+acknowledged — and a notification is delivered only then: PostgreSQL sends a transaction's
+notifications when it commits and drops them when it rolls back.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from typing import Final, NamedTuple
 import psycopg
 
 from ingest.contract import Parsed, Problem, from_us
+
+# The NOTIFY channel of the ingest statement (docs/ingest.md, "Notification of new readings").
+READINGS_CHANNEL: Final = "coldchain_readings"
+# PostgreSQL refuses a payload of 8000 bytes or more (the default build's limit).
+NOTIFY_PAYLOAD_LIMIT: Final = 8000
 
 STAGE_DDL: Final = """
 CREATE TEMP TABLE IF NOT EXISTS cc_stage_readings (
@@ -37,11 +45,11 @@ WITH staged AS MATERIALIZED (
     -- Bindings of a probe never overlap, so the one that started last at or before ts is the only
     -- candidate; asking for it this way walks probe_bindings_probe_idx once per reading (a plain
     -- "valid @> ts" lets the planner pick the exclusion index, which matches every binding).
-    SELECT s.probe_id, x.ts, s.t, s.rh, s.bat, coalesce(b.valid @> x.ts, false) AS bound
+    SELECT s.probe_id, x.ts, s.t, s.rh, s.bat, coalesce(b.valid @> x.ts, false) AS bound, b.compartment_id
     FROM cc_stage_readings s
     CROSS JOIN LATERAL (SELECT timestamptz 'epoch' + s.ts_us * interval '1 microsecond' AS ts) x
     LEFT JOIN LATERAL (
-        SELECT pb.valid FROM probe_bindings pb
+        SELECT pb.valid, pb.compartment_id FROM probe_bindings pb
         WHERE pb.probe_id = s.probe_id AND lower(pb.valid) <= x.ts
         ORDER BY lower(pb.valid) DESC LIMIT 1
     ) b ON true
@@ -76,9 +84,23 @@ WITH staged AS MATERIALIZED (
     ON CONFLICT (probe_id, day) DO UPDATE
         SET n = u.n + excluded.n, first_ts = least(u.first_ts, excluded.first_ts),
             last_ts = greatest(u.last_ts, excluded.last_ts)
+), notified AS (
+    -- One notification per batch naming the compartments (binding at each reading's time) of the
+    -- readings stored — none for a batch of duplicates only. A list too long for the payload
+    -- limit becomes {"all":true}: "look at every compartment with unseen readings". Queued now,
+    -- sent by PostgreSQL at commit, dropped on rollback. A plain SELECT in WITH runs only if
+    -- referenced: the final SELECT counts it for that reason.
+    SELECT pg_notify('coldchain_readings',
+                     CASE WHEN octet_length(n.payload) < 8000 THEN n.payload ELSE '{"all":true}' END)
+    FROM (
+        SELECT '{"compartments":[' || string_agg(d.compartment_id::text, ',' ORDER BY d.compartment_id) || ']}'
+               AS payload
+        FROM (SELECT DISTINCT s.compartment_id FROM stored JOIN staged s USING (probe_id, ts)) d
+        HAVING count(*) > 0
+    ) n
 )
 SELECT count(*) FILTER (WHERE bound) AS bound, count(*) FILTER (WHERE NOT bound) AS unbound,
-       (SELECT count(*) FROM stored) AS stored
+       (SELECT count(*) FROM stored) AS stored, (SELECT count(*) FROM notified) AS notified
 FROM staged
 """
 
@@ -144,6 +166,7 @@ class BatchResult:
     quarantined: int = 0
     dead_letters: int = 0
     rejected_readings: int = 0
+    notified: int = 0  # NOTIFYs sent on READINGS_CHANNEL (one per transaction that stored readings)
     newest_reading_us: int | None = None
 
     def add(self, other: BatchResult) -> None:
@@ -277,8 +300,9 @@ async def _write(
             await cur.execute(MOVE_READINGS)
             row = await cur.fetchone()
             assert row is not None
-            bound, unbound, stored = row
+            bound, unbound, stored, notified = row
             result.stored, result.duplicates, result.unbound = stored, bound - stored, unbound
+            result.notified = notified
         if status_lines:
             async with cur.copy(
                 "COPY cc_stage_status (gateway_id, ts_us, online, power, battery, rssi, retained) FROM STDIN"
@@ -323,3 +347,19 @@ async def write_dead_letters(cur: psycopg.AsyncCursor[tuple[object, ...]], rows:
     ) as copy:
         for topic, payload, reason, whole, details, received_us in rows:
             await copy.write_row((topic, payload, reason, whole, details, from_us(received_us)))
+
+
+def compartments_notified(payload: str) -> frozenset[int] | None:
+    """The compartment ids a :data:`READINGS_CHANNEL` payload names, or None for "look at every
+    compartment with unseen readings": the ``{"all":true}`` of a batch too large to list, and
+    also whatever cannot be read — any database user may NOTIFY on any channel, so a listener
+    takes a payload as a hint of where to look, never as a fact, and a look at everything is the
+    safe answer to nonsense."""
+    try:
+        message = json.loads(payload)
+        ids = message["compartments"]
+        if isinstance(ids, list) and all(type(i) is int for i in ids):
+            return frozenset(ids)
+    except (ValueError, TypeError, KeyError):
+        pass
+    return None
