@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from apihelp import World, api_client, bearer, web_session
 from ledgerhelp import accept, build_catalogue, receive, ship
 
 from coldchain.core import db
+from coldchain.core.terms import BEIJING
 from dashboards.stock import by_level
+
+
+def _beijing_today() -> date:
+    """The page counts days in Beijing, whatever the machine's zone (between 16:00 and 24:00 UTC
+    Beijing is already on the next day)."""
+    return datetime.now(BEIJING).date()
 
 
 def test_by_level_pivots_doses_and_totals() -> None:
@@ -25,7 +32,7 @@ def test_by_level_pivots_doses_and_totals() -> None:
 
 def test_stock_page_shows_levels_expiry_and_findings(world: World) -> None:
     cat = build_catalogue(world)
-    soon = date.today() + timedelta(days=40)
+    soon = _beijing_today() + timedelta(days=40)
     with db.connect(world.url) as conn:
         row = conn.execute(
             """INSERT INTO lots (spec_id, lot_no, production_date, expiry_date, release_no, unit_id, entered_by)
@@ -68,7 +75,7 @@ def test_stock_page_lists_every_expiring_balance_however_many(world: World) -> N
     """The near-expiry list is filtered in SQL over the unit's subtree, not a page of the API list
     filtered afterwards: one more balance than the API's largest page (5 000) is still all listed."""
     cat = build_catalogue(world)
-    soon = date.today() + timedelta(days=30)
+    soon = _beijing_today() + timedelta(days=30)
     many = 5001
     with db.connect(world.url) as conn:
         conn.execute(
@@ -86,7 +93,7 @@ def test_stock_page_lists_every_expiring_balance_however_many(world: World) -> N
         expected = conn.execute(
             """SELECT count(*), sum(b.on_hand) FROM stock_balances b JOIN lots l ON l.id = b.lot_id
                WHERE b.on_hand > 0 AND l.expiry_date < %s""",
-            (date.today() + timedelta(days=90),),
+            (_beijing_today() + timedelta(days=90),),
         ).fetchone()
         conn.commit()
     assert expected == (many, 2 * many)

@@ -65,10 +65,11 @@ def test_ingest_statements_on_hypertables_and_compressed_chunks() -> None:
         {"sql": "SELECT count(*)::int AS n FROM gateway_status", "name": "status_rows"},
     ]
     out = run_oracle(steps)
-    assert out["first"] == [{"bound": 2, "unbound": 1, "stored": 2}]
-    assert out["again"] == [{"bound": 2, "unbound": 0, "stored": 0}]
+    # One notification for a batch that stored readings (issue #17), none for duplicates only.
+    assert out["first"] == [{"bound": 2, "unbound": 1, "stored": 2, "notified": 1}]
+    assert out["again"] == [{"bound": 2, "unbound": 0, "stored": 0, "notified": 0}]
     assert out["compressed"] == [{"n": 1}]
-    assert out["late"] == [{"bound": 2, "unbound": 0, "stored": 1}]
+    assert out["late"] == [{"bound": 2, "unbound": 0, "stored": 1, "notified": 1}]
     assert out["readings"] == [{"n": 3, "max_t": 4.9}]
     assert out["latest"] == [{"probe_id": 1, "t": 4.9}]
     assert out["unbound"] == [{"probe_id": 2, "n": 1}]

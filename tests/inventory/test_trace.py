@@ -218,7 +218,16 @@ def test_lot_trace_has_the_chain_the_temperatures_and_the_exact_minutes_out_of_r
     assert store["max_t"] == 9.5 and store["t_max"] == 8.0 and store["min_t"] == 4.5
     days = store["days"]
     beijing = ZoneInfo("Asia/Shanghai")
-    assert days["day"] == sorted({p.astimezone(beijing).date().isoformat() for p, _ in points if p >= t_arrive})
+    # Every Beijing day with a reading of the probe since arrival — the world's own recent readings
+    # included, which fall on the next Beijing day when the test runs between 16:00 and 24:00 UTC.
+    with db.connect(world.url) as conn:
+        stored = [
+            r[0]
+            for r in conn.execute(
+                "SELECT ts FROM probe_readings WHERE probe_id = %s AND ts >= %s", (probe, t_arrive)
+            ).fetchall()
+        ]
+    assert days["day"] == sorted({p.astimezone(beijing).date().isoformat() for p in stored})
     assert all(lo <= mean <= hi for lo, mean, hi in zip(days["min_t"], days["mean_t"], days["max_t"], strict=True))
     assert trace["minutes_out_of_range"] == pytest.approx(20.0)
     assert chain[("held", world.units["P"])]["storage"] == []  # the province has no monitored store here
