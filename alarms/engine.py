@@ -164,7 +164,10 @@ def evaluate_compartment_ids(conn: psycopg.Connection, settings: Settings, ids: 
     if not wanted:
         return PassStats()
     fresh = [r["compartment_id"] for r in fetch_all(conn, _FRESH_AMONG, {"ids": wanted})]
-    return _evaluate_batches(conn, settings, fresh, silence=False)  # the first batch's transaction
+    if not fresh:
+        conn.commit()
+        return PassStats()
+    return _evaluate_batches(conn, settings, fresh, silence=False)  # in the first batch's transaction
 
 
 def check_silence(conn: psycopg.Connection, settings: Settings) -> PassStats:

@@ -56,13 +56,11 @@ EVALUATE_JOB = "评估读数"
 SILENCE_JOB = "无数据与网关检查"
 REPORT_JOB = "月度冷链报告"
 LISTEN_APPLICATION = "coldchain-scheduler-listen"
-# Compartments judged per transaction by the reactive path: at most CHUNK (what piles up while a
-# chunk runs is taken next, oldest notification first, so no compartment waits behind a whole
-# province), and what is waiting is shared among the idle threads, down to MIN_CHUNK each — one
-# ingest batch's compartments (≈ 250 at 5 000 readings/s) judged by two threads side by side
-# take half the time.
+# Compartments judged per transaction by the reactive path. A notification names about one ingest
+# batch's worth (≈ 250 at 5 000 readings/s); what piles up while a chunk runs is taken next,
+# oldest notification first, so no compartment waits behind a whole province. (Sharing what waits
+# among idle threads, in chunks down to 50, was tried: more transactions, no lower p95.)
 CHUNK = 250
-MIN_CHUNK = 50
 # Threads judging chunks side by side (disjoint compartments, so they never wait for each other):
 # while one waits for the database the other runs the rules. One thread could not keep up with
 # 5 000 readings/s for 2 000 compartments on the benchmark's two cores; two do.
@@ -128,7 +126,6 @@ class ReactiveEvaluation:
         self._look_at = 0.0  # time.monotonic() of the next periodic look
         self._looked = -LOOK_GAP  # time.monotonic() of the last look
         self._listening = False
-        self._idle = 0  # evaluator threads waiting for work
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -214,33 +211,24 @@ class ReactiveEvaluation:
     def _next(self) -> tuple[bool, list[int]] | None:
         """Wait for work: (look at everything fresh, compartments to judge); None when stopping."""
         with self._cond:
-            self._idle += 1
-            try:
-                return self._take()
-            finally:
-                self._idle -= 1
-
-    def _take(self) -> tuple[bool, list[int]] | None:
-        """:meth:`_next`'s body, the condition's lock held."""
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= self._look_at or (self._look and (not self._pending or now - self._looked >= LOOK_GAP)):
-                self._look = False
-                period = self._intervals.evaluate_listening if self._listening else self._intervals.evaluate
-                self._look_at = now + period
-                self._looked = now
-                return True, []
-            if self._pending:
-                size = min(CHUNK, max(MIN_CHUNK, -(-len(self._pending) // self._idle)))
-                chunk = []
-                for cid in self._pending:
-                    chunk.append(cid)
-                    if len(chunk) == size:
-                        break
-                for cid in chunk:
-                    del self._pending[cid]
-                return False, chunk
-            self._cond.wait(self._look_at - now)  # a look or a notification wakes us earlier
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= self._look_at or (self._look and (not self._pending or now - self._looked >= LOOK_GAP)):
+                    self._look = False
+                    period = self._intervals.evaluate_listening if self._listening else self._intervals.evaluate
+                    self._look_at = now + period
+                    self._looked = now
+                    return True, []
+                if self._pending:
+                    chunk = []
+                    for cid in self._pending:
+                        chunk.append(cid)
+                        if len(chunk) == CHUNK:
+                            break
+                    for cid in chunk:
+                        del self._pending[cid]
+                    return False, chunk
+                self._cond.wait(self._look_at - now)  # a look or a notification wakes us earlier
         return None
 
     def _evaluate(self) -> None:
