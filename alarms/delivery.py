@@ -80,6 +80,13 @@ SELECT channel, target, min(due_at) AS first_due FROM notification_outbox
 WHERE sent_at IS NULL AND next_attempt_at <= now()
 GROUP BY channel, target ORDER BY first_due LIMIT %(limit)s
 """
+# The destinations of the notices of the alarms named: a pass that just queued them sends those at
+# once, before — and instead of — everyone else's due reminders, which the outbox job sends.
+_DESTINATIONS_OF = """
+SELECT channel, target, min(due_at) AS first_due FROM notification_outbox
+WHERE alarm_id = ANY(%(alarms)s::bigint[]) AND sent_at IS NULL AND next_attempt_at <= now()
+GROUP BY channel, target ORDER BY first_due
+"""
 _TAKE = """
 SELECT id, alarm_id, step, levels::int[] AS levels, attempts FROM notification_outbox
 WHERE channel = %(channel)s AND target = %(target)s AND sent_at IS NULL AND next_attempt_at <= now()
@@ -147,11 +154,22 @@ def backoff(attempts: int) -> float:
 
 
 def deliver(
-    conn: psycopg.Connection, settings: Settings, *, post: Post | None = None, limit: int = 200
+    conn: psycopg.Connection,
+    settings: Settings,
+    *,
+    post: Post | None = None,
+    limit: int = 200,
+    alarms: Sequence[int] | None = None,
 ) -> DeliveryStats:
+    """Send what is due, one destination at a time (its rows merged into as few messages as its
+    channel allows). ``alarms``: only the destinations with due notices of these alarms — the
+    evaluation that just raised them sends them without waiting behind other alarms' reminders."""
     stats = DeliveryStats()
     send = post or http_post(settings)
-    destinations = fetch_all(conn, _DESTINATIONS, {"limit": limit})
+    if alarms is None:
+        destinations = fetch_all(conn, _DESTINATIONS, {"limit": limit})
+    else:
+        destinations = fetch_all(conn, _DESTINATIONS_OF, {"alarms": sorted(set(alarms))}) if alarms else []
     conn.commit()
     for dest in destinations:
         try:

@@ -37,8 +37,15 @@ class PassStats:
     opened: int = 0
     resolved: int = 0
     enqueued: int = 0
+    notified: list[int] = field(default_factory=list)
+    """The alarms this pass queued notices for: what the caller delivers at once (``deliver(alarms=…)``)."""
     skipped_locked: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def count_notices(self, alarm_id: int, queued: int) -> None:
+        self.enqueued += queued
+        if queued:
+            self.notified.append(alarm_id)
 
 
 def _now(conn: psycopg.Connection) -> datetime:
@@ -127,6 +134,10 @@ _LOCK_ONE = """
 SELECT state, cursor FROM alarm_rule_state WHERE subject = %(s)s AND subject_id = %(id)s FOR UPDATE SKIP LOCKED
 """
 BATCH = 500
+# The silence check's transactions hold the state rows of this many compartments at a time: a
+# compartment the ingester just named waits (SKIP LOCKED, then a retry) for at most one such batch,
+# and 500 of them held for a few hundred ms set the tail of the reading-to-WeCom time (issue #17).
+SILENCE_BATCH = 100
 
 
 def _lock_state(
@@ -174,17 +185,24 @@ def check_silence(conn: psycopg.Connection, settings: Settings) -> PassStats:
     """No-data checks for every monitored compartment (a probe that says nothing has no new rows)."""
     ids = [r["compartment_id"] for r in fetch_all(conn, _ACTIVE_COMPARTMENTS)]
     conn.commit()
-    return _evaluate_batches(conn, settings, ids, readings=False)
+    return _evaluate_batches(conn, settings, ids, readings=False, size=SILENCE_BATCH)
 
 
 def _evaluate_batches(
-    conn: psycopg.Connection, settings: Settings, ids: list[int], *, readings: bool = True, silence: bool = True
+    conn: psycopg.Connection,
+    settings: Settings,
+    ids: list[int],
+    *,
+    readings: bool = True,
+    silence: bool = True,
+    size: int = BATCH,
 ) -> PassStats:
-    """The compartments' new readings (``readings``) and / or silence rules (``silence``)."""
+    """The compartments' new readings (``readings``) and / or silence rules (``silence``), ``size``
+    compartments per transaction."""
     stats = PassStats()
     ids = sorted(set(ids))  # two schedulers creating and locking state rows in one order cannot deadlock
-    for i in range(0, len(ids), BATCH):
-        batch = ids[i : i + BATCH]
+    for i in range(0, len(ids), size):
+        batch = ids[i : i + size]
         try:
             _evaluate_batch(conn, settings, batch, stats, readings=readings, silence=silence)
             conn.commit()
@@ -352,7 +370,7 @@ def _apply_event(
             return  # already open (another scheduler, or a replay): nothing to raise twice
         stats.opened += 1
         if not event.suppressed:
-            stats.enqueued += enqueue_due(conn, settings, opened, now)
+            stats.count_notices(opened, enqueue_due(conn, settings, opened, now))
         return
     alarm_id = life.open_alarm_of(conn, event.kind, subject)
     if alarm_id is None:
@@ -365,7 +383,7 @@ def _apply_event(
     elif isinstance(event, rules.AlarmCauseChanged):
         life.change_cause(conn, alarm_id, event.cause, event.suppressed)
         if not event.suppressed:
-            stats.enqueued += enqueue_due(conn, settings, alarm_id, now)
+            stats.count_notices(alarm_id, enqueue_due(conn, settings, alarm_id, now))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,6 +489,6 @@ def escalate(conn: psycopg.Connection, settings: Settings, *, limit: int = 1000)
     now = _now(conn)
     for row in fetch_all(conn, _ESCALATING, {"limit": limit}):
         stats.subjects += 1
-        stats.enqueued += enqueue_due(conn, settings, row["id"], now)
+        stats.count_notices(row["id"], enqueue_due(conn, settings, row["id"], now))
     conn.commit()
     return stats

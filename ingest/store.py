@@ -6,8 +6,9 @@ this transaction, so a binding made a second ago counts and a decommissioning ta
 exactly when it was recorded (CM8); (2) inserts them with ``ON CONFLICT DO NOTHING`` so that a
 redelivered message is stored once; (3) moves ``probe_latest`` forward for the live board; and
 (4) counts the readings of unbound probes; (5) logs the late ones for the excursion spans; and (6)
-tells listeners which compartments got new readings (``NOTIFY`` on :data:`READINGS_CHANNEL`, see
-docs/ingest.md), so the scheduler judges them at once instead of at its next periodic pass. Dead
+tells listeners which compartments got readings out of their limits (``NOTIFY`` on
+:data:`READINGS_CHANNEL`, see docs/ingest.md), so the scheduler judges them at once instead of at
+its next periodic pass. Dead
 letters, quarantined readings and gateway status go in the same transaction, so that when it
 commits everything about every message of the batch is durable and the messages may be
 acknowledged — and a notification is delivered only then: PostgreSQL sends a transaction's
@@ -85,17 +86,25 @@ WITH staged AS MATERIALIZED (
         SET n = u.n + excluded.n, first_ts = least(u.first_ts, excluded.first_ts),
             last_ts = greatest(u.last_ts, excluded.last_ts)
 ), notified AS (
-    -- One notification per batch naming the compartments (binding at each reading's time) of the
-    -- readings stored — none for a batch of duplicates only. A list too long for the payload
-    -- limit becomes {"all":true}: "look at every compartment with unseen readings". Queued now,
-    -- sent by PostgreSQL at commit, dropped on rollback. A plain SELECT in WITH runs only if
-    -- referenced: the final SELECT counts it for that reason.
+    -- One notification per batch naming the compartments (binding at each reading's time) with a
+    -- stored reading out of their limits (strictly, as coldchain.core.terms.out_of_range): only
+    -- those can open or worsen an alarm, and judging every in-range reading at once made the
+    -- scheduler judge the whole province several times a second. In-range readings — which can
+    -- only end an excursion, after its hold — wait for the scheduler's periodic look. None for a
+    -- batch of duplicates or of in-range readings only. A list too long for the payload limit
+    -- becomes {"all":true}: "look at every compartment with unseen readings". Queued now, sent by
+    -- PostgreSQL at commit, dropped on rollback. A plain SELECT in WITH runs only if referenced:
+    -- the final SELECT counts it for that reason.
     SELECT pg_notify('coldchain_readings',
                      CASE WHEN octet_length(n.payload) < 8000 THEN n.payload ELSE '{"all":true}' END)
     FROM (
         SELECT '{"compartments":[' || string_agg(d.compartment_id::text, ',' ORDER BY d.compartment_id) || ']}'
                AS payload
-        FROM (SELECT DISTINCT s.compartment_id FROM stored JOIN staged s USING (probe_id, ts)) d
+        FROM (
+            SELECT DISTINCT s.compartment_id
+            FROM stored st JOIN staged s USING (probe_id, ts) JOIN compartments c ON c.id = s.compartment_id
+            WHERE st.t > c.t_max::double precision OR st.t < c.t_min::double precision
+        ) d
         HAVING count(*) > 0
     ) n
 )
@@ -166,7 +175,7 @@ class BatchResult:
     quarantined: int = 0
     dead_letters: int = 0
     rejected_readings: int = 0
-    notified: int = 0  # NOTIFYs sent on READINGS_CHANNEL (one per transaction that stored readings)
+    notified: int = 0  # NOTIFYs sent on READINGS_CHANNEL (one per transaction that stored a reading out of range)
     newest_reading_us: int | None = None
 
     def add(self, other: BatchResult) -> None:

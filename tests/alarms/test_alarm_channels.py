@@ -129,3 +129,46 @@ def test_template_message_to_each_responsible_with_a_personal_single_use_link(wo
         assert expires == (timedelta(hours=24),)
     finally:
         wechat.close()
+
+
+def test_a_pass_sends_its_own_notices_first_and_leaves_the_rest_to_the_outbox_job(
+    world: World, wecom: FakeWecom
+) -> None:
+    """The evaluation that raised an alarm delivers ``alarms=`` its own notices at once; another
+    alarm's due notice at another robot waits for the outbox job instead of going first."""
+    with db.connect(world.url) as conn:
+        for site in ("T1", "T2"):
+            conn.execute(
+                "INSERT INTO notification_routes (unit_id, level, channel, url) VALUES (%s, 1, 'wecom', %s)",
+                (world.units[site], wecom.url(f"robot-{site}")),
+            )
+        conn.commit()
+    settings = load_settings({"COLDCHAIN_OUTBOUND_ALLOW_INSECURE_LOOPBACK": "true"})
+    _raise(world)  # T1
+    with db.connect(world.url) as conn:
+        first = evaluate_compartments(conn, settings)
+    assert first.opened == 1 and len(first.notified) == 1
+    # A second alarm, at T2: its pass names only it.
+    comp, probe = world.compartments["T2/冷藏"], world.probes["208601"]
+    with db.connect(world.url) as conn:
+        conn.execute(
+            "INSERT INTO alarm_rule_params (compartment_id, params) VALUES (%s, %s)", (comp, Jsonb({"delay": 0}))
+        )
+        conn.execute("INSERT INTO probe_readings (probe_id, ts, t) VALUES (%s, now(), 12.0)", (probe,))
+        conn.execute(
+            """INSERT INTO probe_latest (probe_id, ts, t) VALUES (%s, now(), 12.0)
+               ON CONFLICT (probe_id) DO UPDATE SET ts = EXCLUDED.ts, t = EXCLUDED.t, received_at = now()""",
+            (probe,),
+        )
+        conn.commit()
+        second = evaluate_compartments(conn, settings)
+        assert second.opened == 1 and second.notified != first.notified
+
+        assert deliver(conn, settings, alarms=[]).messages == 0  # nothing named, nothing sent
+        deliver(conn, settings, alarms=second.notified)
+        assert {m.key for m in wecom.messages()} == {"robot-T2"}
+        pending = conn.execute("SELECT alarm_id FROM notification_outbox WHERE sent_at IS NULL").fetchall()
+        assert pending == [(first.notified[0],)]
+        deliver(conn, settings)  # the outbox job
+        assert conn.execute("SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL").fetchone() == (0,)
+    assert {m.key for m in wecom.messages()} == {"robot-T1", "robot-T2"}

@@ -41,7 +41,7 @@ def test_run_migrates_seeds_simulates_ingests_and_stops(empty_db: str, deploy_br
             "run",
             "--demo",
             "--duration",
-            "6",
+            "12",  # past the scheduler's first look after start-up (10 s), which judges in-range readings
             "--probes",
             "60",
             "--backfill",

@@ -30,7 +30,8 @@ from ingesthelp import config, publish, running, store_readings, telemetry, wait
 
 from coldchain import services
 from coldchain.core import db
-from coldchain.scheduler import LISTEN_APPLICATION, Intervals, Scheduler, _QuietSkips, build
+from coldchain.reactive import LISTEN_APPLICATION
+from coldchain.scheduler import Intervals, Scheduler, _QuietSkips, build
 
 # Every periodic job far away: only what a test means to exercise runs.
 SLOW = Intervals(evaluate=60, deliver=60, escalate=60, silence=600, aggregates=600, evaluate_listening=60)

@@ -1,8 +1,8 @@
 """The ingest statement's NOTIFY (issue #17, docs/ingest.md "Notification of new readings"): one
-notification per committed batch on ``coldchain_readings`` naming the compartments of the readings
-it stored, nothing for a batch rolled back or holding only duplicates, ``{"all":true}`` when the
-list would not fit PostgreSQL's payload limit — listened to, like the scheduler does, as the
-runtime role."""
+notification per committed batch on ``coldchain_readings`` naming the compartments with a stored
+reading out of their limits, nothing for a batch rolled back or holding only duplicates or
+in-range readings, ``{"all":true}`` when the list would not fit PostgreSQL's payload limit —
+listened to, like the scheduler does, as the runtime role."""
 
 from __future__ import annotations
 
@@ -45,23 +45,47 @@ def bindings(url: str) -> dict[int, int]:
         return dict(conn.execute("SELECT probe_id, compartment_id FROM probe_bindings_current").fetchall())
 
 
-def test_a_committed_batch_names_the_compartments_it_stored(db_url: str, listener: psycopg.Connection) -> None:
+def limits(url: str) -> dict[int, tuple[float | None, float]]:
+    """compartment id → (t_min, t_max) from the registry."""
+    with db.connect(url) as conn:
+        rows = conn.execute("SELECT id, t_min::float8, t_max::float8 FROM compartments").fetchall()
+    return {cid: (lo, hi) for cid, lo, hi in rows}
+
+
+def inside(lo: float | None, hi: float) -> float:
+    """A temperature within the limits (a freezer has no lower one)."""
+    return hi - 1.0 if lo is None else (lo + hi) / 2
+
+
+def test_a_committed_batch_names_the_compartments_with_readings_out_of_range(
+    db_url: str, listener: psycopg.Connection
+) -> None:
     seed_fleet(db_url, probes=40)
     bound = bindings(db_url)
-    probes = sorted(bound)[:7]
+    bounds = limits(db_url)
+    cold = next(p for p in sorted(bound) if bounds[bound[p]][0] is not None)  # a compartment with a lower limit
+    rest = [p for p in sorted(bound) if p != cold]
+    hot, edge, calm = rest[:3], rest[3:5], rest[5:8]
+    probes = [cold, *hot, *edge, *calm]
     now = datetime.now(UTC)
-    # Two readings of one probe, and one from long before any binding (not stored: unbound).
-    rows = [(p, now, 4.0) for p in probes] + [(probes[0], now - timedelta(seconds=5), 4.1)]
-    rows.append((probes[-1], datetime(2000, 1, 1, tzinfo=UTC), 4.0))
+    rows = [(p, now, bounds[bound[p]][1] + 3.0) for p in hot]  # too warm
+    rows.append((cold, now, (bounds[bound[cold]][0] or 0.0) - 0.1))  # too cold
+    rows += [(p, now, bounds[bound[p]][1]) for p in edge]  # exactly on the limit: in range
+    rows += [(p, now, inside(*bounds[bound[p]])) for p in calm]
+    # An earlier out-of-range reading of a calm probe counts; one from before any binding is not stored.
+    rows.append((calm[0], now - timedelta(seconds=5), bounds[bound[calm[0]]][1] + 0.5))
+    rows.append((calm[1], datetime(2000, 1, 1, tzinfo=UTC), 99.0))
     assert store_readings(db_url, rows) == len(probes) + 1
 
-    expected = sorted({bound[p] for p in probes})
+    expected = sorted({bound[p] for p in [*hot, cold, calm[0]]})
     payloads = heard(listener)
     assert payloads == [json.dumps({"compartments": expected}, separators=(",", ":"))]  # the documented form
     assert compartments_notified(payloads[0]) == frozenset(expected)
 
-    # A redelivered batch stores nothing new, so it names nothing.
-    assert store_readings(db_url, [(p, now, 4.0) for p in probes]) == 0
+    # A redelivered batch stores nothing new, so it names nothing; so does a batch all in range.
+    assert store_readings(db_url, [(p, now, bounds[bound[p]][1] + 3.0) for p in hot]) == 0
+    later = now + timedelta(seconds=1)
+    assert store_readings(db_url, [(p, later, inside(*bounds[bound[p]])) for p in probes]) == len(probes)
     assert heard(listener, 0.5) == []
 
 
@@ -86,11 +110,11 @@ def test_a_rolled_back_batch_notifies_nothing(db_url: str, listener: psycopg.Con
     seed_fleet(db_url, probes=20)
     bound = bindings(db_url)
     probe = min(bound)
-    now = datetime.now(UTC)
-    _move(db_url, [(probe, now, 4.0)], commit=False)
+    now, hot = datetime.now(UTC), limits(db_url)[bound[probe]][1] + 3.0
+    _move(db_url, [(probe, now, hot)], commit=False)
     assert heard(listener) == []
     # The same batch committed is heard: the listener was listening all along.
-    _move(db_url, [(probe, now, 4.0)], commit=True)
+    _move(db_url, [(probe, now, hot)], commit=True)
     assert heard(listener) == [f'{{"compartments":[{bound[probe]}]}}']
 
 
@@ -99,7 +123,7 @@ def test_a_batch_too_large_to_list_says_look_at_everything(db_url: str, listener
     bound = bindings(db_url)
     listed = ",".join(str(c) for c in sorted(set(bound.values())))
     assert len(listed) > NOTIFY_PAYLOAD_LIMIT  # the test's premise: 2 000 ids do not fit
-    assert store_readings(db_url, [(p, datetime.now(UTC), 4.0) for p in bound]) == len(bound)
+    assert store_readings(db_url, [(p, datetime.now(UTC), 60.0) for p in bound]) == len(bound)  # all too warm
     payloads = heard(listener)
     assert payloads == ['{"all":true}']
     assert compartments_notified(payloads[0]) is None
@@ -127,7 +151,7 @@ async def test_the_ingester_notifies_once_its_batch_is_committed(
         )
     ts_ms = int(datetime.now(UTC).timestamp() * 1000)
     async with running(config(db_url, mqtt_broker.url)) as ing:
-        await publish(mqtt_broker.url, [telemetry(gateway, [{"probe": p, "t": 4.5, "ts": ts_ms} for p in probes])])
+        await publish(mqtt_broker.url, [telemetry(gateway, [{"probe": p, "t": 40.0, "ts": ts_ms} for p in probes])])
         await wait_until(lambda: ing.metrics.readings_stored == len(probes), what="readings stored")
     payloads = heard(listener)
     assert payloads == [json.dumps({"compartments": compartments}, separators=(",", ":"))]

@@ -45,11 +45,11 @@ def test_ingest_statements_on_hypertables_and_compressed_chunks() -> None:
         *migration_steps(),
         {"sql": REGISTRY},
         {"sql": store.STAGE_DDL},
-        *_batch("first", [(1, "2026-11-20 00:00", 4.5), (1, "2026-11-20 00:01", 4.7), (2, "2026-11-20 00:00", 5.0)]),
-        *_batch("again", [(1, "2026-11-20 00:00", 4.5), (1, "2026-11-20 00:01", 4.7)]),
+        *_batch("first", [(1, "2026-11-20 00:00", 4.5), (1, "2026-11-20 00:01", 9.5), (2, "2026-11-20 00:00", 5.0)]),
+        *_batch("again", [(1, "2026-11-20 00:00", 4.5), (1, "2026-11-20 00:01", 9.5)]),
         {"sql": "SELECT count(compress_chunk(c)) AS n FROM show_chunks('probe_readings') c", "name": "compressed"},
         # A buffered upload into the compressed chunk: one new reading, one already stored.
-        *_batch("late", [(1, "2026-11-20 00:02", 4.9), (1, "2026-11-20 00:01", 4.7)]),
+        *_batch("late", [(1, "2026-11-20 00:02", 4.9), (1, "2026-11-20 00:01", 9.5)]),
         {
             "sql": (
                 f"BEGIN; INSERT INTO cc_stage_status VALUES (1, {_us('2026-11-20 00:00')}, true, 'battery', 3.7, -95,"  # noqa: S608
@@ -65,12 +65,13 @@ def test_ingest_statements_on_hypertables_and_compressed_chunks() -> None:
         {"sql": "SELECT count(*)::int AS n FROM gateway_status", "name": "status_rows"},
     ]
     out = run_oracle(steps)
-    # One notification for a batch that stored readings (issue #17), none for duplicates only.
+    # One notification for a batch that stored a reading out of range (issue #17), none for
+    # duplicates only, none for in-range readings only.
     assert out["first"] == [{"bound": 2, "unbound": 1, "stored": 2, "notified": 1}]
     assert out["again"] == [{"bound": 2, "unbound": 0, "stored": 0, "notified": 0}]
     assert out["compressed"] == [{"n": 1}]
-    assert out["late"] == [{"bound": 2, "unbound": 0, "stored": 1, "notified": 1}]
-    assert out["readings"] == [{"n": 3, "max_t": 4.9}]
+    assert out["late"] == [{"bound": 2, "unbound": 0, "stored": 1, "notified": 0}]
+    assert out["readings"] == [{"n": 3, "max_t": 9.5}]
     assert out["latest"] == [{"probe_id": 1, "t": 4.9}]
     assert out["unbound"] == [{"probe_id": 2, "n": 1}]
     assert out["gateway"] == [{"online": True, "power": "battery", "rssi": -95}]
