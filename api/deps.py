@@ -6,17 +6,26 @@ raises), and the acting user is named on it (:func:`coldchain.core.db.set_actor`
 audit triggers of migration 0004 record who made every write. The queries behind a session and a
 jurisdiction are the registry's (:mod:`registry.sessions`, :mod:`registry.units`); this module
 only reads the request and answers with the one error shape.
+
+Reads that may be a few seconds old — monthly reports, the devices' history — take a second
+connection, :data:`ReadConn`, from the streaming replica when ``COLDCHAIN_READ_DATABASE_URL`` is
+set (issue #18), and say how old in the :data:`LAG_HEADER` response header.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import psycopg
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from coldchain.core.db import set_action as set_action
 from coldchain.core.db import set_actor
@@ -50,6 +59,148 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
 
 
 Conn = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads from a streaming replica (issue #18, COLDCHAIN_READ_DATABASE_URL)
+
+log = logging.getLogger("coldchain.api")
+
+LAG_HEADER = "X-Coldchain-Replica-Lag"
+"""On every answer read from the replica: how many seconds behind the primary its data may be
+(``0``: it has replayed all it received). Absent: the answer was read from the primary."""
+
+READ_WAIT = 5.0
+"""How long a request waits for a replica connection before it reads the primary instead: a
+replica that is down must slow reports and charts down, not take them away."""
+
+# Seconds behind the primary, as of the start of the read transaction. Caught up (all WAL
+# received has been replayed) is 0 even when the last replayed commit is old: an idle primary
+# writes nothing new. Otherwise, the age of the last transaction replayed: what the primary
+# committed since then is not visible yet. Not in recovery (the URL names a primary): 0, never
+# stale. NULL: behind, and no transaction replayed since the replica started (age unknown).
+# ``coldchain doctor`` reports the same number (coldchain/doctor_db.py).
+_LAG_SQL = """
+SELECT CASE
+    WHEN NOT pg_is_in_recovery() THEN 0
+    WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+    ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+END
+"""
+
+
+def measure_lag(conn: psycopg.Connection) -> float | None:
+    """How stale reads on ``conn`` may be, in seconds (see ``_LAG_SQL``); None when unknown."""
+    row = conn.execute(_LAG_SQL).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def format_lag(lag: float) -> str:
+    """The header's value: ``0`` when caught up, else seconds with one decimal."""
+    return "0" if lag == 0 else f"{lag:.1f}"
+
+
+@dataclass(frozen=True)
+class ReplicaRead:
+    """This request read from the replica; ``lag`` as measured when its transaction began."""
+
+    lag: float | None
+
+
+_warned_at = 0.0
+_warn_lock = threading.Lock()
+
+
+def _warn_fallback(reason: str) -> None:
+    """Once a minute at most: during an outage every report and chart request falls back."""
+    global _warned_at
+    with _warn_lock:
+        if time.monotonic() - _warned_at < 60:
+            return
+        _warned_at = time.monotonic()
+    log.warning(
+        "只读副本暂时不可用（%s）：报告与历史曲线改由主库提供，副本恢复后自动改回（COLDCHAIN_READ_DATABASE_URL）",
+        reason,
+    )
+
+
+def _replica_connection(read_pool: ConnectionPool) -> tuple[psycopg.Connection, float | None] | None:
+    """A read-only connection of the replica's pool and its lag, or None when the replica cannot
+    serve now (no connection within :data:`READ_WAIT`, or lost at its first query)."""
+    try:
+        read = read_pool.getconn(timeout=READ_WAIT)
+    except PoolTimeout:
+        _warn_fallback(f"{READ_WAIT:g} 秒内没有可用连接")
+        return None
+    try:
+        # BEGIN READ ONLY: on a replica every transaction is, and a read URL that names a
+        # primary by mistake must not let a "read" route write either.
+        read.read_only = True
+        lag = measure_lag(read)
+    except psycopg.Error as exc:
+        _give_back(read_pool, read)
+        _warn_fallback(type(exc).__name__)
+        return None
+    return read, lag
+
+
+def _give_back(read_pool: ConnectionPool, read: psycopg.Connection) -> None:
+    """End the read transaction (nothing to commit) and return the connection; a broken one is
+    discarded by the pool."""
+    with contextlib.suppress(psycopg.Error):
+        read.rollback()
+    read_pool.putconn(read)
+
+
+def get_read_conn(request: Request, response: Response, conn: Conn) -> Iterator[psycopg.Connection]:
+    """A connection for reads that tolerate being a few seconds old: monthly reports and the
+    devices' history. With ``COLDCHAIN_READ_DATABASE_URL`` set it is a read-only transaction on
+    the streaming replica, and the answer carries :data:`LAG_HEADER` (set here for routes that
+    return a model; :func:`lag_headers` for those that build their own response); unset, or with
+    the replica unavailable, it is the request's own connection to the primary — the same
+    transaction, not a second connection, so a request never holds two of the primary's pool
+    (which, under load, could wait on itself).
+
+    Sign-in and jurisdiction checks stay on ``conn`` (the primary): a session just ended or a
+    user just moved must count at once. Anything that writes uses ``conn`` too."""
+    request.state.replica = None
+    read_pool: ConnectionPool | None = getattr(request.app.state, "read_pool", None)
+    opened = _replica_connection(read_pool) if read_pool is not None else None
+    if read_pool is None or opened is None:
+        yield conn
+        return
+    read, lag = opened
+    request.state.replica = ReplicaRead(lag)
+    if lag is not None:
+        response.headers[LAG_HEADER] = format_lag(lag)
+    try:
+        yield read
+    finally:
+        _give_back(read_pool, read)
+
+
+ReadConn = Annotated[psycopg.Connection, Depends(get_read_conn, scope="function")]
+
+
+def replica_read(request: Request) -> ReplicaRead | None:
+    """The replica this request read from, or None when it read the primary."""
+    found = getattr(request.state, "replica", None)
+    return found if isinstance(found, ReplicaRead) else None
+
+
+def lag_headers(request: Request) -> dict[str, str]:
+    """:data:`LAG_HEADER` for a route or page that returns its own ``Response`` (FastAPI does not
+    copy a dependency's headers onto those)."""
+    read = replica_read(request)
+    return {LAG_HEADER: format_lag(read.lag)} if read is not None and read.lag is not None else {}
+
+
+def served_by_primary(request: Request, response: Response) -> None:
+    """A route that took a ``ReadConn`` but answered from the primary after all (a final month's
+    report generated and kept there) says so: no lag header, no replica note."""
+    request.state.replica = None
+    if LAG_HEADER in response.headers:
+        del response.headers[LAG_HEADER]
 
 
 @dataclass(frozen=True)

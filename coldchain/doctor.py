@@ -35,6 +35,7 @@ TIMEOUT = 5.0
 _COVERED = {
     "COLDCHAIN_DATABASE_URL": "database",
     "COLDCHAIN_OWNER_DATABASE_URL": "owner_database",
+    "COLDCHAIN_READ_DATABASE_URL": "read_database",
     "COLDCHAIN_MQTT_URL": "broker",
     "COLDCHAIN_WECOM_WEBHOOK_URL": "fallback_robot",
     "COLDCHAIN_WECHAT_API_BASE": "wechat",

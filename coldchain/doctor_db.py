@@ -1,6 +1,6 @@
 """The database's checks of ``coldchain doctor``: reachable, migrated, on the storage path the
 settings want (with TimescaleDB's policies), the services' role least-privileged, every unit's
-alarms going somewhere, the time zones and the clock.
+alarms going somewhere, the time zones and the clock; and the read replica, when one is set.
 
 Why apart from :mod:`coldchain.doctor`: these read the database, the others only the settings
 and the broker. Each opens its own short connection as the URL's role (the runtime role, as the
@@ -17,15 +17,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 
+from api.deps import format_lag, measure_lag
 from coldchain.core import db, roles
 from coldchain.core.migrate import MigrationError, status, timescale_server
 from coldchain.core.outbound import OutboundRefused, check_url, mask_url, policy_of
 from coldchain.core.settings import Settings
-from coldchain.doctor import TIMEOUT, Check, unreachable_check
-from coldchain.unreachable import database_failure
+from coldchain.doctor import TIMEOUT, Check, Status, unreachable_check
+from coldchain.unreachable import database_failure, failure, url_passwords
 
 RUNTIME_URL = "COLDCHAIN_DATABASE_URL"
 OWNER_URL = "COLDCHAIN_OWNER_DATABASE_URL"
+READ_URL = "COLDCHAIN_READ_DATABASE_URL"
 _AS_OWNER = "以属主身份（设置 COLDCHAIN_OWNER_DATABASE_URL）运行 coldchain db migrate"
 _NTP = "在本机和数据库服务器上启用 NTP 时间同步（如 chrony 或 systemd-timesyncd）"
 
@@ -359,3 +361,128 @@ def check_clock(url: str) -> Check:
         after = time.time()
     assert row is not None
     return clock_verdict(row[0].timestamp() - (before + after) / 2, after - before)
+
+
+# --- the read replica (issue #18) ------------------------------------------------------------------
+
+#: Seconds behind the primary from which the replica is reported: a warning (reports and charts
+#: lag visibly; the pages say so from 5 s on), then a failure (they are no longer "a few seconds
+#: old": something is broken — the network, the replica's disk, a query holding replay back).
+REPLICA_LAG_WARN = 30.0
+REPLICA_LAG_FAIL = 300.0
+_REPLICA_SQL = """
+SELECT pg_is_in_recovery(), current_database(), (SELECT system_identifier FROM pg_control_system()),
+       pg_is_in_recovery() AND pg_is_wal_replay_paused(), EXISTS (SELECT FROM pg_stat_wal_receiver)
+"""
+_IDENTITY_SQL = "SELECT current_database(), (SELECT system_identifier FROM pg_control_system())"
+_MAKE_REPLICA = (
+    "设为主库的流复制副本（pg_basebackup -R 制作，见 docs/operations.md「Read replica」），"
+    "或删除 COLDCHAIN_READ_DATABASE_URL 以从主库读取"
+)
+_SEVERITY: dict[Status, int] = {"ok": 0, "skip": 0, "warn": 1, "fail": 2}
+
+
+def _read_unreachable(exc: psycopg.OperationalError, url: str) -> Check:
+    """Named by the read URL itself (:func:`database_failure` knows only the primary's and the
+    owner's), without its password."""
+    detail = str(exc)
+    if exc.pgconn is not None and exc.pgconn.error_message:
+        detail = exc.pgconn.error_message.decode(errors="replace").split(" failed: ", 1)[-1] or detail
+    found = failure("数据库", db_address(url), detail, READ_URL, url_passwords(url))
+    return unreachable_check("read_database", "只读副本", found)
+
+
+def check_read_database(settings: Settings, primary_url: str | None, problem: str | None = None) -> Check:
+    """``COLDCHAIN_READ_DATABASE_URL``: reachable; a replica (in recovery) of the primary's own
+    cluster and database — else reports would come from another database altogether; replaying
+    (not paused) and receiving (a WAL receiver runs); and how far behind, by the number the API
+    puts in its ``X-Coldchain-Replica-Lag`` header (:func:`api.deps.measure_lag`).
+    ``primary_url``: the services' URL when it was reached, to compare identities."""
+    key, title = "read_database", "只读副本"
+    if problem is not None:
+        return Check(key, title, "fail", problem, f"改正 {READ_URL}，格式为 postgresql://用户:密码@主机:端口/库名")
+    url = settings.read_database_url
+    if url is None:
+        return Check(key, title, "skip", f"未设置 {READ_URL}：报告与历史曲线从主库读取")
+    try:
+        with _connect(url) as conn:
+            row = conn.execute(_REPLICA_SQL).fetchone()
+            lag = measure_lag(conn)
+    except psycopg.OperationalError as exc:
+        return _read_unreachable(exc, url)
+    assert row is not None
+    in_recovery, name, system, paused, receiving = bool(row[0]), str(row[1]), int(row[2]), bool(row[3]), bool(row[4])
+    primary: tuple[str, int] | None = None
+    if primary_url is not None:
+        with _connect(primary_url) as conn:
+            found = conn.execute(_IDENTITY_SQL).fetchone()
+        primary = (str(found[0]), int(found[1])) if found else None
+    where = db_address(url)
+    same = primary == (name, system)
+    if not in_recovery:
+        if same:
+            return Check(
+                key,
+                title,
+                "warn",
+                f"{where} 就是主库本身（pg_is_in_recovery() 为 false）：报告与历史曲线仍由主库承担",
+                _MAKE_REPLICA,
+            )
+        return Check(
+            key,
+            title,
+            "fail",
+            f"{where} 不是只读副本（pg_is_in_recovery() 为 false），报告与历史曲线将读自另一个数据库",
+            _MAKE_REPLICA,
+        )
+    if primary is not None and primary[1] != system:
+        return Check(
+            key,
+            title,
+            "fail",
+            f"{where} 是另一个数据库集群的副本（系统标识 {system}，主库为 {primary[1]}）",
+            f"{READ_URL} 须指向 {RUNTIME_URL} 所在主库的流复制副本；{_MAKE_REPLICA}",
+        )
+    if primary is not None and primary[0] != name:
+        return Check(
+            key,
+            title,
+            "fail",
+            f"{where} 的库名 {name} 与主库的 {primary[0]} 不同",
+            f"把 {READ_URL} 的库名改为 {primary[0]}",
+        )
+    findings: list[tuple[Status, str, str]] = []
+    if paused:
+        findings.append(
+            ("warn", "WAL 回放已暂停，数据停在暂停时刻", "在副本上以超级用户执行 SELECT pg_wal_replay_resume()")
+        )
+    if not receiving:
+        findings.append(
+            (
+                "warn",
+                "没有 WAL 接收进程（未连接主库），数据不再更新，落后时间可能显示为 0",
+                "检查副本 postgresql.auto.conf 中的 primary_conninfo、主库 pg_hba.conf 的 replication 行"
+                "与网络，并查看副本日志",
+            )
+        )
+    shown = "未知（启动后尚未回放任何事务）" if lag is None else f"{format_lag(lag)} 秒"
+    slow = (
+        "查看主库 pg_stat_replication 与副本日志：网络带宽、副本磁盘，"
+        "或副本上的长查询推迟了回放（max_standby_streaming_delay）"
+    )
+    if lag is None:
+        findings.append(("warn", "无法判断落后多久", slow))
+    elif lag > REPLICA_LAG_FAIL:
+        findings.append(("fail", f"落后超过 {REPLICA_LAG_FAIL:g} 秒，报告与历史曲线明显过时", slow))
+    elif lag > REPLICA_LAG_WARN:
+        findings.append(("warn", f"落后超过 {REPLICA_LAG_WARN:g} 秒", slow))
+    if not findings:
+        return Check(key, title, "ok", f"已连接 {where}：主库的流复制副本，落后 {shown}")
+    worst = max((s for s, _, _ in findings), key=_SEVERITY.__getitem__)
+    return Check(
+        key,
+        title,
+        worst,
+        f"{where}（流复制副本，落后 {shown}）：" + "；".join(m for _, m, _ in findings),
+        "；".join(f for _, _, f in findings),
+    )

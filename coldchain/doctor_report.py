@@ -31,12 +31,14 @@ from coldchain.doctor import (
 )
 from coldchain.doctor_db import (
     OWNER_URL,
+    READ_URL,
     RUNTIME_URL,
     check_clock,
     check_database,
     check_migrations,
     check_policies,
     check_privileges,
+    check_read_database,
     check_routes,
     check_storage,
     check_timezones,
@@ -88,7 +90,7 @@ def _guarded(key: str, title: str, check: Callable[[], Check]) -> Check:
 
 def run_checks(environ: Mapping[str, str] | None = None, *, timeout: float = TIMEOUT) -> list[Check]:
     """Every check, in the order an operator fixes things: settings, database, schema, roles,
-    broker, notifications, links, time."""
+    read replica, broker, notifications, links, time."""
     env = os.environ if environ is None else environ
     try:
         loaded = load_tolerant(env)
@@ -117,6 +119,9 @@ def run_checks(environ: Mapping[str, str] | None = None, *, timeout: float = TIM
     checks.append(on_database("storage", "存储路径", lambda u: check_storage(u, settings)))
     checks.append(on_database("timescaledb_policies", "TimescaleDB 策略", check_policies))
     checks.append(on_database("privileges", "运行角色权限", check_privileges))
+    checks.append(
+        _guarded("read_database", "只读副本", lambda: check_read_database(settings, url, problems.get(READ_URL)))
+    )
     mqtt_problem = problems.get("COLDCHAIN_MQTT_URL")
     checks.append(_guarded("broker", "MQTT 代理", lambda: check_broker(settings.mqtt, timeout, mqtt_problem)))
     fallback = _guarded("fallback_robot", "兜底机器人", lambda: check_fallback_robot(env, settings))

@@ -6,6 +6,11 @@ device's alarms not yet closed are listed first, and every alarm line links to i
 The first chart comes with the page (the same JSON as ``GET /api/v1/compartments/{id}/series``,
 drawn by the same script that draws every later fetch, so the two cannot disagree); zooming in
 fetches that range again, which brings finer data (raw readings below a week).
+
+The charts are history: read from the streaming replica when one is configured (issue #18), with
+a note when it is behind (:func:`dashboards.reports.replica_note`; the page's later fetches update
+it from their ``X-Coldchain-Replica-Lag`` header). The device, its compartments and its open
+alarms — which a person acts on from here — are read from the primary.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from fastapi.responses import HTMLResponse
 from alarms.queries import INBOX_TABS, list_alarms
 from alarms.rules import KIND_NAMES, SEVERITY_NAMES
 from analytics.series import MAX_RANGE, compartment_row, compartment_series
-from api.deps import Conn, unit_in_scope
+from api.deps import LAG_HEADER, Conn, ReadConn, lag_headers, replica_read, unit_in_scope
 from api.routes.series import SeriesOut
 from coldchain.core.db import fetch_all, fetch_one
 from dashboards.confirm import STATES
+from dashboards.reports import NOTE_AFTER, replica_note
 from dashboards.web import PageError, PageUser, render
 
 router = APIRouter(include_in_schema=False)
@@ -64,6 +70,7 @@ def device_page(
     equipment_id: int,
     user: PageUser,
     conn: Conn,
+    read: ReadConn,
     span: Annotated[Range, Query(alias="range", description="24h / 7d / 30d")] = "24h",
 ) -> HTMLResponse:
     equipment = fetch_one(conn, _EQUIPMENT, {"id": equipment_id}) if 1 <= equipment_id <= 2**62 else None
@@ -83,7 +90,8 @@ def device_page(
     for c in compartments:
         comp = compartment_row(conn, c["id"])
         assert comp is not None
-        c["series"] = SeriesOut.model_validate(compartment_series(conn, comp, start, now, now)).model_dump(mode="json")
+        series = compartment_series(read, comp, start, now, now)
+        c["series"] = SeriesOut.model_validate(series).model_dump(mode="json")
     # The device's alarms not yet closed, each a link: from here a person acknowledges or closes.
     open_alarms = [
         {**a, "kind_name": KIND_NAMES.get(a["kind"], a["kind"]), "severity_name": SEVERITY_NAMES.get(a["severity"], "")}
@@ -91,7 +99,7 @@ def device_page(
             conn, user.unit_id, equipment_id=equipment_id, states=INBOX_TABS["open"], order="severity", limit=20
         )
     ]
-    return render(
+    page = render(
         request,
         "device.html",
         user,
@@ -104,4 +112,9 @@ def device_page(
         max_days=MAX_RANGE.days,
         open_alarms=open_alarms,
         states=STATES,
+        replica_note=replica_note(replica_read(request)),
+        lag_header=LAG_HEADER,
+        note_after=NOTE_AFTER,
     )
+    page.headers.update(lag_headers(request))
+    return page

@@ -1,6 +1,11 @@
 """The monthly cold-chain report page (CM17): the same report document the API serves (kept or
 live), laid out for reading on a phone and for printing, with the per-area chart and the workbook
-link. Nothing is computed here but the chart."""
+link. Nothing is computed here but the chart.
+
+Like the API, the page reads the report from the streaming replica when one is configured
+(issue #18); when the replica is more than :data:`NOTE_AFTER` behind, the page says so in one line
+(:func:`replica_note`, also used by the device page), so a county that has just corrected
+something is not puzzled to find the old figure."""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import plotly.graph_objects as go
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from analytics.report.build import REPORT_LEVELS, ReportRefused, monthly_report
-from api.deps import Conn
+from analytics.report.build import REPORT_LEVELS, ReportRefused
+from api.deps import Conn, ReadConn, ReplicaRead, lag_headers, replica_read
 from api.routes.plans import MONTH_PATTERN
+from api.routes.reports import read_report
 from coldchain.core.db import fetch_all
 from coldchain.core.terms import current_month, parse_month
 from dashboards.web import API, PageError, PageUser, figure_json, render, scoped_unit
@@ -42,6 +48,31 @@ SELECT u.id, u.name, u.level FROM unit_tree t JOIN units u ON u.id = t.descendan
 WHERE t.ancestor_id = %(scope)s AND u.level = ANY(%(levels)s) AND u.active
 ORDER BY cc_unit_level_rank(u.level), u.code
 """
+
+
+NOTE_AFTER = 5.0
+"""Seconds behind the primary from which a page read from the replica says so: below, replication
+is working normally and the note would only be noise."""
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{round(seconds)} 秒"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} 分钟"
+    return f"{round(seconds / 3600)} 小时"
+
+
+def replica_note(replica: ReplicaRead | None) -> str | None:
+    """The line a report or history page shows when its data came from a replica that is behind
+    by more than :data:`NOTE_AFTER` (or by an unknown time); None otherwise."""
+    if replica is None:
+        return None
+    if replica.lag is None:
+        return "数据来自只读副本，落后主库的时间未知；刚录入的内容可能尚未显示"
+    if replica.lag < NOTE_AFTER:
+        return None
+    return f"数据来自只读副本，约 {_ago(replica.lag)}前；刚录入的内容可能尚未显示"
 
 
 def area_figure(areas: dict[str, Any]) -> dict[str, Any] | None:
@@ -73,6 +104,7 @@ def report_page(
     request: Request,
     user: PageUser,
     conn: Conn,
+    read: ReadConn,
     unit_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None,
 ) -> HTMLResponse:
@@ -80,11 +112,12 @@ def report_page(
     now = datetime.now(UTC)
     try:
         first = parse_month(month) if month else current_month(now)
-        report = monthly_report(conn, unit, first, now)
+        report, from_read = read_report(conn, read, unit, first, now)
     except ReportRefused as exc:
         raise PageError(422, str(exc)) from exc
     query = f"unit_id={unit}&month={report['month']}"
-    return render(
+    replica = replica_read(request) if from_read else None
+    page = render(
         request,
         "report_monthly.html",
         user,
@@ -97,4 +130,8 @@ def report_page(
         unit_id=unit,
         xlsx_url=f"{API}/reports/monthly.xlsx?{query}",
         json_url=f"{API}/reports/monthly?{query}",
+        replica_note=replica_note(replica),
     )
+    if replica is not None:
+        page.headers.update(lag_headers(request))
+    return page

@@ -4,6 +4,11 @@ the limits, alarm intervals, thermometer readings and the gateways' power and of
 
 What is read and how is :mod:`analytics.series`; this module checks the range and the jurisdiction
 (the compartment's equipment's unit; outside it, 404 like a compartment that does not exist).
+
+The series itself is history, and is read from the streaming replica when one is configured
+(:data:`api.deps.ReadConn`, issue #18), with its lag in the ``X-Coldchain-Replica-Lag`` header;
+the compartment, its current limits and the jurisdiction check come from the primary, so a
+compartment registered a moment ago is found and its limits are the ones the alarms use now.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
 from analytics.series import MAX_RANGE, compartment_row, compartment_series
-from api.deps import Conn, CurrentUser, unit_in_scope
+from api.deps import Conn, CurrentUser, ReadConn, unit_in_scope
 from api.fields import Id
 from coldchain.core.errors import invalid, not_found
 
@@ -125,11 +130,16 @@ def series_window(start: datetime | None, end: datetime | None, now: datetime) -
     "/compartments/{compartment_id}/series",
     response_model=SeriesOut,
     summary="温区温度曲线（按跨度取原始读数或小时/日聚合，抽样至约 2000 点；含限值、报警、温度计、网关供电与离线）",
+    description=(
+        "配置了只读副本（COLDCHAIN_READ_DATABASE_URL）时曲线从副本读取，响应头 X-Coldchain-Replica-Lag "
+        "给出副本落后主库的秒数（0 表示已同步）；没有该响应头表示从主库读取。"
+    ),
 )
 def get_series(
     compartment_id: Id,
     principal: CurrentUser,
     conn: Conn,
+    read: ReadConn,
     start: Annotated[AwareDatetime | None, Query(description="开始时间（带时区），缺省为结束前 24 小时")] = None,
     end: Annotated[AwareDatetime | None, Query(description="结束时间（带时区），缺省为现在")] = None,
 ) -> dict[str, Any]:
@@ -138,4 +148,4 @@ def get_series(
         raise not_found("温区")
     now = datetime.now(UTC)
     lo, hi = series_window(start, end, now)
-    return compartment_series(conn, row, lo, hi, now)
+    return compartment_series(read, row, lo, hi, now)

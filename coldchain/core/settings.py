@@ -145,6 +145,10 @@ class Settings:
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
+    # A streaming replica of the system database (issue #18), as the runtime role: the API reads
+    # monthly reports and the devices' history from it, so the province's heaviest reads stay off
+    # the primary that ingest and the alarms write to. None: everything reads the primary.
+    read_database_url: str | None = field(default=None, repr=False)  # may carry a password
 
     @property
     def migration_url(self) -> str | None:
@@ -297,6 +301,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("COLDCHAIN_OWNER_DATABASE_URL 应以 postgresql:// 开头")
     if owner_url and not database_url:
         raise SettingsError("设置了 COLDCHAIN_OWNER_DATABASE_URL 时，也须设置运行角色的 COLDCHAIN_DATABASE_URL")
+    read_url = get("READ_DATABASE_URL")
+    if read_url and not read_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("COLDCHAIN_READ_DATABASE_URL 应以 postgresql:// 开头")
+    if read_url and not database_url:
+        # A replica of the embedded demo database cannot exist: it is made by pg_basebackup of a
+        # configured primary.
+        raise SettingsError("设置了 COLDCHAIN_READ_DATABASE_URL（只读副本）时，也须设置主库的 COLDCHAIN_DATABASE_URL")
     mqtt_url = get("MQTT_URL")
     mqtt = _mqtt_address(get, mqtt_url) if mqtt_url else None
     raw_mode = get("TIMESCALEDB") or "auto"
@@ -358,6 +369,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         public_url=(_url(get, "PUBLIC_URL") or "http://127.0.0.1:8000").rstrip("/"),
         link_secret=get("LINK_SECRET"),
         owner_database_url=owner_url,
+        read_database_url=read_url,
         mqtt_username=mqtt.username if mqtt else None,
         mqtt_password=mqtt.password if mqtt else None,
         mqtt_ca_file=mqtt.ca_file if mqtt else None,

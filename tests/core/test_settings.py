@@ -56,3 +56,27 @@ def test_database_passwords_stay_out_of_the_settings_repr() -> None:
     )
     assert settings.migration_url == "postgresql://owner:OwnerPw-37@db.example/coldchain"
     assert "RuntimePw-91" not in repr(settings) and "OwnerPw-37" not in repr(settings)
+
+
+def test_the_read_replica_url_is_optional_checked_and_kept_out_of_the_repr() -> None:
+    """COLDCHAIN_READ_DATABASE_URL (issue #18): unset, everything reads the primary; set, it is a
+    postgresql:// URL beside the primary's, and its password is shown nowhere the settings are."""
+    assert load_settings({"COLDCHAIN_DATABASE_URL": "postgresql://app@db/cc"}).read_database_url is None
+    settings = load_settings(
+        {
+            "COLDCHAIN_DATABASE_URL": "postgresql://app@db.example/coldchain",
+            "COLDCHAIN_READ_DATABASE_URL": " postgresql://app:ReplicaPw-53@replica.example/coldchain ",
+        }
+    )
+    assert settings.read_database_url == "postgresql://app:ReplicaPw-53@replica.example/coldchain"
+    assert "ReplicaPw-53" not in repr(settings)
+    with pytest.raises(SettingsError, match="COLDCHAIN_READ_DATABASE_URL 应以 postgresql:// 开头") as bad:
+        load_settings(
+            {
+                "COLDCHAIN_DATABASE_URL": "postgresql://app@db/cc",
+                "COLDCHAIN_READ_DATABASE_URL": "mysql://app:ReplicaPw-53@replica/cc",
+            }
+        )
+    assert "ReplicaPw-53" not in str(bad.value)
+    with pytest.raises(SettingsError, match="也须设置主库的 COLDCHAIN_DATABASE_URL"):
+        load_settings({"COLDCHAIN_READ_DATABASE_URL": "postgresql://app@replica/cc"})
