@@ -73,6 +73,11 @@ class IngestConfig:
     # How long the broker keeps our session (and queues for us) while we are away.
     session_expiry: int = 7 * 24 * 3600
     keepalive: int = 30
+    # Leave the share group for good (``coldchain ingest --leave``): resume the session, subscribe
+    # to nothing, store what was queued for it until nothing has come for ``leave_quiet`` s, then
+    # delete the session, so that the broker routes no more of the group's share to it.
+    leave: bool = False
+    leave_quiet: float = 3.0
     health_host: str = "127.0.0.1"
     health_port: int | None = None
 
@@ -137,6 +142,7 @@ class Ingester:
             self._generation += 1
             client = self._new_client(self._generation)
             self._client = client
+            left = False
             try:
                 async with client:
                     if self.metrics.mqtt_connects == 0 and self._protocol is aiomqtt.ProtocolVersion.V311:
@@ -144,15 +150,21 @@ class Ingester:
                     self.metrics.mqtt_connected = True
                     self.metrics.mqtt_connects += 1
                     delay = 0.5
-                    # Always subscribe, even when the broker says our session was kept: Mosquitto
-                    # 2.0.11 does not restore a durable client's $share subscription (fixed in 2.0.12),
-                    # and subscribing again to an existing subscription changes nothing.
-                    await client.subscribe([(t, 1) for t in self.config.topics()])
-                    self.subscribed.set()
-                    log.info("已连接 MQTT 代理 %s，订阅 %s", self.config.mqtt.url, "、".join(self.config.topics()))
+                    if self.config.leave:
+                        # What was queued for this member arrives after CONNACK whatever we do;
+                        # unsubscribing stops the broker adding more to it.
+                        await client.unsubscribe(self.config.topics())
+                        log.info("离开共享订阅组：取消订阅，接收排队给 %s 的消息", self.config.client_id)
+                    else:
+                        # Always subscribe, even when the broker says our session was kept: Mosquitto
+                        # 2.0.11 does not restore a durable client's $share subscription (fixed in
+                        # 2.0.12), and subscribing again to an existing subscription changes nothing.
+                        await client.subscribe([(t, 1) for t in self.config.topics()])
+                        self.subscribed.set()
+                        log.info("已连接 MQTT 代理 %s，订阅 %s", self.config.mqtt.url, "、".join(self.config.topics()))
                     # Messages arrive through the handoff queue; iterating only surfaces a lost connection.
                     consume = asyncio.create_task(self._until_disconnected(client))
-                    stopping = asyncio.create_task(stop.wait())
+                    stopping = asyncio.create_task(self._quiet(stop) if self.config.leave else stop.wait())
                     done, _ = await asyncio.wait({consume, stopping, writer}, return_when=asyncio.FIRST_COMPLETED)
                     stopping.cancel()
                     if writer in done:
@@ -164,6 +176,7 @@ class Ingester:
                         consume.cancel()
                         await asyncio.gather(consume, return_exceptions=True)
                         await self._drain(10.0)
+                        left = self.config.leave and not stop.is_set()
             except aiomqtt.MqttError as exc:
                 if self.metrics.mqtt_connects == 0:
                     # Never connected yet: the broker may not speak MQTT 5 (amqtt answers with code
@@ -191,11 +204,47 @@ class Ingester:
                 self._current = [m for m in self._current if m.ack is None]
                 self.subscribed.clear()
                 self.metrics.mqtt_connected = False
+            if left:
+                await self._forget_session()
+                return
             if stop.is_set():
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay * (1 + random.random() / 2))
             delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _quiet(self, stop: asyncio.Event) -> None:
+        """Return once no message has arrived for ``leave_quiet`` seconds and all are committed, or
+        when asked to stop (then the session stays: the queue is not known to be empty)."""
+        seen, since = -1, 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            now = loop.time()
+            if self.metrics.messages_received != seen:
+                seen, since = self.metrics.messages_received, now
+            elif now - since >= self.config.leave_quiet and not self._current and self._idle.is_set():
+                return
+            await asyncio.sleep(0.1)
+
+    async def _forget_session(self) -> None:
+        """Connect once more with a clean start and no expiry: the broker deletes the session (and
+        with it this member's place in the share group), then disconnect."""
+        options: dict[str, Any] = {
+            "identifier": self.config.client_id,
+            "timeout": 10,
+            **self.config.mqtt.client_options(),
+        }
+        if self._protocol is aiomqtt.ProtocolVersion.V5:
+            clean = aiomqtt.Client(
+                self.config.mqtt.host, self.config.mqtt.port, protocol=self._protocol, clean_start=True, **options
+            )
+        else:
+            clean = aiomqtt.Client(
+                self.config.mqtt.host, self.config.mqtt.port, protocol=self._protocol, clean_session=True, **options
+            )
+        async with clean:
+            pass
+        log.info("已离开共享订阅组：会话 %s 已删除，代理不再为它排队", self.config.client_id)
 
     @staticmethod
     async def _until_disconnected(client: aiomqtt.Client) -> None:
