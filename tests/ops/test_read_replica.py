@@ -168,6 +168,11 @@ def test_reports_and_history_come_from_the_replica_with_its_lag(setup: Setup) ->
         assert [r["thermometer_t"] for r in listed.json()] == [3.9]
         assert _one(setup.primary, "SELECT count(*) FROM thermometer_readings") == 1
         assert _one(setup.replica, "SELECT count(*) FROM thermometer_readings") == 0  # paused: not yet there
+        # A probe reading stored meanwhile (as the ingester would) is on the primary only.
+        probe = w.probes["108601"]
+        with db.connect(setup.primary) as conn:
+            conn.execute("INSERT INTO probe_readings (probe_id, ts, t) VALUES (%s, now(), 7.7)", (probe,))
+            conn.commit()
         fresh = bearer(client, "ba_T1")  # a session the replica has not seen: checked on the primary
         time.sleep(NOTE_AFTER + 1)
 
@@ -175,6 +180,8 @@ def test_reports_and_history_come_from_the_replica_with_its_lag(setup: Setup) ->
         assert stale.status_code == 200, stale.text
         assert stale.json()["thermometer"] == []  # from the replica, where the reading is not yet
         assert _lag(stale) >= NOTE_AFTER + 1
+        raw = client.get(f"{API}/probes/{probe}/readings", headers=fresh)
+        assert raw.status_code == 200 and 7.7 not in [r["t"] for r in raw.json()] and _lag(raw) >= NOTE_AFTER + 1
         old = _report(client, setup, admin)
         assert old.json()["unit"]["name"] == "雁塔区疾病预防控制中心" and _lag(old) >= NOTE_AFTER + 1
         xlsx = client.get(f"{API}/reports/monthly.xlsx", params={"unit_id": w.units["K1"]}, headers=admin)
@@ -197,6 +204,8 @@ def test_reports_and_history_come_from_the_replica_with_its_lag(setup: Setup) ->
         caught_up = _series(client, setup, staff)
         assert [r["t"] for r in caught_up.json()["thermometer"]] == [3.9]
         assert _lag(caught_up) < NOTE_AFTER
+        raw = client.get(f"{API}/probes/{probe}/readings", headers=staff)
+        assert raw.json()[0]["t"] == 7.7 and _lag(raw) < NOTE_AFTER
         new = _report(client, setup, admin)
         assert new.json()["unit"]["name"] == "雁塔区疾控（更名）" and _lag(new) < NOTE_AFTER
         page = client.get("/reports/monthly", params={"unit_id": w.units["K1"]})
