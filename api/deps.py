@@ -27,8 +27,8 @@ import psycopg
 from fastapi import Depends, Request, Response
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from coldchain.core.db import format_lag, measure_lag, set_actor
 from coldchain.core.db import set_action as set_action
-from coldchain.core.db import set_actor
 from coldchain.core.db import update_versioned as update_versioned
 from coldchain.core.errors import Refused
 from coldchain.core.terms import Role
@@ -73,31 +73,6 @@ LAG_HEADER = "X-Coldchain-Replica-Lag"
 READ_WAIT = 5.0
 """How long a request waits for a replica connection before it reads the primary instead: a
 replica that is down must slow reports and charts down, not take them away."""
-
-# Seconds behind the primary, as of the start of the read transaction. Caught up (all WAL
-# received has been replayed) is 0 even when the last replayed commit is old: an idle primary
-# writes nothing new. Otherwise, the age of the last transaction replayed: what the primary
-# committed since then is not visible yet. Not in recovery (the URL names a primary): 0, never
-# stale. NULL: behind, and no transaction replayed since the replica started (age unknown).
-# ``coldchain doctor`` reports the same number (coldchain/doctor_db.py).
-_LAG_SQL = """
-SELECT CASE
-    WHEN NOT pg_is_in_recovery() THEN 0
-    WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
-    ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
-END
-"""
-
-
-def measure_lag(conn: psycopg.Connection) -> float | None:
-    """How stale reads on ``conn`` may be, in seconds (see ``_LAG_SQL``); None when unknown."""
-    row = conn.execute(_LAG_SQL).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
-
-
-def format_lag(lag: float) -> str:
-    """The header's value: ``0`` when caught up, else seconds with one decimal."""
-    return "0" if lag == 0 else f"{lag:.1f}"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 
-from api.deps import format_lag, measure_lag
 from coldchain.core import db, roles
 from coldchain.core.migrate import MigrationError, status, timescale_server
 from coldchain.core.outbound import OutboundRefused, check_url, mask_url, policy_of
@@ -396,7 +395,7 @@ def check_read_database(settings: Settings, primary_url: str | None, problem: st
     """``COLDCHAIN_READ_DATABASE_URL``: reachable; a replica (in recovery) of the primary's own
     cluster and database — else reports would come from another database altogether; replaying
     (not paused) and receiving (a WAL receiver runs); and how far behind, by the number the API
-    puts in its ``X-Coldchain-Replica-Lag`` header (:func:`api.deps.measure_lag`).
+    puts in its ``X-Coldchain-Replica-Lag`` header (:func:`coldchain.core.db.measure_lag`).
     ``primary_url``: the services' URL when it was reached, to compare identities."""
     key, title = "read_database", "只读副本"
     if problem is not None:
@@ -407,7 +406,7 @@ def check_read_database(settings: Settings, primary_url: str | None, problem: st
     try:
         with _connect(url) as conn:
             row = conn.execute(_REPLICA_SQL).fetchone()
-            lag = measure_lag(conn)
+            lag = db.measure_lag(conn)
     except psycopg.OperationalError as exc:
         return _read_unreachable(exc, url)
     assert row is not None
@@ -465,7 +464,7 @@ def check_read_database(settings: Settings, primary_url: str | None, problem: st
                 "与网络，并查看副本日志",
             )
         )
-    shown = "未知（启动后尚未回放任何事务）" if lag is None else f"{format_lag(lag)} 秒"
+    shown = "未知（启动后尚未回放任何事务）" if lag is None else f"{db.format_lag(lag)} 秒"
     slow = (
         "查看主库 pg_stat_replication 与副本日志：网络带宽、副本磁盘，"
         "或副本上的长查询推迟了回放（max_standby_streaming_delay）"

@@ -161,3 +161,29 @@ def storage_path(conn: psycopg.Connection) -> StoragePath:
     """Which path the schema was built on (decided once by migration 0001)."""
     row = conn.execute("SELECT cc_timescaledb()").fetchone()
     return "timescaledb" if row and row[0] else "postgresql"
+
+
+# Seconds behind the primary, as of the start of the read transaction. Caught up (all WAL
+# received has been replayed) is 0 even when the last replayed commit is old: an idle primary
+# writes nothing new. Otherwise, the age of the last transaction replayed: what the primary
+# committed since then is not visible yet. Not in recovery (the URL names a primary): 0, never
+# stale. NULL: behind, and no transaction replayed since the replica started (age unknown).
+# The API's lag header (api/deps.py) and ``coldchain doctor`` (coldchain/doctor_db.py) report it.
+_LAG_SQL = """
+SELECT CASE
+    WHEN NOT pg_is_in_recovery() THEN 0
+    WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+    ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+END
+"""
+
+
+def measure_lag(conn: psycopg.Connection) -> float | None:
+    """How stale reads on ``conn`` may be, in seconds (see ``_LAG_SQL``); None when unknown."""
+    row = conn.execute(_LAG_SQL).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def format_lag(lag: float) -> str:
+    """The header's value: ``0`` when caught up, else seconds with one decimal."""
+    return "0" if lag == 0 else f"{lag:.1f}"
