@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from pprint import pformat
@@ -155,10 +156,16 @@ def _board(client: TestClient) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-def new_server(tmp_path: Path) -> Iterator[str]:
-    """A cluster of its own, empty: no coldchain roles, no databases."""
+def new_server() -> Iterator[str]:
+    """A cluster of its own, empty: no coldchain roles, no databases.
+
+    Not under pytest's ``tmp_path``: the server runs as ``postgres``, which must traverse every
+    directory above its data, and any other pytest run starting on the machine takes the "others"
+    bits off ``/tmp/pytest-of-<user>`` — the server then loses its own files mid-test (the drill's
+    rare failure; found by the read-replica tests, ``tests/replicahelp.py``)."""
     _bindir()
-    data = tmp_path / "restore-cluster"
+    work = Path(tempfile.mkdtemp(prefix="coldchain-restore-"))
+    data = work / "restore-cluster"
     try:
         server = services.start_local_cluster(data)
     except RuntimeError:
@@ -171,7 +178,7 @@ def new_server(tmp_path: Path) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_the_backup_and_restore_drill(db_url: str, roles: Roles, tmp_path: Path, new_server: str) -> None:
