@@ -25,7 +25,7 @@ from coldchain.doctor_report import cmd_doctor
 from coldchain.doctor_report import configure as configure_doctor
 from coldchain.hardware_cli import configure_import as configure_hardware_import
 from coldchain.run import cmd_run
-from coldchain.seed.demo import DEMO_PASSWORD, load_demo, plan_demo
+from coldchain.seed.demo import DEMO_PASSWORD, RealUnitsPresent, check_demo_registry, load_demo, plan_demo
 from coldchain.seed.vaccines import load_vaccines
 from coldchain.units_cli import configure_import as configure_units_import
 from coldchain.unreachable import broker_unreachable as _broker_unreachable
@@ -116,6 +116,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             health_port=args.health_port if args.health_port is not None else settings.ingest_health_port,
             receive_maximum=args.receive_maximum,
             batch_messages=args.batch_messages,
+            leave=args.leave,
         )
         ingester = Ingester(config)
         print(f"采集服务：{settings.mqtt.url} → 数据库，客户端 {config.client_id}", flush=True)
@@ -129,9 +130,22 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    """The gateway simulator publishes made-up readings for every bound probe of the registry, so
+    like ``seed demo`` and ``run --demo`` it refuses a registry holding units the demo did not
+    make (:func:`coldchain.seed.demo.check_demo_registry`) — unless ``--allow-real-units`` says
+    that this is meant (a load test on a copy of a real registry)."""
     from ingest.simulate import cmd_simulate as simulate
 
     with databases.opened(settings) as database:
+        if not args.allow_real_units:
+            with db.connect(database.url, application="coldchain-simulator") as conn:
+                try:  # the demo as large as what is loaded, planned with this seed (as run does)
+                    check_demo_registry(conn, 0, args.seed)
+                except RealUnitsPresent as exc:
+                    raise RealUnitsPresent(
+                        f"{exc}。确需向这些单位的探头发送模拟读数（如在正式库的副本上做压力测试），"
+                        "请加 --allow-real-units"
+                    ) from None
         return simulate(settings, args, database.url)
 
 
@@ -265,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="代理可同时未确认下发的消息数（内存上限，1–65535）",
     )
     ing.add_argument("--batch-messages", type=_bounded_int(1, 100_000), default=500, help="每批写入的消息数上限")
+    ing.add_argument(
+        "--leave",
+        action="store_true",
+        help="永久移出共享订阅组：以同一客户端标识接收并入库排队给它的消息，然后删除其会话后退出",
+    )
     ing.set_defaults(func=cmd_ingest)
 
     apip = sub.add_parser("api", help="Web API（FastAPI，/api/v1，文档在 /api/v1/docs）")
@@ -298,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="网关模拟器：为库中已绑定的探头发送读数，可注入故障")
     configure_simulator(sim)
+    sim.add_argument(
+        "--allow-real-units",
+        action="store_true",
+        help="库中有非演示单位时仍然发送模拟读数（如在正式库的副本上做压力测试）；默认拒绝，以免真实探头收到假读数",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     seed = sub.add_parser("seed", help="载入数据").add_subparsers(dest="seed_command", required=True)

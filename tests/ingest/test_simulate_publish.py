@@ -1,7 +1,7 @@
 """The gateway fleet simulator at work: the fleet it reads from the registry's current
 bindings, publishing to a real broker (on time in real time, through a broker restart, stopping
-while the broker is unreachable), and the ``coldchain simulate`` command's options, refusals,
-back-fill and Ctrl-C."""
+while the broker is unreachable), and the ``coldchain simulate`` command's options, refusals
+(real units without ``--allow-real-units``), back-fill and Ctrl-C."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from apihelp import build_world
+from dbhelp import as_runtime
 from simhelp import FLEET, MINUTE, START, _probe, _run
 
 from coldchain import services
@@ -330,3 +332,48 @@ def test_cmd_simulate_stops_cleanly_on_ctrl_c(db_url: str, mqtt_broker: services
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "模拟已停止" in rest
+
+
+# ---------------------------------------------------------------------------------------------
+# The command: never next to real units unasked
+
+
+def _simulate(db_url: str, broker: services.Started, *args: str) -> subprocess.CompletedProcess[str]:
+    """``coldchain simulate`` as a deployment runs it: the services' role, a broker of the test's own
+    (the machine's shared one would carry the made-up readings to other tests' ingesters)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLDCHAIN_")}
+    env.update({"COLDCHAIN_DATABASE_URL": as_runtime(db_url), "COLDCHAIN_MQTT_URL": broker.url})
+    return subprocess.run(
+        [sys.executable, "-m", "coldchain.cli", "simulate", "--client-id", f"test-sim-{secrets.token_hex(4)}", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_simulate_command_refuses_real_units_unless_asked(db_url: str, deploy_broker: services.Started) -> None:
+    """The guard of ``seed demo`` and ``run --demo`` (coldchain.seed.demo.check_demo_registry):
+    refused in Chinese before a message is made, naming the units and the option that overrides."""
+    build_world(db_url, readings=False)  # a province with real codes, not the demo's plan
+    refused = _simulate(db_url, deploy_broker, "--duration", "1")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "错误：数据库中已有非演示单位" in refused.stderr and "6101130000" in refused.stderr
+    assert "请加 --allow-real-units" in refused.stderr and "Traceback" not in refused.stderr
+    assert "模拟 " not in refused.stdout
+
+    asked = _simulate(db_url, deploy_broker, "--allow-real-units", "--backfill", "2m", "--duration", "1")
+    assert asked.returncode == 0, asked.stderr
+    assert "模拟 3 个网关" in asked.stdout and "模拟已停止，共发送" in asked.stdout
+
+
+def test_the_simulate_command_runs_on_the_demo_without_being_asked(
+    db_url: str, deploy_broker: services.Started
+) -> None:
+    """The demo, loaded with the seed the simulator is given (as ``coldchain run`` passes it on)."""
+    plan = plan_demo(probes=40, seed=7)
+    load_demo(db_url, plan)
+    proc = _simulate(db_url, deploy_broker, "--seed", "7", "--backfill", "2m", "--duration", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"模拟 {len(plan.gateways)} 个网关、{len(plan.probes)} 个探头" in proc.stdout
