@@ -198,9 +198,8 @@ def cmd_admin_create(settings: Settings, args: argparse.Namespace) -> int:
     province's, who then manages the rest through the API and Form 5. Prints the one-time link to
     the page where they set their password (and its token, for API clients); no password ever
     passes through the command line."""
-    from dashboards.setup_password import setup_link
     from registry.permissions import role_allowed_at
-    from registry.sessions import SETUP_TOKEN_TTL, open_session
+    from registry.sessions import SETUP_TOKEN_TTL, open_session, setup_link
 
     with databases.opened(settings) as database, db.connect(database.url, application="coldchain-cli") as conn:
         unit = conn.execute("SELECT id, level, name FROM units WHERE code = %s", (args.unit,)).fetchone()

@@ -15,18 +15,16 @@ proxies and other sites' logs.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from api.deps import Conn
 from dashboards.web import render
-from registry.sessions import SETUP_TOKEN_TTL, peek_setup_token
+from registry.sessions import SETUP_PATH, SETUP_TOKEN_TTL, peek_setup_token
 
 router = APIRouter(include_in_schema=False)
 
-SETUP_PATH = "/setup-password"
 # The API takes 10–100 characters (api/routes/auth.py); the tokens made are URL-safe base64.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{10,100}")
 # What registry.auth.password_problem checks, in the words a site can follow (tested against it).
@@ -36,12 +34,6 @@ PASSWORD_RULES = (
     "不能包含用户名",
 )
 INVALID = "设置密码的链接无效、已使用或已过期，请联系管理单位重新生成。"
-
-
-def setup_link(public_url: str, token: str) -> str:
-    """The link to hand a new user: this page on the address people reach the system at
-    (``COLDCHAIN_PUBLIC_URL``)."""
-    return f"{public_url.rstrip('/')}{SETUP_PATH}?{urlencode({'token': token})}"
 
 
 @router.get(SETUP_PATH, response_class=HTMLResponse)

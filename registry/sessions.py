@@ -11,6 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import psycopg
 
@@ -18,7 +19,16 @@ from coldchain.core.db import fetch_one
 from coldchain.core.tokens import token_hash
 
 SETUP_TOKEN_TTL = timedelta(hours=72)
+SETUP_PATH = "/setup-password"
+"""The page where a new user sets the first password from the one-time link (dashboards)."""
 SessionKind = Literal["web", "api", "setup"]
+
+
+def setup_link(public_url: str, token: str) -> str:
+    """The link to hand a new user: the set-up page on the address people reach the system at
+    (``COLDCHAIN_PUBLIC_URL``). Here, beside the token it carries, because the CLI, the forms API
+    and the page itself all hand it out."""
+    return f"{public_url.rstrip('/')}{SETUP_PATH}?{urlencode({'token': token})}"
 
 
 def new_secret() -> str:

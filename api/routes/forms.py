@@ -12,12 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.deps import Conn, CurrentUser, require_filter_in_scope, require_writer
 from registry.forms import MAX_ID, FormPayload, FormStatus, Remark, form_detail, workflow
 from registry.forms import list_forms as forms_visible
+from registry.sessions import setup_link
 
 router = APIRouter(tags=["表单"])
 
@@ -71,6 +72,13 @@ class FormDetail(FormOut):
 class ApplyOut(FormDetail):
     setup_token: str | None = Field(
         None, description="附表5 新增用户：一次性设置密码令牌（POST /auth/setup-password），只在此返回一次，不作保存"
+    )
+    setup_link: str | None = Field(
+        None,
+        description=(
+            "附表5 新增用户：交给本人的一次性设置密码页面链接"
+            "（COLDCHAIN_PUBLIC_URL/setup-password?token=…，72 小时内有效，只能使用一次）"
+        ),
     )
 
 
@@ -170,6 +178,7 @@ def withdraw_form(form_id: FormId, principal: CurrentUser, conn: Conn, body: Ste
 
 
 @router.post("/forms/{form_id}/apply", response_model=ApplyOut, summary="执行已备案的表单（改动登记信息）")
-def apply_form(form_id: FormId, body: ApplyIn, principal: CurrentUser, conn: Conn) -> dict[str, Any]:
+def apply_form(form_id: FormId, body: ApplyIn, principal: CurrentUser, conn: Conn, request: Request) -> dict[str, Any]:
     token = workflow.apply(conn, principal.actor, form_id, body.version)
-    return form_detail(conn, principal.unit_id, form_id) | {"setup_token": token}
+    link = setup_link(request.app.state.settings.public_url, token) if token else None
+    return form_detail(conn, principal.unit_id, form_id) | {"setup_token": token, "setup_link": link}

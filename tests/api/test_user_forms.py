@@ -10,8 +10,10 @@ from apihelp import error_code
 from formhelp import API, K1, T1, Env, P, applied, apply, common, execute, one, refused, submit, to_filed
 
 from coldchain.core import db
+from coldchain.core.settings import load_settings
 from registry.forms import Form5, UserFact, UserFacts, UserFields, check_form5, county_of, form5_refusal
 from registry.permissions import Actor, UnitRef
+from registry.sessions import setup_link
 
 NEW_PASSWORD = "Fresh#Cold2026"
 K1_CHAIN = ("ba_C1",)
@@ -54,6 +56,9 @@ def test_form5_add_user_by_the_um1_manager_with_a_one_time_setup_token(env: Env)
     done = applied(env, "sa_K1", filed)
     token = done["setup_token"]
     assert isinstance(token, str) and len(token) > 20
+    # The page link to hand over, on the public address (the same as `coldchain admin create` prints).
+    assert done["setup_link"] == setup_link(load_settings({}).public_url, token)
+    assert done["setup_link"].startswith("http://127.0.0.1:8000/setup-password?token=")
     user_id = done["result"]["user_id"]
     new_user = one(
         env,

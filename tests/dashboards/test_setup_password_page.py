@@ -20,9 +20,9 @@ from browserhelp import browser_page, require_browser
 from dbhelp import as_runtime
 
 from coldchain.core import db
-from dashboards.setup_password import PASSWORD_RULES, setup_link
+from dashboards.setup_password import PASSWORD_RULES
 from registry.auth import password_problem
-from registry.sessions import SETUP_TOKEN_TTL, open_session, peek_setup_token
+from registry.sessions import SETUP_TOKEN_TTL, open_session, peek_setup_token, setup_link
 
 API = "/api/v1"
 NEW_PASSWORD = "Xin@Mima2026"
