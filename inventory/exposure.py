@@ -7,8 +7,8 @@ The temperatures come from the daily aggregate (one row per probe and Beijing da
 come from the hourly aggregate and the readings. Minutes out of range come from the excursion spans
 (sql/migrations/0009_excursions.sql): the out-of-range stretches, materialised at each aggregate
 refresh, plus those of the readings since, computed live. :func:`out_of_range_minutes` states the
-rule in Python; the spans must agree with it (tests/analytics/test_excursions.py), and the monthly report
-counts hours out of range by the same rule.
+rule in Python; the spans must agree with it (tests/analytics/test_excursions.py). The monthly report
+calls :func:`temperatures` itself, so a lot's trace and its fridge's report cannot disagree.
 """
 
 from __future__ import annotations

@@ -61,7 +61,9 @@ class ReportRefused(ValueError):
 class Column:
     key: str
     label: str
-    format: str = "text"  # text | int | float | share | date | bool
+    format: str = "text"  # text | int | number | float | temp | share | date | bool
+    """How a value is shown: ``number`` is a whole number when the value is one (a count) and two
+    decimals otherwise, for a column mixing counts and hours; ``temp`` is ℃ to one decimal."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,11 @@ _GATEWAY_COLUMNS = (
     Column("alarms_gateway_signal", "信号弱报警", "int"),
     Column("hours_gateway_signal", "信号弱小时", "float"),
 )
+_TEMPERATURE_COLUMNS = tuple(
+    Column(f"{mode}_{x}_t", f"{name}{label}（℃）", "temp")
+    for mode, name in maths.MODES.items()
+    for x, label in (("min", "最低"), ("max", "最高"), ("mean", "平均"))
+)
 _LOW_V = f"{tables.GATEWAY_THRESHOLDS.battery_low:g}"
 _WEAK = f"{tables.GATEWAY_THRESHOLDS.weak_rssi}"
 
@@ -92,11 +99,12 @@ TABLES: tuple[TableSpec, ...] = (
         "概况与环比",
         (
             Column("label", "指标"),
-            Column("current", "本月", "float"),
-            Column("previous", "上月", "float"),
-            Column("change", "变化", "float"),
+            Column("current", "本月", "number"),
+            Column("previous", "上月", "number"),
+            Column("change", "变化", "number"),
             Column("unit", "单位"),
             Column("verdict", "评价"),
+            Column("note", "说明"),
         ),
         ("key",),
     ),
@@ -114,6 +122,7 @@ TABLES: tuple[TableSpec, ...] = (
             Column("alarms_total", "报警合计", "int"),
             Column("out_of_range_hours", "超温小时", "float"),
             Column("offline_hours", "离线小时", "int"),
+            *_TEMPERATURE_COLUMNS,
             Column("received", "收到读数", "int"),
             Column("expected", "应收读数", "int"),
             Column("completeness", "数据完整率", "share"),
@@ -246,31 +255,6 @@ def _table(spec: TableSpec, rows: pl.DataFrame | Sequence[Mapping[str, Any]]) ->
     }
 
 
-def _change_rows(changes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The changes for reading: shares as percentages, their change in percentage points."""
-    rows = []
-    for c in changes:
-        share = c["unit"] == "%"
-        scale = 100.0 if share else 1.0
-
-        def shown(v: Any, scale: float = scale) -> float | None:
-            return None if v is None else round(float(v) * scale, 2)
-
-        verdict = {True: "好转", False: "变差", None: "—"}[c["better"]]
-        rows.append(
-            {
-                "key": c["key"],
-                "label": c["label"],
-                "current": shown(c["current"]),
-                "previous": shown(c["previous"]),
-                "change": shown(c["change"]),
-                "unit": "%（变化为百分点）" if share else c["unit"],
-                "verdict": verdict,
-            }
-        )
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------
 # Computing
 
@@ -284,7 +268,9 @@ class Figures:
 def figures(facts: Facts) -> Figures:
     """Every table and the headline from the facts (pure: no database)."""
     unit_id = int(facts.unit["id"])
-    devices = tables.device_table(facts.devices, facts.units, facts.pieces, facts.alarms, facts.drifts, unit_id)
+    devices = tables.device_table(
+        facts.devices, facts.units, facts.pieces, facts.compartments, facts.alarms, facts.drifts, unit_id
+    )
     response = tables.alarm_response(facts.alarms, facts.units, unit_id)
     gateways = tables.gateway_table(
         facts.gateways, facts.gateway_status, facts.alarms, facts.units, facts.period, unit_id
@@ -318,7 +304,7 @@ def compute(
     prev_headline, prev_kept = previous if previous is not None else previous_headline(conn, unit_id, month, now)
     change_list = headline.changes(result.headline, prev_headline)
     tables = {key: _table(TABLE_BY_KEY[key], frame) for key, frame in result.tables.items()}
-    tables["changes"] = _table(TABLE_BY_KEY["changes"], _change_rows(change_list))
+    tables["changes"] = _table(TABLE_BY_KEY["changes"], headline.change_rows(change_list))
     tables["definitions"] = _table(
         TABLE_BY_KEY["definitions"],
         [{"key": i.key, "label": i.label, "definition": i.definition} for i in headline.INDICATORS],

@@ -3,8 +3,12 @@
 Nothing here decides a figure; :mod:`analytics.report.maths` does. Reading cost is kept down the
 way the lot trace does it (``inventory/exposure.py``): the hourly aggregate is read once with
 constant bounds (a join condition would not reach through the plain path's materialised ∪ live
-view), and raw readings only for the hours an aggregate shows crossing a limit and for partial
-edge hours.
+view), and raw readings only for partial edge hours.
+
+Each compartment's temperatures (min, max, mean) and minutes out of range over the month come from
+the lot trace's own computation, :func:`inventory.exposure.temperatures`: the daily aggregate for
+whole days, and the excursion spans (migration 0009) for the minutes out of range — one way to
+compute them, so a lot's trace and its fridge's report cannot disagree.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from typing import Any
 import polars as pl
 import psycopg
 
-from alarms.rules import params_for
 from analytics.logins import monthly_table
 from analytics.report import maths, tables
 from analytics.report.maths import Period, Piece, PieceFigures
 from coldchain.core.db import fetch_all, fetch_one
 from coldchain.core.terms import BEIJING
-from inventory.exposure import MAX_GAP as HOLD_MAX
+from inventory.custody import Interval
+from inventory.exposure import Segment, temperatures
 
 _UNIT = "SELECT id, code, name, level FROM units WHERE id = %(unit)s"
 
@@ -55,8 +59,7 @@ WHERE t.ancestor_id = %(unit)s
 
 # Every binding of the subtree's compartments that overlaps [start, cut), cut to it.
 _BINDINGS = """
-SELECT b.probe_id, b.compartment_id, c.equipment_id, c.mode, c.t_min::float8 AS t_min, c.t_max::float8 AS t_max,
-       lower(b.valid) AS bound_from,
+SELECT b.probe_id, b.compartment_id, c.equipment_id, e.unit_id, c.mode,
        greatest(lower(b.valid), %(start)s) AS lo,
        least(coalesce(upper(b.valid), 'infinity'), %(cut)s) AS hi
 FROM unit_tree t
@@ -67,41 +70,28 @@ WHERE t.ancestor_id = %(unit)s AND b.valid && tstzrange(%(start)s, %(cut)s)
 ORDER BY b.probe_id, lower(b.valid)
 """
 
-# Per piece: readings and hours with data in its whole hours, and the hours crossing its limits
-# (including the hour before the piece, whose excursion may hold into it). One scan of the hourly
-# aggregate with constant bounds, matched to the pieces by a hash join.
+# Per piece: readings and hours with data in its whole hours. One scan of the hourly aggregate
+# with constant bounds, matched to the pieces by a hash join.
 _HOURLY = """
 WITH p AS (
-    SELECT * FROM unnest(%(key)s::int[], %(probe)s::bigint[], %(hour_lo)s::timestamptz[], %(hour_hi)s::timestamptz[],
-                         %(t_min)s::float8[], %(t_max)s::float8[])
-        AS p(key, probe_id, hour_lo, hour_hi, t_min, t_max)
+    SELECT * FROM unnest(%(key)s::int[], %(probe)s::bigint[], %(hour_lo)s::timestamptz[], %(hour_hi)s::timestamptz[])
+        AS p(key, probe_id, hour_lo, hour_hi)
 ), h AS (
-    SELECT probe_id, bucket, n, min_t, max_t FROM probe_readings_hourly
+    SELECT probe_id, bucket, n FROM probe_readings_hourly
     WHERE probe_id = ANY(%(probes)s) AND bucket >= %(from)s AND bucket < %(to)s
 )
-SELECT p.key,
-       coalesce(sum(h.n) FILTER (WHERE h.bucket >= p.hour_lo), 0)::bigint AS received,
-       count(h.bucket) FILTER (WHERE h.bucket >= p.hour_lo) AS hours_with_data,
-       coalesce(array_agg(h.bucket ORDER BY h.bucket) FILTER (WHERE h.max_t > p.t_max OR h.min_t < p.t_min),
-                '{}') AS crossing
+SELECT p.key, coalesce(sum(h.n), 0)::bigint AS received, count(h.bucket) AS hours_with_data
 FROM p
-LEFT JOIN h ON h.probe_id = p.probe_id AND h.bucket >= p.hour_lo - INTERVAL '1 hour' AND h.bucket < p.hour_hi
+LEFT JOIN h ON h.probe_id = p.probe_id AND h.bucket >= p.hour_lo AND h.bucket < p.hour_hi
 GROUP BY p.key
 """
 
-# The readings of every window, with the last one before it (since the binding began, and recent
-# enough to still hold) and the first one after it (which ends the last one's hold).
+# The readings of the partial edge hours of every piece (counted as received).
 _RAW = """
-SELECT w.i, r.ts, r.t
-FROM unnest(%(i)s::int[], %(probe)s::bigint[], %(lo)s::timestamptz[], %(hi)s::timestamptz[],
-            %(since)s::timestamptz[]) AS w(i, probe_id, lo, hi, since)
+SELECT w.i, r.ts
+FROM unnest(%(i)s::int[], %(probe)s::bigint[], %(lo)s::timestamptz[], %(hi)s::timestamptz[]) AS w(i, probe_id, lo, hi)
 CROSS JOIN LATERAL (
-    (SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts < w.lo AND ts >= w.since
-     ORDER BY ts DESC LIMIT 1)
-    UNION ALL
-    SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.lo AND ts < w.hi
-    UNION ALL
-    (SELECT ts, t FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.hi ORDER BY ts LIMIT 1)
+    SELECT ts FROM probe_readings WHERE probe_id = w.probe_id AND ts >= w.lo AND ts < w.hi
 ) r
 ORDER BY w.i, r.ts
 """
@@ -169,6 +159,7 @@ class Facts:
     units: pl.DataFrame
     devices: pl.DataFrame
     pieces: pl.DataFrame
+    compartments: pl.DataFrame
     alarms: pl.DataFrame
     drifts: pl.DataFrame
     gateways: pl.DataFrame
@@ -189,7 +180,7 @@ def gather(conn: psycopg.Connection, unit_id: int, period: Period, now: datetime
     # Many small index look-ups: JIT compilation would cost more than the work.
     conn.execute("SET LOCAL jit = off")
     span = {"unit": unit_id, "start": period.start, "cut": period.cut, "end_day": period.last_day + timedelta(days=1)}
-    pieces = _pieces(conn, span)
+    pieces, compartments = _pieces(conn, span)
     bound = sorted({int(r["gateway_id"]) for r in fetch_all(conn, _BINDING_GATEWAYS, span)})
     gateways = fetch_all(conn, _GATEWAYS, {**span, "bound": bound})
     status = fetch_all(
@@ -215,6 +206,7 @@ def gather(conn: psycopg.Connection, unit_id: int, period: Period, now: datetime
         units=maths.frame(fetch_all(conn, _UNITS, span), maths.UNITS_SCHEMA),
         devices=maths.frame(fetch_all(conn, _DEVICES, span), maths.DEVICES_SCHEMA),
         pieces=maths.frame([asdict(p) for p in pieces], maths.PIECES_SCHEMA),
+        compartments=maths.frame(compartments, maths.COMPARTMENTS_SCHEMA),
         alarms=maths.frame(fetch_all(conn, _ALARMS, span), maths.ALARMS_SCHEMA),
         drifts=maths.frame(fetch_all(conn, _DRIFTS, span), maths.DRIFTS_SCHEMA),
         gateways=maths.frame(gateways, maths.GATEWAYS_SCHEMA),
@@ -234,27 +226,27 @@ WHERE t.ancestor_id = %(unit)s AND b.valid && tstzrange(%(start)s, %(cut)s)
 """
 
 
-def _pieces(conn: psycopg.Connection, span: dict[str, Any]) -> list[PieceFigures]:
+def _pieces(conn: psycopg.Connection, span: dict[str, Any]) -> tuple[list[PieceFigures], list[dict[str, Any]]]:
+    """Per binding piece its readings expected and received and its silent hours; per compartment
+    its temperatures and minutes out of range over [start, cut) (:func:`_compartments`)."""
     pieces: list[Piece] = []
+    holders: dict[int, tuple[int, int, str]] = {}
     for i, b in enumerate(fetch_all(conn, _BINDINGS, span)):
         if b["hi"] <= b["lo"]:
             continue
-        limits = params_for(b["mode"], b["t_min"], b["t_max"])
+        holders[b["compartment_id"]] = (b["equipment_id"], b["unit_id"], b["mode"])
         pieces.append(
             Piece(
                 key=i,
                 probe_id=b["probe_id"],
                 compartment_id=b["compartment_id"],
                 equipment_id=b["equipment_id"],
-                bound_from=b["bound_from"],
                 lo=b["lo"],
                 hi=b["hi"],
-                t_min=limits.t_min,
-                t_max=limits.t_max,
             )
         )
     if not pieces:
-        return []
+        return [], []
     hourly = {
         r["key"]: r
         for r in fetch_all(
@@ -265,20 +257,14 @@ def _pieces(conn: psycopg.Connection, span: dict[str, Any]) -> list[PieceFigures
                 "probe": [p.probe_id for p in pieces],
                 "hour_lo": [p.hour_lo for p in pieces],
                 "hour_hi": [p.hour_hi for p in pieces],
-                # A frozen compartment has no lower limit: a bound nothing reaches.
-                "t_min": [-1000.0 if p.t_min is None else p.t_min for p in pieces],
-                "t_max": [p.t_max for p in pieces],
                 "probes": sorted({p.probe_id for p in pieces}),
-                "from": min(p.hour_lo for p in pieces) - timedelta(hours=1),
+                "from": min(p.hour_lo for p in pieces),
                 "to": max(p.hour_hi for p in pieces),
             },
         )
     }
-    windows: list[tuple[Piece, datetime, datetime]] = []
-    for p in pieces:
-        crossing = hourly[p.key]["crossing"] if p.key in hourly else []
-        windows += [(p, lo, hi) for lo, hi in maths.excursion_windows(p, crossing)]
-    readings: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
+    windows = [(p, lo, hi) for p in pieces for lo, hi in p.edges]
+    edge_counts: dict[int, int] = defaultdict(int)
     if windows:
         for r in fetch_all(
             conn,
@@ -288,25 +274,43 @@ def _pieces(conn: psycopg.Connection, span: dict[str, Any]) -> list[PieceFigures
                 "probe": [p.probe_id for p, _, _ in windows],
                 "lo": [lo for _, lo, _ in windows],
                 "hi": [hi for _, _, hi in windows],
-                "since": [max(p.bound_from, lo - HOLD_MAX) for p, lo, _ in windows],
             },
         ):
-            readings[r["i"]].append((r["ts"], r["t"]))
-    per_piece: dict[int, list[tuple[tuple[datetime, datetime], list[tuple[datetime, float]]]]] = defaultdict(list)
-    for i, (p, lo, hi) in enumerate(windows):
-        per_piece[p.key].append(((lo, hi), readings[i]))
+            edge_counts[windows[r["i"]][0].key] += 1
     out = []
     for p in pieces:
         h = hourly.get(p.key)
         out.append(
             maths.piece_figures(
-                p,
-                int(h["received"]) if h else 0,
-                int(h["hours_with_data"]) if h else 0,
-                per_piece[p.key],
+                p, int(h["received"]) if h else 0, int(h["hours_with_data"]) if h else 0, edge_counts[p.key]
             )
         )
-    return out
+    return out, _compartments(conn, holders, span["start"], span["cut"])
+
+
+def _compartments(
+    conn: psycopg.Connection, holders: dict[int, tuple[int, int, str]], start: datetime, cut: datetime
+) -> list[dict[str, Any]]:
+    """Each compartment's month as the lot trace sees a stretch in it: the same segments, the same
+    function (:func:`inventory.exposure.temperatures`) — min, max and mean from the daily aggregate
+    (hourly and readings only for a partial last day), minutes out of range from the excursion
+    spans. The "custody" is the compartment's unit over the month."""
+    comps = sorted(holders)
+    segments = [Segment(key, Interval(holders[c][1], start, cut), c, start, cut) for key, c in enumerate(comps)]
+    temps = temperatures(conn, segments)
+    return [
+        {
+            "compartment_id": c,
+            "equipment_id": holders[c][0],
+            "mode": holders[c][2],
+            "minutes_out": float(temps[key]["minutes_out_of_range"]),
+            "readings": int(temps[key]["readings"]),
+            "min_t": temps[key]["min_t"],
+            "max_t": temps[key]["max_t"],
+            "mean_t": temps[key]["mean_t"],
+        }
+        for key, c in enumerate(comps)
+    ]
 
 
 def first_data_month(conn: psycopg.Connection) -> date | None:

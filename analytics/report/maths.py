@@ -15,11 +15,14 @@ Definitions (the README's section on the report quotes them):
 * **Data completeness** — readings received ÷ readings expected, capped at 100 %; none when the
   device had no probe bound (nothing could be expected).
 * **Hours out of range** — exact, not estimated from aggregates: each reading holds until the next
-  one, for at most 30 minutes (:data:`inventory.exposure.MAX_GAP`, the lot trace's definition, so a
-  vaccine's trace and its fridge's report agree); out of range means strictly outside the limits
-  the alarm rules use. Only the hours whose hourly aggregate crosses a limit (plus the hour after,
-  into which a reading can hold) and partial edge hours are read reading by reading. A device's
-  figure is the sum over its compartments.
+  one, for at most 30 minutes (:data:`inventory.exposure.MAX_GAP`), strictly outside the
+  compartment's limits. Read from the excursion spans (migration 0009) by the lot trace's own
+  function, :func:`inventory.exposure.temperatures`, clipped to the month: one computation, so a
+  vaccine's trace and its fridge's report agree. A device's figure is the sum over its compartments.
+* **Temperatures** — per compartment the lowest, highest and mean reading of the month, from the
+  daily aggregate by the same function; a device shows them per storage mode (冷藏 / 冷冻: a mean
+  over a fridge's +5 ℃ and its freezer's −20 ℃ would describe neither), the mean weighted by
+  readings.
 * **Offline hours** — whole clock hours, while bound, in which a compartment's probe sent no
   reading at all (from the hourly aggregate); a device's figure is its worst compartment's. When a
   gateway drops, all its compartments are silent together, so this is the device's dark time.
@@ -32,7 +35,7 @@ Definitions (the README's section on the report quotes them):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -40,8 +43,6 @@ from typing import Any
 import polars as pl
 
 from coldchain.core.terms import BEIJING, current_month, next_month
-from inventory.exposure import MAX_GAP as HOLD_MAX
-from inventory.exposure import out_of_range_minutes
 
 READING_INTERVAL = timedelta(seconds=60)
 """Nominal reading interval of a probe: the gateways (and ``coldchain simulate``, ``--interval 60``)
@@ -140,19 +141,16 @@ def month_problem(month: date, now: datetime) -> str | None:
 
 @dataclass(frozen=True)
 class Piece:
-    """A probe's binding to a compartment, cut to the period: [lo, hi). ``bound_from`` is where the
-    binding itself starts: a reading before it belonged to another compartment and must not carry
-    its temperature into this one."""
+    """A probe's binding to a compartment, cut to the period: [lo, hi) — what readings were
+    expected and received in. (Its temperatures and time out of range are the compartment's, from
+    the lot trace's computation: see :mod:`analytics.report.facts`.)"""
 
     key: int
     probe_id: int
     compartment_id: int
     equipment_id: int
-    bound_from: datetime
     lo: datetime
     hi: datetime
-    t_min: float | None
-    t_max: float
 
     @property
     def hour_lo(self) -> datetime:
@@ -191,25 +189,6 @@ def _floor_hour(ts: datetime) -> datetime:
     return ts.replace(minute=0, second=0, microsecond=0)
 
 
-def excursion_windows(piece: Piece, crossing_hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
-    """The stretches of ``piece`` to read reading by reading: its partial edge hours, and each hour
-    whose aggregate crosses a limit together with the hour after it (a reading holds for at most
-    30 minutes, so an excursion reaches at most into the next hour). The hour before the piece may
-    be among ``crossing_hours``: an excursion running at the month's start then counts from the
-    start. Clipped to the piece, merged where they touch, in time order."""
-    spans = list(piece.edges) + [(h, h + 2 * _HOUR) for h in crossing_hours]
-    clipped = sorted((max(a, piece.lo), min(b, piece.hi)) for a, b in spans)
-    merged: list[tuple[datetime, datetime]] = []
-    for a, b in clipped:
-        if b <= a:
-            continue
-        if merged and a <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    return merged
-
-
 @dataclass(frozen=True)
 class PieceFigures:
     key: int
@@ -217,31 +196,18 @@ class PieceFigures:
     equipment_id: int
     expected: float
     received: int
-    minutes_out: float
     silent_hours: int
 
 
-def piece_figures(
-    piece: Piece,
-    hourly_received: int,
-    hours_with_data: int,
-    windows: Sequence[tuple[tuple[datetime, datetime], Sequence[tuple[datetime, float]]]],
-) -> PieceFigures:
-    """A piece's figures from its whole-hour aggregate counts and the readings of its windows (each
-    window's readings may include the one just before it and the one just after: those carry the
-    state in and end the last reading's hold, and are not counted as received)."""
-    edge_ts: set[datetime] = set()
-    minutes = 0.0
-    for (lo, hi), readings in windows:
-        minutes += out_of_range_minutes(readings, piece.t_min, piece.t_max, lo, hi, HOLD_MAX)
-        edge_ts.update(ts for ts, _ in readings if any(a <= ts < b for a, b in piece.edges))
+def piece_figures(piece: Piece, hourly_received: int, hours_with_data: int, edge_readings: int) -> PieceFigures:
+    """A piece's figures from its whole-hour aggregate counts and the number of readings in its
+    partial edge hours (:attr:`Piece.edges`, read reading by reading)."""
     return PieceFigures(
         key=piece.key,
         compartment_id=piece.compartment_id,
         equipment_id=piece.equipment_id,
         expected=piece.expected,
-        received=hourly_received + len(edge_ts),
-        minutes_out=minutes,
+        received=hourly_received + edge_readings,
         silent_hours=max(0, piece.whole_hours - hours_with_data),
     )
 
@@ -263,9 +229,20 @@ PIECES_SCHEMA: dict[str, Any] = {
     "equipment_id": pl.Int64,
     "expected": pl.Float64,
     "received": pl.Int64,
-    "minutes_out": pl.Float64,
     "silent_hours": pl.Int64,
 }
+COMPARTMENTS_SCHEMA: dict[str, Any] = {
+    "compartment_id": pl.Int64,
+    "equipment_id": pl.Int64,
+    "mode": pl.String,
+    "minutes_out": pl.Float64,
+    "readings": pl.Int64,
+    "min_t": pl.Float64,
+    "max_t": pl.Float64,
+    "mean_t": pl.Float64,
+}
+MODES: Mapping[str, str] = {"refrigerated": "冷藏", "frozen": "冷冻"}
+"""Storage modes, in the order the device table shows their temperatures."""
 ALARMS_SCHEMA: dict[str, Any] = {
     "id": pl.Int64,
     "kind": pl.String,

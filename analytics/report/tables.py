@@ -16,6 +16,7 @@ from analytics.report.maths import (
     EQUIPMENT_KIND_NAMES,
     GATEWAY_ALARM_KINDS,
     HARDWARE_NAMES,
+    MODES,
     OUT_OF_RANGE_PROBLEM_HOURS,
     TOP_PROBLEMS,
     WARRANTY_HORIZON_DAYS,
@@ -43,33 +44,51 @@ def problem_expressions() -> list[tuple[str, pl.Expr]]:
     ]
 
 
+def device_temperatures(compartments: pl.DataFrame) -> pl.DataFrame:
+    """Per device: hours out of range (sum over its compartments) and, per storage mode, the
+    lowest, highest and mean temperature of the month (``refrigerated_min_t`` …, ℃; the mean
+    weighted by each compartment's readings; none for a mode the device has no data in)."""
+    weighted = pl.col("mean_t") * pl.col("readings")
+    has = pl.col("readings") > 0
+    figures: list[pl.Expr] = [(pl.col("minutes_out").sum() / 60).alias("out_of_range_hours")]
+    for mode in MODES:
+        mine = (pl.col("mode") == mode) & has
+        figures += [
+            pl.col("min_t").filter(mine).min().alias(f"{mode}_min_t"),
+            pl.col("max_t").filter(mine).max().alias(f"{mode}_max_t"),
+            (weighted.filter(mine).sum() / pl.col("readings").filter(mine).sum()).alias(f"{mode}_mean_t"),
+        ]
+    return compartments.group_by("equipment_id").agg(*figures)
+
+
+def temperature_columns() -> list[str]:
+    return [f"{mode}_{x}_t" for mode in MODES for x in ("min", "max", "mean")]
+
+
 def device_table(
     devices: pl.DataFrame,
     units: pl.DataFrame,
     pieces: pl.DataFrame,
+    compartments: pl.DataFrame,
     alarms: pl.DataFrame,
     drifts: pl.DataFrame,
     report_unit: int,
 ) -> pl.DataFrame:
     """One row per device: alarms by kind, hours out of range, offline hours, completeness, drift
-    findings, whether it is a problem and why. Sorted by area, unit and device name."""
+    findings, temperatures by mode, whether it is a problem and why. Sorted by area, unit and
+    device name."""
     per_device = (
         pieces.group_by("equipment_id", "compartment_id")
-        .agg(
-            pl.col("expected").sum(),
-            pl.col("received").sum(),
-            pl.col("minutes_out").sum(),
-            pl.col("silent_hours").sum(),
-        )
+        .agg(pl.col("expected").sum(), pl.col("received").sum(), pl.col("silent_hours").sum())
         .group_by("equipment_id")
         .agg(
             pl.len().alias("compartments"),
             pl.col("expected").sum(),
             pl.col("received").sum(),
-            (pl.col("minutes_out").sum() / 60).alias("out_of_range_hours"),
             pl.col("silent_hours").max().alias("offline_hours"),
         )
     )
+    temps = device_temperatures(compartments)
     notified = alarms.filter(
         pl.col("raised_in_period")
         & ~pl.col("suppressed")
@@ -90,6 +109,7 @@ def device_table(
             how="left",
         )
         .join(per_device, on="equipment_id", how="left")
+        .join(temps, on="equipment_id", how="left")
         .join(counts, on="equipment_id", how="left")
         .join(drift, on="equipment_id", how="left")
         .with_columns(
@@ -118,6 +138,7 @@ def device_table(
     )
     return table.with_columns(
         pl.col("out_of_range_hours").round(2),
+        pl.col(*temperature_columns()).fill_nan(None).round(2),
         pl.col("completeness").round(4),
         pl.col("expected").round(0).cast(pl.Int64),
     ).sort("area_code", "unit_code", "name", "equipment_id", nulls_last=True)

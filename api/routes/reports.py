@@ -18,7 +18,7 @@ from urllib.parse import quote
 import psycopg
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from analytics.report.build import ReportRefused, kept_report, monthly_report
 from analytics.report.maths import month_period
@@ -68,8 +68,16 @@ class ChangeOut(BaseModel):
     unit: str
     current: Number
     previous: Number
-    change: float | None
+    change: Number
     better: bool | None
+    basis: str = Field(
+        "total",
+        description="判断依据：total 总量；per_device 设备数变化时按每台；not_comparable 不可比；none 无上月数据",
+    )
+    note: str = Field("", description="说明（中文），如按每台比较的原因")
+    per_device_current: float | None = None
+    per_device_previous: float | None = None
+    per_device_change: float | None = None
 
 
 class ColumnOut(BaseModel):

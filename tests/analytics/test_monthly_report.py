@@ -15,7 +15,7 @@ import polars as pl
 from reporthelp import NOW, OCT, ts
 
 from analytics.report import headline, maths, tables
-from analytics.report.build import TABLES, _change_rows, _table
+from analytics.report.build import TABLES, _table
 from analytics.report.xlsx import sheet_name, table_frame, workbook
 
 # ---------------------------------------------------------------------------------------------
@@ -43,30 +43,56 @@ DEVICES = maths.frame(
 )
 
 
-def piece_row(
-    key: int, comp: int, eq: int, expected: float, received: int, minutes: float, silent: int
-) -> dict[str, Any]:
+def piece_row(key: int, comp: int, eq: int, expected: float, received: int, silent: int) -> dict[str, Any]:
     return {
         "key": key,
         "compartment_id": comp,
         "equipment_id": eq,
         "expected": expected,
         "received": received,
-        "minutes_out": minutes,
         "silent_hours": silent,
     }
 
 
 PIECES = maths.frame(
     [
-        piece_row(1, 11, 1, 1000, 950, 90, 5),
-        piece_row(2, 12, 1, 1000, 1000, 0, 2),
-        piece_row(3, 21, 2, 500, 400, 10, 3),  # rebound mid-month: two pieces of one compartment
-        piece_row(4, 21, 2, 500, 450, 20, 4),
-        piece_row(5, 31, 3, 100, 120, 0, 0),
-        piece_row(6, 41, 4, 1000, 1000, 0, 0),
+        piece_row(1, 11, 1, 1000, 950, 5),
+        piece_row(2, 12, 1, 1000, 1000, 2),
+        piece_row(3, 21, 2, 500, 400, 3),  # rebound mid-month: two pieces of one compartment
+        piece_row(4, 21, 2, 500, 450, 4),
+        piece_row(5, 31, 3, 100, 120, 0),
+        piece_row(6, 41, 4, 1000, 1000, 0),
     ],
     maths.PIECES_SCHEMA,
+)
+
+
+def comp_row(
+    comp: int, eq: int, mode: str, minutes: float, readings: int, lo: float | None, hi: float | None, mean: float | None
+) -> dict[str, Any]:
+    return {
+        "compartment_id": comp,
+        "equipment_id": eq,
+        "mode": mode,
+        "minutes_out": minutes,
+        "readings": readings,
+        "min_t": lo,
+        "max_t": hi,
+        "mean_t": mean,
+    }
+
+
+# Each compartment's month as the lot trace's computation returns it (minutes from the excursion spans).
+COMPARTMENTS = maths.frame(
+    [
+        comp_row(11, 1, "refrigerated", 90, 950, 1.5, 9.9, 5.04),
+        comp_row(12, 1, "frozen", 0, 1000, -25.0, -16.0, -20.0),
+        comp_row(21, 2, "frozen", 30, 850, -22.0, -10.0, -18.0),
+        comp_row(31, 3, "refrigerated", 0, 100, 3.0, 7.0, 6.0),
+        comp_row(32, 3, "refrigerated", 0, 300, 2.5, 6.5, 4.0),  # a second zone of the cold room
+        comp_row(41, 4, "refrigerated", 0, 0, None, None, None),  # bound, nothing received
+    ],
+    maths.COMPARTMENTS_SCHEMA,
 )
 
 
@@ -116,7 +142,9 @@ DRIFTS = maths.frame([{"id": 1, "equipment_id": 4}], maths.DRIFTS_SCHEMA)
 
 
 def devices() -> pl.DataFrame:
-    return tables.device_table(DEVICES, UNITS, PIECES, maths.frame(DEVICE_ALARMS, maths.ALARMS_SCHEMA), DRIFTS, 1)
+    return tables.device_table(
+        DEVICES, UNITS, PIECES, COMPARTMENTS, maths.frame(DEVICE_ALARMS, maths.ALARMS_SCHEMA), DRIFTS, 1
+    )
 
 
 def test_device_table_figures() -> None:
@@ -134,6 +162,18 @@ def test_device_table_figures() -> None:
     assert (e4["drift_findings"], e4["problems"], e4["area_name"]) == (1, "温度计比对偏差", "省疾控（本级）")
     assert e5["completeness"] is None and e5["expected"] == 0 and not e5["problem"] and e5["problems"] == ""
     assert (e1["kind_name"], e3["kind_name"], e1["area_name"], e3["area_name"]) == ("冰箱", "冷库", "西安市", "韩城市")
+
+
+def test_device_temperatures_per_mode() -> None:
+    rows = {r["equipment_id"]: r for r in devices().to_dicts()}
+    temps = tables.temperature_columns()
+    # A two-zone fridge: its 冷藏 and its 冷冻 apart (a mean over +5 ℃ and −20 ℃ would describe neither).
+    assert [rows[1][c] for c in temps] == [1.5, 9.9, 5.04, -25.0, -16.0, -20.0]
+    assert [rows[2][c] for c in temps] == [None, None, None, -22.0, -10.0, -18.0]
+    # Two refrigerated zones of one cold room: lowest, highest, and the mean weighted by readings.
+    assert [rows[3][c] for c in temps[:3]] == [2.5, 7.0, (6.0 * 100 + 4.0 * 300) / 400]
+    # Bound but silent, and a device without any probe: no temperatures, not zero.
+    assert all(rows[4][c] is None for c in temps) and all(rows[5][c] is None for c in temps)
 
 
 def test_problem_ranking_orders_by_alarms_then_hours() -> None:
@@ -369,7 +409,7 @@ def test_headline_and_changes() -> None:
     assert (rows["alarms"]["change"], rows["alarms"]["better"]) == (0.0, None)
     assert (rows["login_rate"]["change"], rows["login_rate"]["previous"]) == (None, 0.5)
     assert all(c["change"] is None for c in headline.changes(head, None))
-    shown = {r["key"]: r for r in _change_rows(headline.changes(head, previous))}
+    shown = {r["key"]: r for r in headline.change_rows(headline.changes(head, previous))}
     assert (shown["problem_share"]["current"], shown["problem_share"]["change"], shown["problem_share"]["verdict"]) == (
         80.0,
         -10.0,

@@ -1,7 +1,6 @@
 """The monthly report's month and its pieces (analytics/report/maths.py), on small values
 computed by hand: the Beijing calendar month, cut at now while current and final two days after its
-end; and per piece of a compartment's month, the hours and readings expected, excursion windows,
-minutes out of range and silent hours."""
+end; and per piece of a compartment's month, the hours and readings expected and received and the silent hours."""
 
 from __future__ import annotations
 
@@ -62,13 +61,12 @@ def test_final_months_start_at_the_first_data_and_skip_the_grace_period() -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Pieces: expected, windows, out-of-range minutes, silence
+# Pieces: expected, received, silence (minutes out of range: the compartments', from the excursion
+# spans — tests/analytics/test_report_director.py)
 
 
-def piece(lo: datetime, hi: datetime, t_min: float | None = 2.0, t_max: float = 8.0) -> Piece:
-    return Piece(
-        key=0, probe_id=1, compartment_id=1, equipment_id=1, bound_from=lo, lo=lo, hi=hi, t_min=t_min, t_max=t_max
-    )
+def piece(lo: datetime, hi: datetime) -> Piece:
+    return Piece(key=0, probe_id=1, compartment_id=1, equipment_id=1, lo=lo, hi=hi)
 
 
 def test_piece_hours_edges_and_expected_readings() -> None:
@@ -82,48 +80,9 @@ def test_piece_hours_edges_and_expected_readings() -> None:
     assert whole.edges == [] and whole.whole_hours == 24 and whole.expected == 1440
 
 
-def test_excursion_windows_merge_and_clip() -> None:
-    p = piece(ts(5, 10, 20), ts(5, 13, 40))
-    # Crossing hour 11:00 and the hour after it join both edges into one window.
-    assert maths.excursion_windows(p, [ts(5, 11)]) == [(ts(5, 10, 20), ts(5, 13, 40))]
-    q = piece(ts(1, 0), ts(1, 5))
-    # The hour before the piece crossed: its excursion may hold into the first hour.
-    assert maths.excursion_windows(q, [ts(1, 0) - timedelta(hours=1), ts(1, 2)]) == [
-        (ts(1, 0), ts(1, 1)),
-        (ts(1, 2), ts(1, 4)),
-    ]
-    assert maths.excursion_windows(q, [ts(1, 4)]) == [(ts(1, 4), ts(1, 5))]
-    assert maths.excursion_windows(q, []) == []
-
-
-def test_piece_figures_out_of_range_minutes_and_silence() -> None:
-    p = piece(ts(1, 0), ts(1, 3))
-    readings = [
-        (ts(1, 0, 59), 5.0),
-        (ts(1, 1), 9.0),
-        (ts(1, 1, 10), 9.5),
-        (ts(1, 1, 20), 5.0),
-        (ts(1, 2, 50), 9.0),
-        (ts(1, 3, 5), 5.0),
-    ]
-    f = maths.piece_figures(p, hourly_received=150, hours_with_data=2, windows=[((ts(1, 1), ts(1, 3)), readings)])
-    # 01:00–01:20 out (two readings of 10 min), 02:50 holds until the window's end at 03:00.
-    assert f.minutes_out == pytest.approx(30.0)
-    assert (f.received, f.silent_hours, f.expected) == (150, 1, 180.0)
-
-
-def test_piece_figures_count_edge_readings_and_carry_the_state_in() -> None:
-    p = piece(ts(1, 0, 30), ts(1, 2))
-    readings = [(ts(1, 0, 20), 9.0), (ts(1, 0, 40), 5.0), (ts(1, 0, 50), 1.0), (ts(1, 1, 5), 5.0)]
-    f = maths.piece_figures(p, 60, 1, [((ts(1, 0, 30), ts(1, 1)), readings)])
-    # 00:20 (before the piece) holds 00:30–00:40; 00:50 (too cold) holds to the window's end.
-    assert f.minutes_out == pytest.approx(20.0)
-    # Two readings in the edge; the one before and the one after are context, not received.
-    assert (f.received, f.silent_hours) == (62, 0)
-
-
-def test_frozen_compartment_has_no_lower_limit_and_a_reading_holds_at_most_30_minutes() -> None:
-    p = piece(ts(1, 0), ts(1, 2), t_min=None, t_max=-15.0)
-    readings = [(ts(1, 0), -40.0), (ts(1, 0, 10), -14.0), (ts(1, 1, 40), -20.0)]
-    f = maths.piece_figures(p, 3, 2, [((ts(1, 0), ts(1, 2)), readings)])
-    assert f.minutes_out == pytest.approx(30.0)
+def test_piece_figures_received_and_silence() -> None:
+    p = piece(ts(1, 0, 30), ts(1, 3))
+    # Two whole hours (01:00, 02:00) from the aggregate, one of them with data; the partial first
+    # hour's readings counted one by one.
+    f = maths.piece_figures(p, hourly_received=60, hours_with_data=1, edge_readings=25)
+    assert (f.received, f.silent_hours, f.expected) == (85, 1, 150.0)

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from alarmhelp import add_status, alarm_world
 from apihelp import BOUND_FROM, World, api_client, bearer, error_code, web_session
+from openpyxl import load_workbook
 from psycopg.types.json import Jsonb
 
 from analytics.aggregates import refresh_aggregates
@@ -225,6 +226,12 @@ def test_province_report_figures(seeded: Seeded) -> None:
     assert (t1["out_of_range_hours"], t1["offline_hours"]) == (2.0, days * 24 - 120)
     assert (t1["alarms_high"], t1["alarms_total"], t1["drift_findings"]) == (1, 1, 0)
     assert t1["problems"] == "报警、超温、数据不完整"
+    # Temperatures per mode (the lot trace's daily figures): T1's 冷藏 5 ℃ but two hours at 9 ℃
+    # over its ten days; its 冷冻 −20 ℃; T2 silent, so none.
+    assert (t1["refrigerated_min_t"], t1["refrigerated_max_t"]) == (5.0, 9.0)
+    assert t1["refrigerated_mean_t"] == round((5.0 * (14400 - 120) + 9.0 * 120) / 14400, 2)
+    assert (t1["frozen_min_t"], t1["frozen_max_t"], t1["frozen_mean_t"]) == (-20.0, -20.0, -20.0)
+    assert t2["refrigerated_min_t"] is None and t2["frozen_mean_t"] is None
     assert (t2["received"], t2["completeness"], t2["offline_hours"]) == (0, 0.0, days * 24)
     assert (t2["alarms_no_data"], t2["drift_findings"]) == (1, 1)
     assert t2["problems"] == "报警、数据不完整、温度计比对偏差"
@@ -303,7 +310,14 @@ def test_province_report_figures(seeded: Seeded) -> None:
     assert report["previous"]["kept"] is False
     assert report["previous"]["headline"]["completeness"] == 0.0
     changes = {c["key"]: c for c in report["changes"]}
-    assert changes["alarms"]["change"] == 3.0 and changes["alarms"]["better"] is False
+    assert changes["alarms"]["change"] == 3 and changes["alarms"]["better"] is False
+    assert type(changes["alarms"]["change"]) is int and changes["alarms"]["basis"] in ("total", "per_device")
+    # Counts are whole numbers in the JSON too: "设备数 3 台", not 3.0.
+    shown = rows_by(report["tables"]["changes"], "key")
+    assert type(shown["devices"]["current"]) is int and type(changes["devices"]["current"]) is int
+    # The previous month had the same 3 devices: its offline hours compare as totals, no note.
+    assert report["previous"]["headline"]["devices"] == 3
+    assert shown["offline_hours"]["note"] == "" and shown["offline_hours"]["verdict"] in ("好转", "变差", "—")
 
 
 def test_kept_report_does_not_change_when_data_changes(seeded: Seeded) -> None:
@@ -415,6 +429,16 @@ def test_xlsx_has_a_sheet_per_table(seeded: Seeded) -> None:
         names = re.findall(r'<sheet name="([^"]+)"', z.read("xl/workbook.xml").decode())
         strings = z.read("xl/sharedStrings.xml").decode()
     assert names == SHEETS
+    book = load_workbook(io.BytesIO(r.content))
+    for name in SHEETS:
+        # Every sheet says whose report, which month, and that it is final.
+        title = book[name]["A1"].value
+        assert title.startswith(f"西安市疾病预防控制中心 {seeded.label} 月度冷链报告") and title.endswith("最终"), title
+    changes = book["概况与环比"]
+    devices = next(r for r in changes.iter_rows(min_row=3) if r[0].value == "设备数")
+    assert devices[1].value == 1 and devices[1].number_format == "General"
+    heads = [c.value for c in book["设备明细"][2]]
+    assert "冷藏平均（℃）" in heads and "冷冻最低（℃）" in heads
     assert "电子城街道社区卫生服务中心" in strings and "海尔双温冰箱" in strings
     assert "向阳街道卫生院" not in strings  # 渭南's site is not in 西安's report
 
@@ -432,6 +456,10 @@ def test_page_renders_chart_and_tables(seeded: Seeded) -> None:
         assert "@media print" in html and "已定稿" in html
         assert f"/api/v1/reports/monthly.xlsx?unit_id={w.units['C1']}&amp;month={seeded.label}" in html
         assert "雁塔区疾病预防控制中心" in html and 'id="table-devices"' in html
+        # Counts as whole numbers: the changes table's 设备数 row reads 1, never 1.00.
+        row = re.search(r"<tr[^>]*><td[^>]*>设备数</td>(.*?)</tr>", html, re.S)
+        assert row is not None and re.findall(r">([^<]*)</td>", row.group(1))[:3] == ["1", "1", "0"]
+        assert "冷藏最高（℃）" in html
         other = client.get("/reports/monthly", params={"unit_id": w.units["C2"]})
         assert other.status_code == 404
         future = terms.next_month(terms.current_month(datetime.now(UTC))).strftime("%Y-%m")
