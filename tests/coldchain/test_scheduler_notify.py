@@ -130,7 +130,10 @@ def test_a_reading_nobody_announced_is_found_by_the_periodic_look(
         assert sched.reactive.listening
         add_readings(conn, probe_of(conn, compartment), [(datetime.now(UTC), 15.0)])
         took = wait_for(lambda: open_alarm(conn, compartment), 6, "the alarm from the periodic look")
-    assert 0.2 < took < 3.5
+    # Within one look period (2 s) and the judging; no lower bound: the look may fall right after
+    # the insert (it did, once in a full run: 0.05 s). Nothing else could have found the reading —
+    # add_readings sends no NOTIFY — so the alarm itself is the proof.
+    assert took < 3.5
 
 
 def _terminate_listener(owner: psycopg.Connection, db_url: str) -> None:
