@@ -31,18 +31,18 @@ def wecom() -> Iterator[FakeWecom]:
     fake.close()
 
 
-def _raise(world: World) -> int:
-    """A breaching reading on T1/冷藏 with a zero-delay rule, as the ingester would write it."""
-    comp, probe = world.compartments["T1/冷藏"], world.probes["108601"]
+def _raise(world: World, site: str = "T1", t: float = 11.5) -> int:
+    """A breaching reading on ``site``/冷藏 with a zero-delay rule, as the ingester would write it."""
+    comp, probe = world.compartments[f"{site}/冷藏"], world.probes[f"{site[1:]}08601"]
     with db.connect(world.url) as conn:
         conn.execute(
             "INSERT INTO alarm_rule_params (compartment_id, params) VALUES (%s, %s)", (comp, Jsonb({"delay": 0}))
         )
-        conn.execute("INSERT INTO probe_readings (probe_id, ts, t) VALUES (%s, now(), 11.5)", (probe,))
+        conn.execute("INSERT INTO probe_readings (probe_id, ts, t) VALUES (%s, now(), %s)", (probe, t))
         conn.execute(
-            """INSERT INTO probe_latest (probe_id, ts, t) VALUES (%s, now(), 11.5)
+            """INSERT INTO probe_latest (probe_id, ts, t) VALUES (%s, now(), %s)
                ON CONFLICT (probe_id) DO UPDATE SET ts = EXCLUDED.ts, t = EXCLUDED.t, received_at = now()""",
-            (probe,),
+            (probe, t),
         )
         conn.commit()
         row = conn.execute("SELECT id FROM alarms WHERE compartment_id = %s", (comp,)).fetchone()
@@ -148,19 +148,8 @@ def test_a_pass_sends_its_own_notices_first_and_leaves_the_rest_to_the_outbox_jo
     with db.connect(world.url) as conn:
         first = evaluate_compartments(conn, settings)
     assert first.opened == 1 and len(first.notified) == 1
-    # A second alarm, at T2: its pass names only it.
-    comp, probe = world.compartments["T2/冷藏"], world.probes["208601"]
+    _raise(world, "T2", 12.0)  # a second alarm, at T2: its pass names only it
     with db.connect(world.url) as conn:
-        conn.execute(
-            "INSERT INTO alarm_rule_params (compartment_id, params) VALUES (%s, %s)", (comp, Jsonb({"delay": 0}))
-        )
-        conn.execute("INSERT INTO probe_readings (probe_id, ts, t) VALUES (%s, now(), 12.0)", (probe,))
-        conn.execute(
-            """INSERT INTO probe_latest (probe_id, ts, t) VALUES (%s, now(), 12.0)
-               ON CONFLICT (probe_id) DO UPDATE SET ts = EXCLUDED.ts, t = EXCLUDED.t, received_at = now()""",
-            (probe,),
-        )
-        conn.commit()
         second = evaluate_compartments(conn, settings)
         assert second.opened == 1 and second.notified != first.notified
 
