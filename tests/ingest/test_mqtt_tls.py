@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,7 +29,7 @@ import pytest
 from aiomqtt.exceptions import MqttConnectError
 from dbhelp import as_runtime
 from ingesthelp import config, running, scalar, seed_fleet, telemetry, unique_id, wait_until
-from tlshelp import INGEST_USER, Pki, tool
+from tlshelp import CONF, INGEST_USER, Broker, Pki, tls_broker
 
 from coldchain import services
 from coldchain.core.settings import MqttAddress, load_settings
@@ -38,8 +37,6 @@ from coldchain.doctor import check_broker
 from coldchain.doctor_report import secrets_of
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "deploy" / "mosquitto" / "coldchain.conf"
-ACL = ROOT / "deploy" / "mosquitto" / "coldchain.acl"
 SETTINGS = ROOT / "ingest" / "mosquitto.conf"
 # Characters a URL must percent-encode: the password reaches the broker decoded, or not at all.
 INGEST_PASSWORD = f"In:ge@st/{secrets.token_hex(6)}%"
@@ -52,81 +49,10 @@ OTHER_PASSWORD = f"Gw-{secrets.token_hex(8)}"
 # ------------------------------------------------------------------------------------ the broker
 
 
-@dataclass
-class Broker:
-    port: int
-    directory: Path
-    passwd: Path
-    proc: subprocess.Popen[bytes]
-
-    def log(self) -> str:
-        return (self.directory / "mosquitto.log").read_text(encoding="utf-8", errors="replace")
-
-    def add_user(self, user: str, password: str) -> None:
-        """As docs/operations.md says: mosquitto_passwd, then a reload (SIGHUP, systemctl reload)."""
-        subprocess.run(
-            [tool("mosquitto_passwd", "/usr/bin/mosquitto_passwd"), "-b", str(self.passwd), user, password],
-            capture_output=True,
-            check=True,
-            timeout=30,
-        )
-        self.proc.send_signal(signal.SIGHUP)
-
-
-def _replace(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"deploy/mosquitto/coldchain.conf 中应恰有 1 处 {old!r}"
-    return text.replace(old, new)
-
-
-@contextlib.contextmanager
-def _broker(directory: Path, pki: Pki, users: dict[str, str], *, require_certificate: bool = False) -> Iterator[Broker]:
-    exe = tool("mosquitto", "/usr/sbin/mosquitto")
-    directory.mkdir(parents=True, exist_ok=True)
-    passwd = directory / "coldchain.passwd"
-    passwd.write_text("", encoding="utf-8")
-    passwd_tool = tool("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
-    for user, password in users.items():
-        subprocess.run([passwd_tool, "-b", str(passwd), user, password], capture_output=True, check=True, timeout=30)
-    port = services.free_port()
-    conf = CONF.read_text(encoding="utf-8")
-    conf = _replace(conf, "listener 8883\n", f"listener {port} 127.0.0.1\n")
-    conf = _replace(conf, "\ncertfile /etc/mosquitto/certs/server.crt\n", f"\ncertfile {pki.server_cert}\n")
-    conf = _replace(conf, "\nkeyfile /etc/mosquitto/certs/server.key\n", f"\nkeyfile {pki.server_key}\n")
-    conf = _replace(conf, "\ncafile /etc/mosquitto/certs/ca.crt\n", f"\ncafile {pki.ca}\n")
-    conf = _replace(conf, "\npassword_file /etc/mosquitto/coldchain.passwd\n", f"\npassword_file {passwd}\n")
-    conf = _replace(conf, "\nacl_file /etc/mosquitto/coldchain.acl\n", f"\nacl_file {ACL}\n")  # the shipped ACL itself
-    if require_certificate:
-        conf = _replace(conf, "\nrequire_certificate false\n", "\nrequire_certificate true\n")
-    # What Debian's /etc/mosquitto/mosquitto.conf adds around conf.d/; as root Mosquitto would
-    # otherwise drop to the mosquitto user, which cannot read this test's directory.
-    head = f"persistence_location {directory}/\nlog_dest stderr\nlog_type all\n"
-    if os.geteuid() == 0:
-        head += "user root\n"
-    path = directory / "mosquitto.conf"
-    path.write_text(head + conf, encoding="utf-8")
-    with (directory / "mosquitto.log").open("wb") as log_file:
-        proc = subprocess.Popen([exe, "-c", str(path)], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
-    broker = Broker(port, directory, passwd, proc)
-    try:
-        deadline = time.monotonic() + 15
-        while not services.port_open("127.0.0.1", port, 0.2):
-            assert proc.poll() is None, f"mosquitto 已退出：\n{broker.log()}"
-            assert time.monotonic() < deadline, f"mosquitto 未在 15 秒内开始监听：\n{broker.log()}"
-            time.sleep(0.05)
-        yield broker
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Broker]:
     users = {INGEST_USER: INGEST_PASSWORD, GATEWAY: GATEWAY_PASSWORD, OTHER_GATEWAY: OTHER_PASSWORD}
-    with _broker(tmp_path_factory.mktemp("mosquitto-tls"), pki, users) as b:
+    with tls_broker(tmp_path_factory.mktemp("mosquitto-tls"), pki, users) as b:
         yield b
 
 
@@ -454,7 +380,7 @@ async def test_the_ingester_settings_without_the_ca_file_fail_verification(broke
 async def test_a_broker_requiring_client_certificates_takes_the_ingesters_certificate(tmp_path: Path, pki: Pki) -> None:
     """``require_certificate true`` (the shipped file's option): the ingester's settings with
     COLDCHAIN_MQTT_CERT_FILE / _KEY_FILE connect, the same settings without them do not."""
-    with _broker(tmp_path / "broker", pki, {INGEST_USER: INGEST_PASSWORD}, require_certificate=True) as strict:
+    with tls_broker(tmp_path / "broker", pki, {INGEST_USER: INGEST_PASSWORD}, require_certificate=True) as strict:
         env = _ingest_env(
             strict, pki, COLDCHAIN_MQTT_CERT_FILE=str(pki.client_cert), COLDCHAIN_MQTT_KEY_FILE=str(pki.client_key)
         )

@@ -13,7 +13,7 @@ instead of testing something else.
 Then, as the page says: an owner role with its database, ``db migrate`` and ``db runtime-login``
 through the CLI, the units and hardware imports, ``admin create`` and the password set through
 the printed link's page, Mosquitto with the shipped configuration, ACL and one user per gateway
-(started by tests/ingest/test_mqtt_tls.py's broker helper), ``coldchain ingest`` and
+(started by tests/tlshelp.py's ``tls_broker``), ``coldchain ingest`` and
 ``coldchain api`` as processes with the systemd units' command lines and the page's environment
 file, gateway 30001 publishing with ``mosquitto_pub``, the new administrator finding the reading on
 the board, ``coldchain doctor`` with nothing to fix, and the backup. Steps 10–11 (systemd, nginx)
@@ -23,7 +23,6 @@ are tested in test_service_units.py and test_https_proxy.py.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import secrets
@@ -37,14 +36,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from psycopg.conninfo import conninfo_to_dict
-from tlshelp import INGEST_USER, Pki, tool
+from tlshelp import INGEST_USER, Pki, tls_broker, tool
 
 from coldchain import services
 from coldchain.cli import build_parser
@@ -194,17 +192,6 @@ def fresh(pg_server: services.Started) -> Iterator[Fresh]:
             conn.execute(f'DROP DATABASE IF EXISTS "{fresh.name}" WITH (FORCE)')
             conn.execute(f'DROP ROLE IF EXISTS "{fresh.login}"')
             conn.execute(f'DROP ROLE IF EXISTS "{fresh.owner}"')
-
-
-def _tls_broker() -> Any:
-    """tests/ingest/test_mqtt_tls.py's ``_broker``: Mosquitto on the shipped configuration and ACL
-    with only paths and the port replaced (loaded by path: test modules are no package)."""
-    spec = importlib.util.spec_from_file_location("go_live_mqtt_tls", ROOT / "tests" / "ingest" / "test_mqtt_tls.py")
-    assert spec is not None and spec.loader is not None
-    module: ModuleType = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
-    spec.loader.exec_module(sys.modules[spec.name])
-    return module._broker
 
 
 def _bash(script: str, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -396,7 +383,7 @@ def test_a_new_city_goes_live_by_following_the_page(fresh: Fresh, tmp_path: Path
         home / "ca.crt",
     )
     with contextlib.ExitStack() as stack:
-        broker = stack.enter_context(_tls_broker()(tmp_path / "mosquitto", made, users))
+        broker = stack.enter_context(tls_broker(tmp_path / "mosquitto", made, users))
         settings["COLDCHAIN_MQTT_URL"] = settings["COLDCHAIN_MQTT_URL"].replace(":8883", f":{broker.port}")
         # The API starts while the ingester connects and subscribes (both take seconds to import).
         api_out = stack.enter_context(_service(_service_command("coldchain-api.service"), services_env()))
